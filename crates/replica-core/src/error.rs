@@ -1,0 +1,98 @@
+//! The error every object-store backend speaks.
+//!
+//! Variants are semantic, not per-backend: the engine retries `Transient`, treats
+//! `AlreadyExists` as a lost create-only race, and reports the rest to the user.
+//! Messages name the object (key) and never carry credentials.
+
+use std::fmt;
+
+/// What an object-store operation was doing, for error messages and request counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Put,
+    Get,
+    Head,
+    List,
+    Delete,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::Head => "head",
+            Op::List => "list",
+            Op::Delete => "delete",
+        })
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {key} not found")]
+    NotFound { key: String },
+
+    #[error("object {key} already exists (create-only put)")]
+    AlreadyExists { key: String },
+
+    #[error("permission denied to {op} {key}: {detail}; check the credentials and their grants")]
+    PermissionDenied { op: Op, key: String, detail: String },
+
+    /// Worth retrying: network errors, throttling, 5xx.
+    #[error("transient failure to {op} {key}: {source}")]
+    Transient { op: Op, key: String, source: Source },
+
+    #[error("invalid replica URL {url}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    #[error("{what} is not supported by the {backend} backend")]
+    Unsupported { backend: &'static str, what: String },
+
+    /// A permanent failure that fits no other variant.
+    #[error("failed to {op} {key}: {source}")]
+    Other { op: Op, key: String, source: Source },
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient { .. })
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+
+    /// Maps a local I/O error to the right variant. Backends whose storage is a file
+    /// system (file, sftp) share this mapping.
+    pub fn from_io(op: Op, key: &str, err: std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let key = key.to_owned();
+        match err.kind() {
+            K::NotFound => StoreError::NotFound { key },
+            K::AlreadyExists => StoreError::AlreadyExists { key },
+            K::PermissionDenied => StoreError::PermissionDenied {
+                op,
+                key,
+                detail: err.to_string(),
+            },
+            K::Interrupted
+            | K::TimedOut
+            | K::WouldBlock
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::BrokenPipe => StoreError::Transient {
+                op,
+                key,
+                source: Box::new(err),
+            },
+            _ => StoreError::Other {
+                op,
+                key,
+                source: Box::new(err),
+            },
+        }
+    }
+}

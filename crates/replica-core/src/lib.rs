@@ -1,0 +1,12 @@
+//! Replication core for `replica`: the object-store seam ([`client::ReplicaClient`]),
+//! the Litestream 0.5 replica layout, the LTX codec, the SQLite WAL reader, the
+//! replication engine and the restore planner.
+//!
+//! Nothing in this crate depends on a cloud SDK; backends live in their own crates
+//! and implement [`client::ReplicaClient`].
+
+pub mod client;
+pub mod error;
+pub mod layout;
+pub mod ltx;
+pub mod wal;

@@ -1,0 +1,1 @@
+//! LTX codec (filled in below).
