@@ -1,1 +1,636 @@
-//! file:// backend.
+//! The `file://` backend: a replica kept in a local (or mounted) directory, laid out
+//! exactly as Litestream's file replica client lays it out, so either tool can read
+//! what the other wrote.
+//!
+//! Durability: every put writes a temporary file next to its destination, fsyncs it,
+//! moves it into place (rename, or a hard link for create-only puts) and fsyncs the
+//! directory, so a crash leaves either the old object or the complete new one.
+//! Temporary files are named `.<name>.<random>.tmp`; because keys may not contain
+//! segments starting with `.`, they can never collide with or be listed as objects.
+//!
+//! Unix semantics are assumed (hard links, fsync on directories).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use replica_core::client::{
+    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
+};
+use replica_core::error::{Op, StoreError};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::{debug, warn};
+use url::Url;
+
+/// A replica rooted at a directory. Keys are `/`-separated paths below the root.
+#[derive(Debug, Clone)]
+pub struct FileClient {
+    root: PathBuf,
+    url: String,
+}
+
+impl FileClient {
+    /// A client for `root`, which should be absolute: keys are resolved against it, so a
+    /// relative root would depend on the process's working directory.
+    pub fn new(root: PathBuf) -> Self {
+        let url = match Url::from_file_path(&root) {
+            Ok(u) => u.to_string(),
+            Err(()) => format!("file://{}", root.display()),
+        };
+        Self { root, url }
+    }
+
+    /// Accepts `file:///absolute/path` (and `file://localhost/…`, which the URL parser
+    /// normalises to the same thing). Hosts, queries, fragments and credentials are
+    /// refused: this backend understands no options, and silently ignoring one would
+    /// replicate somewhere the user did not ask for.
+    ///
+    /// A parsed [`Url`] can no longer tell `file:backups` (relative, which we refuse)
+    /// from `file:///backups`, because WHATWG parsing makes both absolute. Parse raw
+    /// user input with [`FileClient::parse`] to get that check.
+    pub fn from_url(url: &Url) -> Result<Self, StoreError> {
+        let invalid = |reason: String| StoreError::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        };
+        if url.scheme() != "file" {
+            return Err(invalid(format!(
+                "the file backend only handles file:// URLs, not {}://",
+                url.scheme()
+            )));
+        }
+        if let Some(host) = url.host_str() {
+            return Err(invalid(format!(
+                "file URLs may not name a host ({host:?}); for a local directory write \
+                 file:///absolute/path (three slashes)"
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() || url.port().is_some() {
+            return Err(invalid(
+                "file URLs may not carry credentials or a port; write file:///absolute/path".into(),
+            ));
+        }
+        if let Some(q) = url.query() {
+            return Err(invalid(format!(
+                "the file backend takes no options, but the URL has the query {q:?}; \
+                 remove it"
+            )));
+        }
+        if let Some(f) = url.fragment() {
+            return Err(invalid(format!(
+                "file URLs may not have a fragment (#{f}); remove it, or percent-encode \
+                 a '#' that is part of the directory name as %23"
+            )));
+        }
+        let root = url.to_file_path().map_err(|()| {
+            invalid(
+                "the path cannot be turned into a local path; write file:///absolute/path".into(),
+            )
+        })?;
+        if root.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(invalid("the path contains a NUL byte (%00)".into()));
+        }
+        if !root.is_absolute() {
+            return Err(invalid(
+                "the path is relative; write file:///absolute/path".into(),
+            ));
+        }
+        Ok(Self {
+            root,
+            url: url.to_string(),
+        })
+    }
+
+    /// Parses raw user input: rejects relative forms such as `file:backups` or
+    /// `file:./backups` (which a URL parser would quietly anchor at `/`), then applies
+    /// every check of [`FileClient::from_url`].
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidUrl {
+            url: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let scheme_len = "file:".len();
+        let rest = match s.get(..scheme_len) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("file:") => &s[scheme_len..],
+            _ => {
+                return Url::parse(s)
+                    .map_err(|e| invalid(&e.to_string()))
+                    .and_then(|u| Self::from_url(&u));
+            }
+        };
+        if rest.is_empty() || rest == "//" {
+            return Err(invalid("no directory given; write file:///absolute/path"));
+        }
+        if !rest.starts_with('/') {
+            return Err(invalid(
+                "relative paths are not supported; write file:///absolute/path",
+            ));
+        }
+        let url = Url::parse(s).map_err(|e| invalid(&e.to_string()))?;
+        Self::from_url(&url)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+impl FromStr for FileClient {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        Self::parse(s)
+    }
+}
+
+#[async_trait]
+impl ReplicaClient for FileClient {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn redacted_url(&self) -> String {
+        // File URLs cannot carry secrets (credentials are refused at parse time).
+        self.url.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            create_only: true,
+            ranged_get: true,
+            list_has_created: true,
+        }
+    }
+
+    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+        check_key(Op::Put, key)?;
+        let dest = self.path_of(key);
+        let opts = opts.clone();
+        let owned_key = key.to_owned();
+        blocking(Op::Put, key, move || {
+            put_blocking(&owned_key, &dest, body, &opts)
+        })
+        .await?;
+        debug!(key, "put");
+        Ok(())
+    }
+
+    /// A `range` reaching past the end of the object yields the bytes that exist (none
+    /// if it starts past the end), like a short read rather than an error; callers
+    /// that need an exact length check what they received.
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+        check_key(Op::Get, key)?;
+        if let Some(r) = &range
+            && r.start > r.end
+        {
+            return Err(StoreError::Other {
+                op: Op::Get,
+                key: key.to_owned(),
+                source: Box::new(io::Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("invalid byte range {}..{}", r.start, r.end),
+                )),
+            });
+        }
+        let io_err = |e| StoreError::from_io(Op::Get, key, e);
+        let mut file = tokio::fs::File::open(self.path_of(key))
+            .await
+            .map_err(io_err)?;
+        // Opening a directory succeeds on Unix; it is not an object.
+        if file.metadata().await.map_err(io_err)?.is_dir() {
+            return Err(StoreError::NotFound {
+                key: key.to_owned(),
+            });
+        }
+        match range {
+            None => Ok(Box::pin(file)),
+            Some(r) => {
+                file.seek(io::SeekFrom::Start(r.start))
+                    .await
+                    .map_err(io_err)?;
+                Ok(Box::pin(file.take(r.end - r.start)))
+            }
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+        check_key(Op::Head, key)?;
+        let path = self.path_of(key);
+        let meta = blocking(Op::Head, key, move || Ok(fs::metadata(path)?)).await?;
+        if !meta.is_file() {
+            return Err(StoreError::NotFound {
+                key: key.to_owned(),
+            });
+        }
+        Ok(ObjectInfo {
+            key: key.to_owned(),
+            size: meta.len(),
+            created: meta.modified().ok(),
+        })
+    }
+
+    /// Walks only the directories that can hold matching keys. A missing root or
+    /// directory is an empty replica. Symbolic links to files are listed; links to
+    /// directories are not followed below the prefix, so a link cycle cannot hang us.
+    /// Names that are not UTF-8 cannot be keys and are skipped.
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        check_prefix(prefix)?;
+        let root = self.root.clone();
+        let prefix_owned = prefix.to_owned();
+        let start_after = start_after.map(str::to_owned);
+        let mut out = tokio::task::spawn_blocking(move || {
+            list_blocking(&root, &prefix_owned, start_after.as_deref())
+        })
+        .await
+        .map_err(|e| join_error(Op::List, prefix, e))??;
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        // Validate everything first so a bad key cannot leave a half-done delete.
+        for key in keys {
+            check_key(Op::Delete, key)?;
+        }
+        let root = self.root.clone();
+        let keys = keys.to_vec();
+        tokio::task::spawn_blocking(move || delete_blocking(&root, &keys))
+            .await
+            .map_err(|e| join_error(Op::Delete, "", e))?
+    }
+}
+
+async fn blocking<T, F>(op: Op, key: &str, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, FsError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.into_store_error(op, key)),
+        Err(e) => Err(join_error(op, key, e)),
+    }
+}
+
+fn join_error(op: Op, key: &str, e: tokio::task::JoinError) -> StoreError {
+    if e.is_panic() {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    StoreError::Other {
+        op,
+        key: key.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// Failures of the blocking halves: errors on the object itself map through
+/// [`StoreError::from_io`]; errors reading a put's source file must not, or a missing
+/// spool file would be reported as a missing object.
+#[derive(Debug)]
+enum FsError {
+    Store(io::Error),
+    Source(PathBuf, io::Error),
+}
+
+impl From<io::Error> for FsError {
+    fn from(e: io::Error) -> Self {
+        FsError::Store(e)
+    }
+}
+
+impl FsError {
+    fn into_store_error(self, op: Op, key: &str) -> StoreError {
+        match self {
+            FsError::Store(e) => StoreError::from_io(op, key, e),
+            FsError::Source(path, e) => StoreError::Other {
+                op,
+                key: key.to_owned(),
+                source: Box::new(io::Error::new(
+                    e.kind(),
+                    format!("reading payload file {}: {e}", path.display()),
+                )),
+            },
+        }
+    }
+}
+
+fn invalid_key(op: Op, key: &str, reason: &str) -> StoreError {
+    StoreError::Other {
+        op,
+        key: key.to_owned(),
+        source: Box::new(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("invalid key: {reason}"),
+        )),
+    }
+}
+
+/// Why a string cannot be a key (or the leading segments of one), if it cannot.
+fn segment_problem(seg: &str) -> Option<&'static str> {
+    if seg.is_empty() {
+        Some("it has an empty path segment ('//' or a trailing '/')")
+    } else if seg == "." || seg == ".." {
+        Some("'.' and '..' segments are not allowed")
+    } else if seg.starts_with('.') {
+        Some("segments starting with '.' are reserved for temporary files")
+    } else {
+        None
+    }
+}
+
+fn char_problem(s: &str) -> Option<&'static str> {
+    if s.starts_with('/') {
+        Some("it is absolute; keys are relative to the replica root")
+    } else if s.contains('\\') {
+        Some("backslashes are not allowed; keys use '/'")
+    } else if s.contains('\0') {
+        Some("NUL bytes are not allowed")
+    } else {
+        None
+    }
+}
+
+fn check_key(op: Op, key: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(invalid_key(op, key, "it is empty"));
+    }
+    let problem = char_problem(key).or_else(|| key.split('/').find_map(segment_problem));
+    match problem {
+        Some(reason) => Err(invalid_key(op, key, reason)),
+        None => Ok(()),
+    }
+}
+
+/// A prefix is the leading part of some valid key: complete segments must be valid, and
+/// the final (possibly partial, possibly empty) one must not start with '.'.
+fn check_prefix(prefix: &str) -> Result<(), StoreError> {
+    let problem = char_problem(prefix).or_else(|| {
+        let (dirs, partial) = match prefix.rsplit_once('/') {
+            Some((dirs, partial)) => (Some(dirs), partial),
+            None => (None, prefix),
+        };
+        dirs.and_then(|d| d.split('/').find_map(segment_problem))
+            .or_else(|| {
+                partial
+                    .starts_with('.')
+                    .then_some("segments starting with '.' are reserved for temporary files")
+            })
+    });
+    match problem {
+        Some(reason) => Err(invalid_key(Op::List, prefix, reason)),
+        None => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// `create_dir_all` that also fsyncs the parent of each directory it creates, so the
+/// new entries survive a crash along with the file put into them.
+fn ensure_dir(dir: &Path) -> io::Result<()> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(io::Error::new(
+                ErrorKind::NotADirectory,
+                format!("{} exists and is not a directory", dir.display()),
+            ));
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        ensure_dir(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            if let Some(parent) = parent {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        }
+        // Another put created it concurrently; fine if it is a directory.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Keep the temp name within NAME_MAX (255) even for long keys.
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let nonce: u64 = rand::random();
+    dest.with_file_name(format!(".{}.{nonce:016x}.tmp", &name[..cut]))
+}
+
+fn put_blocking(key: &str, dest: &Path, body: Payload, opts: &PutOptions) -> Result<(), FsError> {
+    let dir = dest.parent().ok_or_else(|| {
+        FsError::Store(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("{key} has no parent directory"),
+        ))
+    })?;
+    ensure_dir(dir)?;
+    let tmp = temp_path(dest);
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let result = write_and_place(&mut file, &tmp, dest, body, opts);
+    drop(file);
+    match result {
+        Ok(linked) => {
+            if linked && let Err(e) = fs::remove_file(&tmp) {
+                // The object is in place; a stray temp file is harmless (never listed).
+                warn!(key, tmp = %tmp.display(), error = %e, "could not remove temp file");
+            }
+            sync_dir(dir)?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Fills the temp file and moves it into place. Returns whether the temp file still
+/// exists (a create-only put links rather than renames).
+fn write_and_place(
+    file: &mut File,
+    tmp: &Path,
+    dest: &Path,
+    body: Payload,
+    opts: &PutOptions,
+) -> Result<bool, FsError> {
+    use std::io::Write;
+    match body {
+        Payload::Bytes(b) => file.write_all(&b)?,
+        Payload::File(src) => copy_from(&src, file)?,
+    }
+    // After the writes, which would otherwise bump the mtime again. Litestream reads
+    // the LTX timestamp back from the mtime.
+    if let Some(ts) = opts.timestamp {
+        file.set_modified(ts)?;
+    }
+    file.sync_all()?;
+    match opts.mode {
+        PutMode::Overwrite => {
+            fs::rename(tmp, dest)?;
+            Ok(false)
+        }
+        // link(2) fails with EEXIST if dest exists, atomically, so of racing
+        // create-only puts exactly one wins and no one sees a partial file.
+        PutMode::CreateOnly => {
+            fs::hard_link(tmp, dest)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Streams `src` into `dest`. Not `io::copy`, because that cannot tell a failing read
+/// of the spool file from a failing write of the object (a full disk), and the two need
+/// different errors.
+fn copy_from(src: &Path, dest: &mut File) -> Result<(), FsError> {
+    use std::io::{Read, Write};
+    let source_err = |e| FsError::Source(src.to_path_buf(), e);
+    let mut reader = File::open(src).map_err(source_err)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(source_err(e)),
+        };
+        dest.write_all(&buf[..n])?;
+    }
+}
+
+fn list_blocking(
+    root: &Path,
+    prefix: &str,
+    start_after: Option<&str>,
+) -> Result<Vec<ObjectInfo>, StoreError> {
+    let (dir_key, partial) = match prefix.rsplit_once('/') {
+        Some((dirs, partial)) => (format!("{dirs}/"), partial),
+        None => (String::new(), prefix),
+    };
+    let mut out = Vec::new();
+    walk(root, &dir_key, partial, start_after, &mut out)?;
+    Ok(out)
+}
+
+fn is_absent(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
+/// Lists the directory holding keys `dir_key*` (with `dir_key` empty or ending in '/'),
+/// keeping only entries whose name starts with `partial`.
+fn walk(
+    root: &Path,
+    dir_key: &str,
+    partial: &str,
+    start_after: Option<&str>,
+    out: &mut Vec<ObjectInfo>,
+) -> Result<(), StoreError> {
+    let dir = root.join(dir_key);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if is_absent(&e) => return Ok(()),
+        Err(e) => return Err(StoreError::from_io(Op::List, dir_key, e)),
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => return Err(StoreError::from_io(Op::List, dir_key, e)),
+        };
+        let Ok(name) = entry.file_name().into_string() else {
+            debug!(dir = %dir.display(), "skipping a name that is not UTF-8");
+            continue;
+        };
+        if name.starts_with('.') || !name.starts_with(partial) {
+            continue;
+        }
+        let key = format!("{dir_key}{name}");
+        let file_type = match entry.file_type() {
+            Ok(t) => t,
+            Err(e) if is_absent(&e) => continue,
+            Err(e) => return Err(StoreError::from_io(Op::List, &key, e)),
+        };
+        if file_type.is_dir() {
+            let sub = format!("{key}/");
+            // Every key below `sub` sorts before `start_after` unless `start_after`
+            // itself lies below it, so such subtrees need no walk.
+            if let Some(after) = start_after
+                && sub.as_str() < after
+                && !after.starts_with(&sub)
+            {
+                continue;
+            }
+            walk(root, &sub, "", start_after, out)?;
+            continue;
+        }
+        if start_after.is_some_and(|after| key.as_str() <= after) {
+            continue;
+        }
+        // Follows symlinks, so a link to a file lists as that file.
+        let meta = match fs::metadata(entry.path()) {
+            Ok(m) => m,
+            // Deleted since read_dir, or a dangling link.
+            Err(e) if is_absent(&e) => continue,
+            Err(e) => return Err(StoreError::from_io(Op::List, &key, e)),
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        out.push(ObjectInfo {
+            key,
+            size: meta.len(),
+            created: meta.modified().ok(),
+        });
+    }
+    Ok(())
+}
+
+fn delete_blocking(root: &Path, keys: &[String]) -> Result<(), StoreError> {
+    let mut touched = std::collections::BTreeSet::new();
+    for key in keys {
+        let path = root.join(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    touched.insert(dir.to_path_buf());
+                }
+            }
+            Err(e) if is_absent(&e) => {}
+            Err(e) => return Err(StoreError::from_io(Op::Delete, key, e)),
+        }
+    }
+    for dir in touched {
+        sync_dir(&dir).map_err(|e| {
+            let key = dir
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            StoreError::from_io(Op::Delete, &key, e)
+        })?;
+    }
+    Ok(())
+}

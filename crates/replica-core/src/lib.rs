@@ -6,7 +6,10 @@
 //! and implement [`client::ReplicaClient`].
 
 pub mod client;
+pub mod engine;
 pub mod error;
 pub mod layout;
 pub mod ltx;
+pub mod replica;
+pub mod restore;
 pub mod wal;

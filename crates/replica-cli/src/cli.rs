@@ -1,0 +1,140 @@
+//! Command-line interface. Names here are a contract other tools rely on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "replica",
+    about = "Continuously replicate SQLite databases to object storage",
+    version
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); REPLICA_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replicate a database continuously until SIGINT/SIGTERM, then flush and exit.
+    Replicate(ReplicateArgs),
+    /// Restore a database from a replica.
+    Restore(RestoreArgs),
+    /// List the LTX files in a replica.
+    Ltx(LtxArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// The SQLite database (created in WAL mode if missing).
+    pub db_path: PathBuf,
+    /// Where to replicate to, e.g. file:///backups/db.
+    pub replica_url: String,
+    /// How often captured WAL frames are shipped.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub sync_interval: Duration,
+    /// How often a full snapshot is written.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+    /// How long history is kept.
+    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// How long to keep retrying uploads at shutdown.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub flush_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum IntegrityArg {
+    None,
+    Quick,
+    Full,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Where to write the restored database; never overwritten.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// The replica to restore from.
+    pub replica_url: String,
+    /// Restore the state as of this time (RFC 3339, e.g. 2026-11-24T07:18:55Z).
+    #[arg(long, conflicts_with = "txid", value_parser = parse_timestamp)]
+    pub timestamp: Option<std::time::SystemTime>,
+    /// Restore up to and including this TXID (hex).
+    #[arg(long, value_parser = parse_txid)]
+    pub txid: Option<u64>,
+    /// Exit 0 without doing anything if the output already exists.
+    #[arg(long)]
+    pub if_db_not_exists: bool,
+    /// Exit 0 without doing anything if the replica has no files.
+    #[arg(long)]
+    pub if_replica_exists: bool,
+    /// Downloads in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallelism: u16,
+    /// Check run on the restored database before it is moved into place.
+    #[arg(long, value_enum, default_value = "quick")]
+    pub integrity_check: IntegrityArg,
+}
+
+#[derive(Debug, Args)]
+pub struct LtxArgs {
+    pub replica_url: String,
+    /// A level 0-9, or "all".
+    #[arg(long, default_value = "all", value_parser = parse_level)]
+    pub level: LevelSel,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 100ms, 1s, 1h, 72h)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_timestamp(s: &str) -> Result<std::time::SystemTime, String> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{e}; expected RFC 3339 such as 2026-11-24T07:18:55Z"))?;
+    Ok(t.into())
+}
+
+fn parse_txid(s: &str) -> Result<u64, String> {
+    let h = s.strip_prefix("0x").unwrap_or(s);
+    match u64::from_str_radix(h, 16) {
+        Ok(0) => Err("TXIDs start at 1".into()),
+        Ok(v) if h.len() <= 16 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a hexadecimal TXID such as 000000000000002a"
+        )),
+    }
+}
+
+/// One level, or all of them.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelSel(pub Option<u8>);
+
+fn parse_level(s: &str) -> Result<LevelSel, String> {
+    if s == "all" {
+        return Ok(LevelSel(None));
+    }
+    match s.parse::<u8>() {
+        Ok(l) if l <= 9 => Ok(LevelSel(Some(l))),
+        _ => Err(format!("{s:?} is not a level; use 0-9 or all")),
+    }
+}

@@ -1,0 +1,31 @@
+//! Which failures are the user's input (exit 2) and which are runtime failures (1).
+
+use std::fmt;
+
+/// A usage or configuration error: the command line or a URL is wrong.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+pub fn code_of(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        return 2;
+    }
+    if let Some(replica_core::error::StoreError::InvalidUrl { .. }) =
+        e.downcast_ref::<replica_core::error::StoreError>()
+    {
+        return 2;
+    }
+    1
+}

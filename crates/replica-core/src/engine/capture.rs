@@ -1,0 +1,681 @@
+//! The capture loop: turns committed WAL frames into LTX files in the spool, runs the
+//! replicator's own checkpoints, and takes snapshots. One thread per database.
+//!
+//! Position invariants (see ARCHITECTURE.md):
+//! * `cut` is the WAL position of the last spooled file; `batch` holds committed frames
+//!   scanned after it (offsets only: the pages stay in the WAL, which our read
+//!   transaction keeps from being reset).
+//! * `generation.pages` indexes every frame of the current WAL generation up to `cut`,
+//!   so a snapshot can combine the WAL with the database file without any lock.
+//! * A WAL reset is accepted silently only when our read transaction has been held
+//!   continuously since `cut` was established; any other discontinuity leads to a new
+//!   snapshot, never to a silent gap.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info, warn};
+
+use super::spool::{Spool, SpoolState};
+use super::sqlite::Connections;
+use super::{EngineConfig, EngineError, Shared};
+use crate::layout::SNAPSHOT_LEVEL;
+use crate::ltx::{self, FLAG_NO_CHECKSUM, Header, LtxError};
+use crate::wal::{self, WalHeader, WalPosition};
+
+/// Frames of the current WAL generation that are already spooled.
+#[derive(Debug)]
+struct Generation {
+    header: WalHeader,
+    /// pgno → offset of its newest frame at or before `cut`.
+    pages: BTreeMap<u32, u64>,
+    /// Database size in pages at the last spooled commit of this generation.
+    commit: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    end: Option<WalPosition>,
+    pages: BTreeMap<u32, u64>,
+    commit: Option<u32>,
+    frames: u64,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+}
+
+/// Why a snapshot is needed, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotReason {
+    EmptyReplica,
+    NoContinuity,
+    WalReset,
+    Interval,
+}
+
+#[derive(Debug)]
+pub struct Capturer {
+    // Field order is drop order: the connections must close before `db_file`, because
+    // closing any descriptor of the database drops this process's SQLite locks on it.
+    conns: Option<Connections>,
+    db_file: File,
+    db_path: PathBuf,
+    wal_path: PathBuf,
+    spool: Spool,
+    cfg: EngineConfig,
+    shared: Arc<Shared>,
+    page_size: u32,
+    db_id: (u64, u64),
+    txid: u64,
+    generation: Option<Generation>,
+    cut: Option<WalPosition>,
+    batch: Batch,
+    /// Our read transaction has been held since `cut`: a WAL reset loses nothing.
+    continuous: bool,
+    snapshot_due: Option<SnapshotReason>,
+    last_cut: Instant,
+    last_checkpoint: Instant,
+    last_snapshot: Instant,
+    last_wal_stat: Option<(u64, u64, i64, i64)>,
+    last_full_check: Instant,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn wal_path_of(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+impl Capturer {
+    /// Opens the database, proves (or gives up on) continuity with the spool, and
+    /// decides whether the first action is a snapshot. `remote_max` is the highest
+    /// TXID in the replica (0 when empty).
+    pub fn open(
+        db_path: &Path,
+        cfg: EngineConfig,
+        shared: Arc<Shared>,
+        remote_max: u64,
+    ) -> Result<Self, EngineError> {
+        check_sqlite_file(db_path)?;
+        let conns = Connections::open(db_path, cfg.busy_timeout)?;
+        let page_size = conns.page_size(db_path)?;
+        let db_file = File::open(db_path).map_err(|source| EngineError::Io {
+            path: db_path.to_path_buf(),
+            source,
+        })?;
+        let meta = db_file.metadata().map_err(|source| EngineError::Io {
+            path: db_path.to_path_buf(),
+            source,
+        })?;
+        let spool = Spool::open(db_path)?;
+        let now = Instant::now();
+        let mut c = Self {
+            conns: Some(conns),
+            db_file,
+            db_path: db_path.to_path_buf(),
+            wal_path: wal_path_of(db_path),
+            spool,
+            cfg,
+            shared,
+            page_size,
+            db_id: (meta.dev(), meta.ino()),
+            txid: remote_max,
+            generation: None,
+            cut: None,
+            batch: Batch::default(),
+            continuous: false,
+            snapshot_due: None,
+            last_cut: now - cfg.sync_interval,
+            last_checkpoint: now,
+            last_snapshot: now,
+            last_wal_stat: None,
+            last_full_check: now,
+        };
+        c.resume(remote_max)?;
+        Ok(c)
+    }
+
+    fn resume(&mut self, remote_max: u64) -> Result<(), EngineError> {
+        let state = self.spool.load_state();
+        let pending = self.spool.pending()?;
+        let header = self.read_wal_header()?;
+
+        // The spool continues the replica if its pending files extend it without a gap
+        // up to the saved TXID.
+        let chain_ok = state.is_some_and(|s| {
+            let mut next = remote_max + 1;
+            for p in &pending {
+                if p.id.level == SNAPSHOT_LEVEL {
+                    next = next.max(p.id.range.max + 1);
+                } else if p.id.range.min <= next && p.id.range.max >= next {
+                    next = p.id.range.max + 1;
+                } else if p.id.range.max < next {
+                    continue;
+                } else {
+                    return false;
+                }
+            }
+            next == s.txid + 1 || (pending.is_empty() && s.txid == remote_max)
+        });
+        let resumable = match (state, header) {
+            (Some(s), Some(h))
+                if chain_ok
+                    && s.page_size == self.page_size
+                    && (s.db_dev, s.db_ino) == self.db_id =>
+            {
+                s.position
+                    .filter(|p| p.salt1 == h.salt1 && p.salt2 == h.salt2)
+            }
+            _ => None,
+        };
+
+        if let (Some(pos), Some(h), Some(s)) = (resumable, header, state) {
+            // Re-walk the generation up to the saved position: it rebuilds the page
+            // index and proves, through the chained checksums, that the WAL still holds
+            // exactly the frames we captured.
+            let frames = (pos.offset - wal::WAL_HEADER_SIZE) / h.frame_size();
+            let wal = self.open_wal()?;
+            let scan = wal::scan(&wal, &h, WalPosition::start(&h), Some(frames))
+                .map_err(|e| self.wal_io(e))?;
+            if scan.end == pos {
+                info!(db = %self.db_path.display(), txid = format!("{:016x}", s.txid), "resuming replication from the spool");
+                self.txid = s.txid;
+                self.generation = Some(Generation {
+                    header: h,
+                    pages: scan.pages,
+                    commit: scan.commit,
+                });
+                self.cut = Some(pos);
+                self.continuous = true;
+                return Ok(());
+            }
+        }
+
+        // No provable continuity: everything spooled is superseded by a new snapshot.
+        for p in &pending {
+            self.spool.remove(p)?;
+        }
+        self.txid = remote_max.max(state.map(|s| s.txid).unwrap_or(0).min(remote_max));
+        self.snapshot_due = Some(if remote_max == 0 {
+            SnapshotReason::EmptyReplica
+        } else {
+            SnapshotReason::NoContinuity
+        });
+        self.continuous = true;
+        Ok(())
+    }
+
+    fn wal_io(&self, source: std::io::Error) -> EngineError {
+        EngineError::Io {
+            path: self.wal_path.clone(),
+            source,
+        }
+    }
+
+    fn open_wal(&self) -> Result<File, EngineError> {
+        File::open(&self.wal_path).map_err(|e| self.wal_io(e))
+    }
+
+    fn read_wal_header(&self) -> Result<Option<WalHeader>, EngineError> {
+        // Opening and closing -wal is safe: SQLite holds no POSIX locks on it.
+        match File::open(&self.wal_path) {
+            Ok(f) => wal::read_header(&f).map_err(|e| self.wal_io(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.wal_io(e)),
+        }
+    }
+
+    /// Runs until `stop` is set, then spools everything committed so far.
+    pub fn run(mut self) -> Result<(), EngineError> {
+        if let Some(reason) = self.snapshot_due.take() {
+            self.snapshot(reason)?;
+        }
+        loop {
+            let stopping = self.shared.stop.load(Ordering::Acquire);
+            self.tick(stopping)?;
+            if stopping {
+                break;
+            }
+            self.shared.wait_stop(self.cfg.poll_interval);
+        }
+        if let Some(conns) = self.conns.take() {
+            conns.close(&self.db_path)?;
+        }
+        info!(db = %self.db_path.display(), txid = format!("{:016x}", self.txid), "capture stopped");
+        Ok(())
+    }
+
+    fn tick(&mut self, force: bool) -> Result<(), EngineError> {
+        if force || self.wal_changed() {
+            self.advance()?;
+        }
+        let now = Instant::now();
+        if !self.batch.is_empty()
+            && (force
+                || now.duration_since(self.last_cut) >= self.cfg.sync_interval
+                || self.batch.frames >= self.cfg.checkpoint_pages)
+        {
+            self.cut()?;
+        }
+        if force {
+            return Ok(());
+        }
+        if let Some(reason) = self.snapshot_due.take() {
+            self.snapshot(reason)?;
+        } else if now.duration_since(self.last_snapshot) >= self.cfg.snapshot_interval {
+            self.snapshot(SnapshotReason::Interval)?;
+        }
+        let wal_frames = self.generation_frames();
+        if wal_frames >= self.cfg.checkpoint_pages
+            || (wal_frames > 0
+                && now.duration_since(self.last_checkpoint) >= self.cfg.checkpoint_interval)
+        {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Frames of the current generation that are captured (and so count toward the
+    /// checkpoint threshold).
+    fn generation_frames(&self) -> u64 {
+        match (&self.generation, self.cut) {
+            (Some(g), Some(c)) if c.salt1 == g.header.salt1 && c.salt2 == g.header.salt2 => {
+                (c.offset - wal::WAL_HEADER_SIZE) / g.header.frame_size()
+            }
+            _ => 0,
+        }
+    }
+
+    /// A cheap check (one stat) for "the WAL may have changed"; a full check runs at
+    /// least once a second anyway.
+    fn wal_changed(&mut self) -> bool {
+        let st = std::fs::metadata(&self.wal_path)
+            .ok()
+            .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()));
+        let now = Instant::now();
+        if st != self.last_wal_stat
+            || now.duration_since(self.last_full_check) >= Duration::from_secs(1)
+        {
+            self.last_wal_stat = st;
+            self.last_full_check = now;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Scans newly committed frames into the batch, following WAL resets.
+    fn advance(&mut self) -> Result<(), EngineError> {
+        let Some(h) = self.read_wal_header()? else {
+            // No WAL, or truncated: nothing to read until a writer starts a generation.
+            return Ok(());
+        };
+        let same_generation = self
+            .generation
+            .as_ref()
+            .is_some_and(|g| g.header.salt1 == h.salt1 && g.header.salt2 == h.salt2);
+        if !same_generation {
+            if self.generation.is_some() && !self.continuous {
+                warn!(db = %self.db_path.display(), "WAL was reset by another process; frames may have been missed, taking a snapshot");
+                self.batch = Batch::default();
+                self.generation = None;
+                self.cut = None;
+                self.snapshot_due = Some(SnapshotReason::WalReset);
+                return Ok(());
+            }
+            if !self.batch.is_empty() {
+                // Only possible if the read transaction was lost: the batch's frames
+                // are gone, so is continuity.
+                warn!(db = %self.db_path.display(), "WAL reset with uncaptured frames; taking a snapshot");
+                self.batch = Batch::default();
+                self.snapshot_due = Some(SnapshotReason::WalReset);
+            }
+            if h.page_size != self.page_size {
+                return Err(EngineError::PageSizeChanged {
+                    path: self.db_path.clone(),
+                    was: self.page_size,
+                    now: h.page_size,
+                });
+            }
+            debug!(db = %self.db_path.display(), salt1 = h.salt1, "new WAL generation");
+            self.generation = Some(Generation {
+                header: h,
+                pages: BTreeMap::new(),
+                commit: None,
+            });
+            self.cut = Some(WalPosition::start(&h));
+        }
+        let from = self
+            .batch
+            .end
+            .or(self.cut)
+            .unwrap_or_else(|| WalPosition::start(&h));
+        let wal = self.open_wal()?;
+        let scan = wal::scan(&wal, &h, from, None).map_err(|e| self.wal_io(e))?;
+        if scan.frames > 0 {
+            self.batch.end = Some(scan.end);
+            self.batch.pages.extend(scan.pages);
+            self.batch.commit = scan.commit;
+            self.batch.frames += scan.frames;
+        }
+        Ok(())
+    }
+
+    /// Spools the batch as the next L0 file.
+    fn cut(&mut self) -> Result<(), EngineError> {
+        let (Some(end), Some(commit), Some(g)) =
+            (self.batch.end, self.batch.commit, self.generation.as_mut())
+        else {
+            return Ok(());
+        };
+        let start = self.cut.unwrap_or_else(|| WalPosition::start(&g.header));
+        let txid = self.txid + 1;
+        let header = Header {
+            flags: FLAG_NO_CHECKSUM,
+            page_size: self.page_size,
+            commit,
+            min_txid: txid,
+            max_txid: txid,
+            timestamp_ms: now_ms(),
+            wal_offset: start.offset as i64,
+            wal_size: (end.offset - start.offset) as i64,
+            wal_salt1: end.salt1,
+            wal_salt2: end.salt2,
+            ..Header::default()
+        };
+        let wal = File::open(&self.wal_path).map_err(|e| EngineError::Io {
+            path: self.wal_path.clone(),
+            source: e,
+        })?;
+        let gh = g.header;
+        let pages = &self.batch.pages;
+        let mut buf = vec![0u8; self.page_size as usize];
+        let written = self.spool.write_ltx(0, header, |enc| {
+            for (&pgno, &off) in pages.range(..=commit) {
+                if !wal::read_frame_page(&wal, &gh, off, &mut buf)? {
+                    return Err(LtxError::Io(std::io::Error::other(
+                        "WAL frame was overwritten before it was spooled",
+                    )));
+                }
+                enc.write_page(pgno, &buf)?;
+            }
+            Ok(())
+        })?;
+        g.pages.extend(std::mem::take(&mut self.batch.pages));
+        g.pages.retain(|&p, _| p <= commit);
+        g.commit = Some(commit);
+        self.batch = Batch::default();
+        self.cut = Some(end);
+        self.txid = txid;
+        self.last_cut = Instant::now();
+        self.save_state()?;
+        self.shared.stats.ltx_files.fetch_add(1, Ordering::Relaxed);
+        debug!(db = %self.db_path.display(), file = %written.id, "spooled");
+        self.shared.notify_shipper();
+        Ok(())
+    }
+
+    fn save_state(&self) -> Result<(), EngineError> {
+        self.spool.save_state(&SpoolState {
+            txid: self.txid,
+            position: self.cut,
+            page_size: self.page_size,
+            db_dev: self.db_id.0,
+            db_ino: self.db_id.1,
+        })?;
+        Ok(())
+    }
+
+    /// Writes a full image of the database as of `cut` to the spool as level 9.
+    /// Runs under our read transaction only: writers are never blocked, and pages read
+    /// from the database file cannot change, because a checkpoint copies only frames
+    /// at or below our read mark and those pages are taken from the WAL instead.
+    fn snapshot(&mut self, reason: SnapshotReason) -> Result<(), EngineError> {
+        let started = Instant::now();
+        if reason == SnapshotReason::Interval {
+            if self.batch.is_empty()
+                && self.shared.stats.snapshots.load(Ordering::Relaxed) > 0
+                && self.txid == self.shared.last_snapshot_txid.load(Ordering::Relaxed)
+            {
+                // Nothing changed since the last snapshot.
+                self.last_snapshot = Instant::now();
+                return Ok(());
+            }
+            self.advance()?;
+            self.cut()?;
+        } else {
+            // A fresh start of history: take the whole current WAL as the base.
+            self.generation = None;
+            self.cut = None;
+            self.batch = Batch::default();
+            self.advance()?;
+            if let (Some(g), Some(end)) = (self.generation.as_mut(), self.batch.end) {
+                g.pages.extend(std::mem::take(&mut self.batch.pages));
+                if let Some(c) = self.batch.commit {
+                    g.commit = Some(c);
+                    g.pages.retain(|&p, _| p <= c);
+                }
+                self.cut = Some(end);
+            }
+            self.batch = Batch::default();
+            self.txid += 1;
+        }
+        let txid = self.txid.max(1);
+        self.txid = txid;
+
+        for attempt in 0..2 {
+            match self.write_snapshot(txid) {
+                Ok(()) => break,
+                Err(EngineError::WalRewound) if attempt == 0 => {
+                    // Only possible while holding READ(0): the WAL was fully backfilled,
+                    // so the database file alone is the image.
+                    self.generation = None;
+                    self.cut = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.save_state()?;
+        self.last_snapshot = Instant::now();
+        self.shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .last_snapshot_txid
+            .store(txid, Ordering::Relaxed);
+        info!(db = %self.db_path.display(), ?reason, txid = format!("{txid:016x}"), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot spooled");
+        self.shared.notify_shipper();
+        Ok(())
+    }
+
+    fn write_snapshot(&self, txid: u64) -> Result<(), EngineError> {
+        let ps = self.page_size;
+        let commit = match self.generation.as_ref().and_then(|g| g.commit) {
+            Some(c) => c,
+            None => {
+                let len = self
+                    .db_file
+                    .metadata()
+                    .map_err(|source| EngineError::Io {
+                        path: self.db_path.clone(),
+                        source,
+                    })?
+                    .len();
+                (len / u64::from(ps)) as u32
+            }
+        };
+        if commit == 0 {
+            return Err(EngineError::EmptyDatabase {
+                path: self.db_path.clone(),
+            });
+        }
+        let header = Header {
+            flags: FLAG_NO_CHECKSUM,
+            page_size: ps,
+            commit,
+            min_txid: 1,
+            max_txid: txid,
+            timestamp_ms: now_ms(),
+            ..Header::default()
+        };
+        let wal = match &self.generation {
+            Some(g) if !g.pages.is_empty() => Some((self.open_wal()?, g)),
+            _ => None,
+        };
+        let lock = ltx::lock_pgno(ps);
+        let mut buf = vec![0u8; ps as usize];
+        let db_file = &self.db_file;
+        let result = self.spool.write_ltx(SNAPSHOT_LEVEL, header, |enc| {
+            for pgno in 1..=commit {
+                if pgno == lock {
+                    continue;
+                }
+                match wal
+                    .as_ref()
+                    .and_then(|(f, g)| g.pages.get(&pgno).map(|o| (f, g, *o)))
+                {
+                    Some((f, g, off)) => {
+                        if !wal::read_frame_page(f, &g.header, off, &mut buf)? {
+                            return Err(LtxError::Io(std::io::Error::other(REWOUND)));
+                        }
+                    }
+                    None => db_file.read_exact_at(&mut buf, u64::from(pgno - 1) * u64::from(ps))?,
+                }
+                enc.write_page(pgno, &buf)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(_) => Ok(()),
+            Err(super::spool::SpoolError::Ltx {
+                source: LtxError::Io(e),
+                ..
+            }) if e.to_string() == REWOUND => Err(EngineError::WalRewound),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The replicator's own checkpoint (see ARCHITECTURE.md, "checkpoint cycle"): catch
+    /// up without locks, then under a short write barrier seal the tail, move the read
+    /// transaction and run a PASSIVE checkpoint. Work under the barrier is bounded by
+    /// what was committed since the catch-up, never by the database size.
+    fn checkpoint(&mut self) -> Result<(), EngineError> {
+        self.advance()?;
+        self.cut()?;
+        let path = self.db_path.clone();
+        let Some(mut conns) = self.conns.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        if let Err(e) = conns.take_barrier(&path) {
+            self.conns = Some(conns);
+            warn!(db = %path.display(), error = %e, "checkpoint skipped: write lock not available");
+            self.last_checkpoint = Instant::now();
+            return Ok(());
+        }
+        let sealed = self.advance().and_then(|()| self.cut());
+        let result = match sealed {
+            Ok(()) => conns.checkpoint(&path, false),
+            Err(e) => Err(e),
+        };
+        let released = conns.release_barrier(&path);
+        let held = started.elapsed();
+        self.conns = Some(conns);
+        released?;
+        let res = result?;
+        self.shared
+            .stats
+            .checkpoints
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .max_barrier_us
+            .fetch_max(held.as_micros() as u64, Ordering::Relaxed);
+        self.last_checkpoint = Instant::now();
+        let captured = self.generation_frames() as i64;
+        if res.complete() && res.log == captured {
+            // The next writer rewinds the WAL; we follow from offset 32.
+            self.continuous = true;
+        } else if res.log != captured {
+            warn!(db = %path.display(), log = res.log, captured, "checkpoint saw frames we had not captured");
+        }
+        debug!(db = %path.display(), ?res, barrier_us = held.as_micros() as u64, "checkpoint");
+
+        if !res.complete() {
+            self.truncate_backstop(&path)?;
+        }
+        Ok(())
+    }
+
+    /// When readers keep PASSIVE from finishing and the WAL passes the hard limit,
+    /// TRUNCATE (which waits for readers up to the busy timeout). It cannot run under
+    /// our barrier, so commits can slip in between; the checkpoint's frame count tells
+    /// whether they did, and only then is a snapshot needed.
+    fn truncate_backstop(&mut self, path: &Path) -> Result<(), EngineError> {
+        let wal_len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let limit = self.cfg.truncate_pages * (u64::from(self.page_size) + wal::FRAME_HEADER_SIZE);
+        if wal_len < limit {
+            return Ok(());
+        }
+        warn!(db = %path.display(), wal_bytes = wal_len, "WAL past its hard limit; running a TRUNCATE checkpoint");
+        self.advance()?;
+        self.cut()?;
+        let Some(mut conns) = self.conns.take() else {
+            return Ok(());
+        };
+        let res = conns.checkpoint(path, true);
+        self.conns = Some(conns);
+        let res = res?;
+        let captured = self.generation_frames() as i64;
+        if res.complete() && res.log != captured {
+            self.batch = Batch::default();
+            self.generation = None;
+            self.cut = None;
+            self.snapshot_due = Some(SnapshotReason::WalReset);
+        }
+        Ok(())
+    }
+}
+
+const REWOUND: &str = "WAL rewound during snapshot";
+
+/// Refuses anything that is not a SQLite database before SQLite gets to touch it.
+fn check_sqlite_file(path: &Path) -> Result<(), EngineError> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(EngineError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut magic = [0u8; 16];
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
+        return Ok(());
+    }
+    if len < 100 || f.read_exact_at(&mut magic, 0).is_err() || &magic != b"SQLite format 3\0" {
+        return Err(EngineError::NotSqlite {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}

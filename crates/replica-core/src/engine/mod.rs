@@ -1,0 +1,280 @@
+//! The replication engine for one database: a capture thread that turns WAL frames
+//! into spooled LTX files (and runs checkpoints and snapshots), and a shipper task that
+//! uploads the spool. They meet only at the spool directory, so a slow or absent store
+//! never stalls capture, and capture never waits for the network.
+
+mod capture;
+mod ship;
+mod spool;
+mod sqlite;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::info;
+
+pub use capture::SnapshotReason;
+pub use spool::{Pending, Spool, SpoolError, SpoolState};
+
+use crate::error::StoreError;
+use crate::replica::Replica;
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// At most one L0 upload per interval; the first change after a quiet interval
+    /// ships at once.
+    pub sync_interval: Duration,
+    pub snapshot_interval: Duration,
+    /// How long history is kept (enforced by the retention pass).
+    pub retention: Duration,
+    /// How often the capture thread looks at the WAL (one `stat`).
+    pub poll_interval: Duration,
+    /// Captured WAL frames that trigger our PASSIVE checkpoint.
+    pub checkpoint_pages: u64,
+    /// A checkpoint also runs this long after the previous one if the WAL has frames.
+    pub checkpoint_interval: Duration,
+    /// WAL size (in frames) past which a TRUNCATE checkpoint is attempted.
+    pub truncate_pages: u64,
+    /// How long our connections wait for SQLite locks.
+    pub busy_timeout: Duration,
+    /// Upper bound on the bytes merged into one L0 upload.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            sync_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(3600),
+            retention: Duration::from_secs(72 * 3600),
+            poll_interval: Duration::from_millis(20),
+            checkpoint_pages: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+            truncate_pages: 121_359,
+            busy_timeout: Duration::from_secs(5),
+            max_upload_bytes: 256 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "{path} is not a SQLite database (bad header); point replica at the database file itself"
+    )]
+    NotSqlite { path: PathBuf },
+
+    #[error("{path} cannot be replicated: journal mode is {mode}, and WAL mode is required")]
+    NotWal { path: PathBuf, mode: String },
+
+    #[error("{path} has no pages yet; nothing to snapshot")]
+    EmptyDatabase { path: PathBuf },
+
+    #[error("page size of {path} changed from {was} to {now} while replicating")]
+    PageSizeChanged { path: PathBuf, was: u32, now: u32 },
+
+    #[error("SQLite error on {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error("the WAL was rewound while a snapshot read it")]
+    WalRewound,
+
+    #[error(
+        "could not upload everything before shutdown: {files} spooled file(s) remain in {dir}; they are uploaded on the next start"
+    )]
+    FlushIncomplete { files: usize, dir: PathBuf },
+
+    #[error("{0} thread failed: {1}")]
+    Thread(&'static str, String),
+}
+
+/// Counters read by the CLI, benchmarks and metrics. Request counts are per
+/// object-store operation.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub ltx_files: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub max_barrier_us: AtomicU64,
+    pub uploads: AtomicU64,
+    pub upload_bytes: AtomicU64,
+    pub upload_errors: AtomicU64,
+    pub list_requests: AtomicU64,
+    /// Highest TXID known to be in the replica.
+    pub uploaded_txid: AtomicU64,
+}
+
+/// State shared by the capture thread, the shipper and the handle.
+#[derive(Debug, Default)]
+pub struct Shared {
+    stop: AtomicBool,
+    stop_lock: Mutex<bool>,
+    stop_cv: Condvar,
+    ship: Notify,
+    capture_done: AtomicBool,
+    pub stats: Stats,
+    last_snapshot_txid: AtomicU64,
+}
+
+impl Shared {
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Ok(mut s) = self.stop_lock.lock() {
+            *s = true;
+        }
+        self.stop_cv.notify_all();
+        self.ship.notify_one();
+    }
+
+    /// Sleeps up to `d`, waking early on stop.
+    fn wait_stop(&self, d: Duration) {
+        if let Ok(guard) = self.stop_lock.lock() {
+            let _ = self
+                .stop_cv
+                .wait_timeout_while(guard, d, |stopped| !*stopped);
+        }
+    }
+
+    fn notify_shipper(&self) {
+        self.ship.notify_one();
+    }
+}
+
+/// A running replication of one database.
+#[derive(Debug)]
+pub struct Replicator {
+    db: PathBuf,
+    shared: Arc<Shared>,
+    capture: Option<std::thread::JoinHandle<Result<(), EngineError>>>,
+    shipper: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
+    capture_exit: Arc<Notify>,
+}
+
+impl Replicator {
+    /// Opens `db` (creating it in WAL mode if missing), works out where it stands
+    /// against the replica, and starts capturing and shipping.
+    pub async fn start(
+        db: &Path,
+        replica: Replica,
+        cfg: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let shared = Arc::new(Shared::default());
+        let files = replica.list_files(None).await?;
+        shared
+            .stats
+            .list_requests
+            .fetch_add(u64::from(crate::layout::MAX_LEVEL) + 1, Ordering::Relaxed);
+        let remote_max = files.iter().map(|f| f.id.range.max).max().unwrap_or(0);
+        shared
+            .stats
+            .uploaded_txid
+            .store(remote_max, Ordering::Relaxed);
+
+        let db = db.to_path_buf();
+        let capturer = {
+            let (db, shared) = (db.clone(), shared.clone());
+            tokio::task::spawn_blocking(move || {
+                capture::Capturer::open(&db, cfg, shared, remote_max)
+            })
+            .await
+            .map_err(|e| EngineError::Thread("capture", e.to_string()))??
+        };
+        let spool = Spool::open(&db)?;
+        let capture_exit = Arc::new(Notify::new());
+        let capture = {
+            let (shared, exit) = (shared.clone(), capture_exit.clone());
+            std::thread::Builder::new()
+                .name("replica-capture".into())
+                .spawn(move || {
+                    let r = capturer.run();
+                    shared.capture_done.store(true, Ordering::Release);
+                    shared.ship.notify_one();
+                    exit.notify_one();
+                    r
+                })
+                .map_err(|source| EngineError::Io {
+                    path: db.clone(),
+                    source,
+                })?
+        };
+        let shipper = tokio::spawn(ship::run(spool, replica, cfg, shared.clone()));
+        info!(db = %db.display(), "replicating");
+        Ok(Self {
+            db,
+            shared,
+            capture: Some(capture),
+            shipper: Some(shipper),
+            capture_exit,
+        })
+    }
+
+    pub fn db(&self) -> &Path {
+        &self.db
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Resolves if the capture thread stops on its own, which only an error does.
+    pub async fn failed(&self) {
+        if self.shared.capture_done.load(Ordering::Acquire) {
+            return;
+        }
+        self.capture_exit.notified().await;
+    }
+
+    /// Stops capture after spooling everything committed, then uploads the spool,
+    /// retrying for up to `flush_timeout`.
+    pub async fn shutdown(mut self, flush_timeout: Duration) -> Result<(), EngineError> {
+        self.shared.request_stop();
+        let capture = self.capture.take();
+        let captured = tokio::task::spawn_blocking(move || match capture {
+            Some(h) => h
+                .join()
+                .map_err(|_| EngineError::Thread("capture", "panicked".into()))?,
+            None => Ok(()),
+        })
+        .await
+        .map_err(|e| EngineError::Thread("capture", e.to_string()))?;
+        let shipped = match self.shipper.take() {
+            Some(h) => match tokio::time::timeout(flush_timeout, h).await {
+                Ok(r) => r.map_err(|e| EngineError::Thread("shipper", e.to_string()))?,
+                Err(_) => {
+                    let dir = Spool::dir_for(&self.db);
+                    let files = Spool::open(&self.db)?.pending()?.len();
+                    Err(EngineError::FlushIncomplete { files, dir })
+                }
+            },
+            None => Ok(()),
+        };
+        captured?;
+        shipped
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.shared.request_stop();
+    }
+}

@@ -1,0 +1,238 @@
+//! The local spool beside a database (`.<db name>-replica/`): LTX files that are
+//! captured but not yet uploaded, and the capture position that proves continuity
+//! across restarts.
+//!
+//! Files appear here atomically (temp, fsync, rename) and leave only after their
+//! upload succeeded, so a crash or an outage never loses a captured transaction.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{FileId, TxRange, parse_file_name};
+use crate::ltx::{Encoder, Header, LtxError};
+use crate::wal::WalPosition;
+
+/// What the capture had reached when it last cut an LTX file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolState {
+    /// The last TXID assigned.
+    pub txid: u64,
+    /// WAL position of that cut; `None` if it was taken from the database file alone.
+    pub position: Option<WalPosition>,
+    pub page_size: u32,
+    /// Identity of the database file: a replaced file is a new history.
+    pub db_dev: u64,
+    pub db_ino: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding LTX file {path}: {source}")]
+    Ltx {
+        path: PathBuf,
+        #[source]
+        source: LtxError,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+/// A spooled file waiting for upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: FileId,
+    pub path: PathBuf,
+}
+
+impl Spool {
+    /// The spool directory of `db`: `.<name>-replica` in the same directory.
+    pub fn dir_for(db: &Path) -> PathBuf {
+        let name = db
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "db".into());
+        db.with_file_name(format!(".{name}-replica"))
+    }
+
+    pub fn open(db: &Path) -> Result<Self, SpoolError> {
+        let dir = Self::dir_for(db);
+        for sub in [dir.join("pending"), dir.join("tmp")] {
+            fs::create_dir_all(&sub).map_err(io(&sub))?;
+        }
+        let spool = Self { dir };
+        // Leftovers of an interrupted write are never valid files.
+        let tmp = spool.dir.join("tmp");
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(spool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn load_state(&self) -> Option<SpoolState> {
+        let bytes = fs::read(self.state_path()).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(path = %self.state_path().display(), error = %e, "ignoring unreadable spool state");
+                None
+            }
+        }
+    }
+
+    pub fn save_state(&self, state: &SpoolState) -> Result<(), SpoolError> {
+        let path = self.state_path();
+        let tmp = self.tmp_path("state");
+        let body = serde_json::to_vec(state).map_err(|e| SpoolError::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        write_synced(&tmp, &body).map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        Ok(())
+    }
+
+    /// A fresh path in the spool's scratch directory.
+    pub fn tmp_path(&self, what: &str) -> PathBuf {
+        self.dir
+            .join("tmp")
+            .join(format!("{what}-{:016x}", rand::random::<u64>()))
+    }
+
+    fn pending_path(&self, id: FileId) -> PathBuf {
+        self.dir
+            .join("pending")
+            .join(id.level.to_string())
+            .join(crate::layout::file_name(id.range))
+    }
+
+    /// Encodes an LTX file with `write_pages` and moves it into `pending/` once it is
+    /// complete and on disk.
+    pub fn write_ltx(
+        &self,
+        level: u8,
+        header: Header,
+        write_pages: impl FnOnce(&mut Encoder<BufWriter<File>>) -> Result<(), LtxError>,
+    ) -> Result<Pending, SpoolError> {
+        let id = FileId {
+            level,
+            range: TxRange {
+                min: header.min_txid,
+                max: header.max_txid,
+            },
+        };
+        let tmp = self.tmp_path("ltx");
+        let result = (|| {
+            let file = File::create(&tmp).map_err(io(&tmp))?;
+            let ltx = |source| SpoolError::Ltx {
+                path: tmp.clone(),
+                source,
+            };
+            let mut enc =
+                Encoder::new(BufWriter::with_capacity(256 << 10, file), header).map_err(ltx)?;
+            write_pages(&mut enc).map_err(ltx)?;
+            let (w, _) = enc.finish().map_err(ltx)?;
+            let file = w.into_inner().map_err(|e| SpoolError::Io {
+                path: tmp.clone(),
+                source: e.into_error(),
+            })?;
+            file.sync_all().map_err(io(&tmp))?;
+            let dest = self.pending_path(id);
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            fs::rename(&tmp, &dest).map_err(io(&dest))?;
+            Ok(Pending { id, path: dest })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Spooled files in upload order: by last TXID, a snapshot after the L0 files it
+    /// supersedes.
+    pub fn pending(&self) -> Result<Vec<Pending>, SpoolError> {
+        let root = self.dir.join("pending");
+        let mut out = Vec::new();
+        let levels = match fs::read_dir(&root) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(&root)(e)),
+        };
+        for level_dir in levels.flatten() {
+            let Some(level) = level_dir
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u8>().ok())
+            else {
+                continue;
+            };
+            let entries = fs::read_dir(level_dir.path()).map_err(io(&level_dir.path()))?;
+            for e in entries.flatten() {
+                if let Some(range) = e.file_name().to_str().and_then(parse_file_name) {
+                    out.push(Pending {
+                        id: FileId { level, range },
+                        path: e.path(),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|p| (p.id.range.max, p.id.level, p.id.range.min));
+        Ok(out)
+    }
+
+    pub fn remove(&self, p: &Pending) -> Result<(), SpoolError> {
+        match fs::remove_file(&p.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&p.path)(e)),
+        }
+    }
+
+    /// Bytes waiting for upload.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|p| fs::metadata(&p.path).ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(body)?;
+    f.sync_all()
+}

@@ -1,0 +1,179 @@
+//! The replicator's two SQLite connections and the lock discipline around them.
+//!
+//! `reader` holds a read transaction at all times: while it does, no other connection
+//! can reset the WAL past frames we have not captured. It is ended only inside our own
+//! checkpoint, while `barrier` holds the write lock, so nothing can commit in between.
+//! Neither connection ever writes to the user's database.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tracing::info;
+
+use super::EngineError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointResult {
+    pub busy: bool,
+    /// Frames in the WAL when the checkpoint ran.
+    pub log: i64,
+    /// Frames copied back into the database file.
+    pub checkpointed: i64,
+}
+
+impl CheckpointResult {
+    /// Every frame is in the database file: the next writer rewinds the WAL.
+    pub fn complete(&self) -> bool {
+        !self.busy && self.log == self.checkpointed
+    }
+}
+
+#[derive(Debug)]
+pub struct Connections {
+    reader: Connection,
+    barrier: Connection,
+    in_read_tx: bool,
+}
+
+fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> EngineError + '_ {
+    move |source| EngineError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn open(path: &Path, busy: Duration) -> Result<Connection, EngineError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err(path))?;
+    conn.busy_timeout(busy).map_err(sql_err(path))?;
+    // Only the replicator decides when the WAL is checkpointed.
+    conn.query_row("PRAGMA wal_autocheckpoint=0", [], |_| Ok(()))
+        .map_err(sql_err(path))?;
+    // If we are the last connection to close, keep -wal so that the next start can
+    // prove it continues the same history instead of taking a snapshot.
+    let mut on: std::os::raw::c_int = 1;
+    conn.file_control(None::<&str>, rusqlite::FileControl::PersistWal(&mut on))
+        .map_err(sql_err(path))?;
+    Ok(conn)
+}
+
+impl Connections {
+    /// Opens both connections, switching the database to WAL mode if needed, and
+    /// starts the long-lived read transaction.
+    pub fn open(path: &Path, busy: Duration) -> Result<Self, EngineError> {
+        let reader = open(path, busy)?;
+        let mode: String = reader
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(sql_err(path))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            let now: String = reader
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(sql_err(path))?;
+            if !now.eq_ignore_ascii_case("wal") {
+                return Err(EngineError::NotWal {
+                    path: path.to_path_buf(),
+                    mode: now,
+                });
+            }
+            info!(path = %path.display(), from = %mode, "switched the database to WAL mode");
+        }
+        let locking: String = reader
+            .query_row("PRAGMA locking_mode", [], |r| r.get(0))
+            .map_err(sql_err(path))?;
+        if !locking.eq_ignore_ascii_case("normal") {
+            return Err(EngineError::NotWal {
+                path: path.to_path_buf(),
+                mode: format!("locking_mode={locking}"),
+            });
+        }
+        let barrier = open(path, busy)?;
+        let mut c = Self {
+            reader,
+            barrier,
+            in_read_tx: false,
+        };
+        c.begin_read(path)?;
+        Ok(c)
+    }
+
+    pub fn page_size(&self, path: &Path) -> Result<u32, EngineError> {
+        self.reader
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(sql_err(path))
+    }
+
+    fn begin_read(&mut self, path: &Path) -> Result<(), EngineError> {
+        // A read transaction starts at its first read; a schema probe costs one page.
+        self.reader.execute_batch("BEGIN").map_err(sql_err(path))?;
+        self.reader
+            .query_row(
+                "SELECT count(*) FROM (SELECT 1 FROM sqlite_schema LIMIT 1)",
+                [],
+                |_| Ok(()),
+            )
+            .map_err(sql_err(path))?;
+        self.in_read_tx = true;
+        Ok(())
+    }
+
+    fn end_read(&mut self, path: &Path) -> Result<(), EngineError> {
+        if self.in_read_tx {
+            self.reader.execute_batch("COMMIT").map_err(sql_err(path))?;
+            self.in_read_tx = false;
+        }
+        Ok(())
+    }
+
+    /// Takes the write lock. Application writers wait (in their busy handler) until
+    /// [`Self::release_barrier`].
+    pub fn take_barrier(&mut self, path: &Path) -> Result<(), EngineError> {
+        self.barrier
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sql_err(path))
+    }
+
+    pub fn release_barrier(&mut self, path: &Path) -> Result<(), EngineError> {
+        self.barrier
+            .execute_batch("ROLLBACK")
+            .map_err(sql_err(path))
+    }
+
+    /// Ends the read transaction, checkpoints, and begins it again. With `truncate`
+    /// false this is PASSIVE (never waits for anyone); TRUNCATE waits for readers up
+    /// to the busy timeout and must not run under our own barrier.
+    pub fn checkpoint(
+        &mut self,
+        path: &Path,
+        truncate: bool,
+    ) -> Result<CheckpointResult, EngineError> {
+        self.end_read(path)?;
+        let sql = if truncate {
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        let res = self.reader.query_row(sql, [], |r| {
+            Ok(CheckpointResult {
+                busy: r.get::<_, i64>(0)? != 0,
+                log: r.get(1)?,
+                checkpointed: r.get(2)?,
+            })
+        });
+        // The read transaction must come back whatever the checkpoint did.
+        let again = self.begin_read(path);
+        let res = res.map_err(sql_err(path))?;
+        again?;
+        Ok(res)
+    }
+
+    /// Ends the read transaction for good (shutdown).
+    pub fn close(mut self, path: &Path) -> Result<(), EngineError> {
+        self.end_read(path)
+    }
+}

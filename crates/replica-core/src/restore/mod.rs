@@ -1,0 +1,411 @@
+//! Restore: plan a chain of LTX files, download them in parallel, apply them in TXID
+//! order to a temporary file, check it, and only then link it into place.
+//!
+//! The output path is never written until the database is complete and checked, and
+//! an existing file is never replaced: the final step is a hard link, which fails if
+//! anything appeared at the output path in the meantime.
+
+mod plan;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+pub use plan::{PlanError, Target, plan};
+
+use crate::error::StoreError;
+use crate::ltx::{Decoder, LtxError};
+use crate::replica::{RemoteFile, Replica};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntegrityCheck {
+    None,
+    Quick,
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub output: PathBuf,
+    pub target: Target,
+    /// Downloads in flight at once.
+    pub parallelism: usize,
+    pub integrity: IntegrityCheck,
+    /// An existing output is a no-op instead of an error.
+    pub if_db_not_exists: bool,
+    /// A replica with no files is a no-op instead of an error.
+    pub if_replica_exists: bool,
+}
+
+impl RestoreOptions {
+    pub fn new(output: impl Into<PathBuf>) -> Self {
+        Self {
+            output: output.into(),
+            target: Target::Latest,
+            parallelism: 8,
+            integrity: IntegrityCheck::Quick,
+            if_db_not_exists: false,
+            if_replica_exists: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    Restored {
+        /// The last TXID applied.
+        txid: u64,
+        files: usize,
+        bytes_downloaded: u64,
+    },
+    /// `if_db_not_exists` and the output already exists.
+    OutputExists,
+    /// `if_replica_exists` and the replica is empty.
+    NoReplica,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(
+        "output {path} already exists; restore never overwrites a database (use --if-db-not-exists to make this a no-op, or choose another -o path)"
+    )]
+    OutputExists { path: PathBuf },
+
+    #[error(
+        "{path} exists without its database; it would be replayed onto the restored file. Move it away and retry"
+    )]
+    StaleSidecar { path: PathBuf },
+
+    #[error(
+        "no replica found at {url} (no LTX files); use --if-replica-exists to make this a no-op"
+    )]
+    NoReplica { url: String },
+
+    #[error("cannot restore from {url}: {source}")]
+    Plan {
+        url: String,
+        #[source]
+        source: PlanError,
+    },
+
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error("replica file {key} is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: LtxError,
+    },
+
+    #[error("replica file {key} does not match its name or its chain: {detail}")]
+    Mismatch { key: String, detail: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("integrity check of the restored database failed: {detail}")]
+    IntegrityCheck { detail: String },
+
+    #[error("restore task failed: {0}")]
+    Task(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Restores `replica` into `opts.output`.
+pub async fn restore(
+    replica: &Replica,
+    opts: &RestoreOptions,
+) -> Result<RestoreOutcome, RestoreError> {
+    let out = &opts.output;
+    if out.exists() {
+        if opts.if_db_not_exists {
+            info!(path = %out.display(), "database exists; skipping restore");
+            return Ok(RestoreOutcome::OutputExists);
+        }
+        return Err(RestoreError::OutputExists { path: out.clone() });
+    }
+    for suffix in ["-wal", "-journal"] {
+        let side = sidecar(out, suffix);
+        if side.exists() {
+            return Err(RestoreError::StaleSidecar { path: side });
+        }
+    }
+
+    let mut files = replica.list_files(None).await?;
+    if files.is_empty() {
+        if opts.if_replica_exists {
+            info!(url = %replica.url(), "no replica; skipping restore");
+            return Ok(RestoreOutcome::NoReplica);
+        }
+        return Err(RestoreError::NoReplica { url: replica.url() });
+    }
+    if matches!(opts.target, Target::Timestamp(_)) {
+        replica.fill_created(&mut files).await?;
+    }
+    let chain = plan(&files, opts.target).map_err(|source| RestoreError::Plan {
+        url: replica.url(),
+        source,
+    })?;
+    let txid = chain.last().map(|f| f.id.range.max).unwrap_or(0);
+    info!(
+        files = chain.len(),
+        txid = format!("{txid:016x}"),
+        "restore plan"
+    );
+
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let work = WorkDir::create(&parent, out)?;
+
+    let bytes_downloaded = apply_chain(replica, &chain, &work, opts.parallelism.max(1)).await?;
+    let db = work.db_path();
+    check_integrity(&db, opts.integrity).await?;
+
+    // A hard link never replaces an existing file, unlike rename.
+    std::fs::hard_link(&db, out).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            RestoreError::OutputExists { path: out.clone() }
+        } else {
+            io_err(out)(e)
+        }
+    })?;
+    File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(&parent))?;
+    drop(work);
+    info!(path = %out.display(), txid = format!("{txid:016x}"), "restored");
+    Ok(RestoreOutcome::Restored {
+        txid,
+        files: chain.len(),
+        bytes_downloaded,
+    })
+}
+
+fn sidecar(db: &Path, suffix: &str) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// A private directory beside the output for downloads and the database under
+/// construction; removed on drop, so a failed restore leaves nothing behind.
+#[derive(Debug)]
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create(parent: &Path, out: &Path) -> Result<Self, RestoreError> {
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "db".into());
+        let dir = parent.join(format!(
+            ".{name}.restore-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir(&dir).map_err(io_err(&dir))?;
+        Ok(Self(dir))
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.0.join("db")
+    }
+
+    fn download_path(&self, i: usize) -> PathBuf {
+        self.0.join(format!("{i:06}.ltx"))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "could not remove restore work directory");
+        }
+    }
+}
+
+/// Downloads run ahead (bounded by `parallelism`) while files are applied strictly in
+/// chain order, so the page writes of file N overlap the downloads of N+1...
+async fn apply_chain(
+    replica: &Replica,
+    chain: &[RemoteFile],
+    work: &WorkDir,
+    parallelism: usize,
+) -> Result<u64, RestoreError> {
+    let sem = Arc::new(Semaphore::new(parallelism));
+    let mut downloads: Vec<JoinHandle<Result<u64, RestoreError>>> = Vec::new();
+    for (i, f) in chain.iter().enumerate() {
+        let sem = sem.clone();
+        let client = replica.client().clone();
+        let f = f.clone();
+        let path = work.download_path(i);
+        downloads.push(tokio::spawn(async move {
+            let _permit = sem
+                .acquire_owned()
+                .await
+                .map_err(|e| RestoreError::Task(e.to_string()))?;
+            download(client.as_ref(), &f, &path).await
+        }));
+    }
+
+    let db_path = work.db_path();
+    let db = Arc::new(
+        File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&db_path)
+            .map_err(io_err(&db_path))?,
+    );
+    let mut total = 0;
+    let mut page_size = None;
+    let mut result = Ok(());
+    for (i, (f, dl)) in chain.iter().zip(downloads.iter_mut()).enumerate() {
+        let bytes = match dl.await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                result = Err(e);
+                break;
+            }
+            Err(e) => {
+                result = Err(RestoreError::Task(e.to_string()));
+                break;
+            }
+        };
+        total += bytes;
+        let (db, f2, path) = (db.clone(), f.clone(), work.download_path(i));
+        let applied = tokio::task::spawn_blocking(move || apply_file(&db, &f2, &path, page_size))
+            .await
+            .map_err(|e| RestoreError::Task(e.to_string()))
+            .and_then(|r| r);
+        match applied {
+            Ok(ps) => page_size = Some(ps),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_err() {
+        for d in &downloads {
+            d.abort();
+        }
+    }
+    result?;
+    db.sync_all().map_err(io_err(&db_path))?;
+    Ok(total)
+}
+
+async fn download(
+    client: &dyn crate::client::ReplicaClient,
+    f: &RemoteFile,
+    path: &Path,
+) -> Result<u64, RestoreError> {
+    let mut stream = client.get(&f.key, None).await?;
+    let mut file = tokio::fs::File::create(path).await.map_err(io_err(path))?;
+    let n = tokio::io::copy(&mut stream, &mut file)
+        .await
+        .map_err(|e| StoreError::from_io(crate::error::Op::Get, &f.key, e))?;
+    debug!(key = %f.key, bytes = n, "downloaded");
+    Ok(n)
+}
+
+/// Applies one LTX file: writes its pages, then sets the database length to the
+/// file's commit size. Returns the page size.
+fn apply_file(
+    db: &File,
+    f: &RemoteFile,
+    path: &Path,
+    page_size: Option<u32>,
+) -> Result<u32, RestoreError> {
+    let corrupt = |source| RestoreError::Corrupt {
+        key: f.key.clone(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut dec = Decoder::new(BufReader::with_capacity(1 << 20, file)).map_err(corrupt)?;
+    let h = *dec.header();
+    if h.min_txid != f.id.range.min || h.max_txid != f.id.range.max {
+        return Err(RestoreError::Mismatch {
+            key: f.key.clone(),
+            detail: format!(
+                "its header covers TXIDs {:016x}-{:016x}",
+                h.min_txid, h.max_txid
+            ),
+        });
+    }
+    if let Some(ps) = page_size.filter(|ps| *ps != h.page_size) {
+        return Err(RestoreError::Mismatch {
+            key: f.key.clone(),
+            detail: format!("page size {} after files of page size {ps}", h.page_size),
+        });
+    }
+    let ps = u64::from(h.page_size);
+    let mut buf = vec![0u8; h.page_size as usize];
+    while let Some(pgno) = dec.next_page(&mut buf).map_err(corrupt)? {
+        db.write_all_at(&buf, (u64::from(pgno) - 1) * ps)
+            .map_err(io_err(path))?;
+    }
+    dec.finish().map_err(corrupt)?;
+    db.set_len(u64::from(h.commit) * ps).map_err(io_err(path))?;
+    // The download is no longer needed; free the space early on big restores.
+    let _ = std::fs::remove_file(path);
+    Ok(h.page_size)
+}
+
+async fn check_integrity(db: &Path, level: IntegrityCheck) -> Result<(), RestoreError> {
+    let pragma = match level {
+        IntegrityCheck::None => return Ok(()),
+        IntegrityCheck::Quick => "PRAGMA quick_check",
+        IntegrityCheck::Full => "PRAGMA integrity_check",
+    };
+    let path = db.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let fail = |e: rusqlite::Error| RestoreError::IntegrityCheck {
+            detail: e.to_string(),
+        };
+        // immutable=1: the file is a complete image with no WAL, and opening it must
+        // not create -wal/-shm files beside it.
+        let uri = format!("file:{}?immutable=1", path.display());
+        let conn = rusqlite::Connection::open_with_flags(
+            uri,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(fail)?;
+        let mut stmt = conn.prepare(pragma).map_err(fail)?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(fail)?
+            .collect::<Result<_, _>>()
+            .map_err(fail)?;
+        if rows == ["ok"] {
+            Ok(())
+        } else {
+            Err(RestoreError::IntegrityCheck {
+                detail: rows.join("; "),
+            })
+        }
+    })
+    .await
+    .map_err(|e| RestoreError::Task(e.to_string()))?
+}
