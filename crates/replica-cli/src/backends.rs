@@ -30,8 +30,11 @@ pub fn open(url: &str) -> anyhow::Result<Arc<dyn ReplicaClient>> {
 }
 
 fn schemes() -> String {
-    let mut v: Vec<&str> = Vec::new();
-    #[cfg(feature = "file")]
-    v.push("file://");
-    v.join(", ")
+    let built: &[(&str, bool)] = &[("file://", cfg!(feature = "file"))];
+    built
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(s, _)| *s)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

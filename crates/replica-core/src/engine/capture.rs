@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
-use super::spool::{Spool, SpoolState};
+use super::spool::{Durability, Spool, SpoolState};
 use super::sqlite::Connections;
 use super::{EngineConfig, EngineError, Shared};
 use crate::layout::SNAPSHOT_LEVEL;
@@ -83,6 +83,9 @@ pub struct Capturer {
     snapshot_due: Option<SnapshotReason>,
     last_cut: Instant,
     last_checkpoint: Instant,
+    /// Captured frames of this generation when the last checkpoint ran: a checkpoint is
+    /// due only once the WAL has grown past it again.
+    checkpoint_attempt_frames: u64,
     last_snapshot: Instant,
     last_wal_stat: Option<(u64, u64, i64, i64)>,
     last_full_check: Instant,
@@ -142,6 +145,7 @@ impl Capturer {
             snapshot_due: None,
             last_cut: now - cfg.sync_interval,
             last_checkpoint: now,
+            checkpoint_attempt_frames: 0,
             last_snapshot: now,
             last_wal_stat: None,
             last_full_check: now,
@@ -157,21 +161,22 @@ impl Capturer {
 
         // The spool continues the replica if its pending files extend it without a gap
         // up to the saved TXID.
-        let chain_ok = state.is_some_and(|s| {
-            let mut next = remote_max + 1;
-            for p in &pending {
-                if p.id.level == SNAPSHOT_LEVEL {
-                    next = next.max(p.id.range.max + 1);
-                } else if p.id.range.min <= next && p.id.range.max >= next {
-                    next = p.id.range.max + 1;
-                } else if p.id.range.max < next {
-                    continue;
-                } else {
-                    return false;
+        let chain_ok = pending.iter().all(|p| self.spool.verify(p))
+            && state.is_some_and(|s| {
+                let mut next = remote_max + 1;
+                for p in &pending {
+                    if p.id.level == SNAPSHOT_LEVEL {
+                        next = next.max(p.id.range.max + 1);
+                    } else if p.id.range.min <= next && p.id.range.max >= next {
+                        next = p.id.range.max + 1;
+                    } else if p.id.range.max < next {
+                        continue;
+                    } else {
+                        return false;
+                    }
                 }
-            }
-            next == s.txid + 1 || (pending.is_empty() && s.txid == remote_max)
-        });
+                next == s.txid + 1 || (pending.is_empty() && s.txid == remote_max)
+            });
         let resumable = match (state, header) {
             (Some(s), Some(h))
                 if chain_ok
@@ -270,7 +275,7 @@ impl Capturer {
                 || now.duration_since(self.last_cut) >= self.cfg.sync_interval
                 || self.batch.frames >= self.cfg.checkpoint_pages)
         {
-            self.cut()?;
+            self.cut(Durability::Now)?;
         }
         if force {
             return Ok(());
@@ -281,8 +286,9 @@ impl Capturer {
             self.snapshot(SnapshotReason::Interval)?;
         }
         let wal_frames = self.generation_frames();
-        if wal_frames >= self.cfg.checkpoint_pages
-            || (wal_frames > 0
+        let grown = wal_frames.saturating_sub(self.checkpoint_attempt_frames);
+        if grown >= self.cfg.checkpoint_pages
+            || (grown > 0
                 && now.duration_since(self.last_checkpoint) >= self.cfg.checkpoint_interval)
         {
             self.checkpoint()?;
@@ -321,9 +327,15 @@ impl Capturer {
 
     /// Scans newly committed frames into the batch, following WAL resets.
     fn advance(&mut self) -> Result<(), EngineError> {
+        self.advance_bounded(None).map(|_| ())
+    }
+
+    /// [`Self::advance`] reading at most about `max_frames` frames; returns whether the
+    /// bound was reached (more committed frames may remain).
+    fn advance_bounded(&mut self, max_frames: Option<u64>) -> Result<bool, EngineError> {
         let Some(h) = self.read_wal_header()? else {
             // No WAL, or truncated: nothing to read until a writer starts a generation.
-            return Ok(());
+            return Ok(false);
         };
         let same_generation = self
             .generation
@@ -336,7 +348,7 @@ impl Capturer {
                 self.generation = None;
                 self.cut = None;
                 self.snapshot_due = Some(SnapshotReason::WalReset);
-                return Ok(());
+                return Ok(false);
             }
             if !self.batch.is_empty() {
                 // Only possible if the read transaction was lost: the batch's frames
@@ -359,6 +371,7 @@ impl Capturer {
                 commit: None,
             });
             self.cut = Some(WalPosition::start(&h));
+            self.checkpoint_attempt_frames = 0;
         }
         let from = self
             .batch
@@ -366,22 +379,22 @@ impl Capturer {
             .or(self.cut)
             .unwrap_or_else(|| WalPosition::start(&h));
         let wal = self.open_wal()?;
-        let scan = wal::scan(&wal, &h, from, None).map_err(|e| self.wal_io(e))?;
+        let scan = wal::scan(&wal, &h, from, max_frames).map_err(|e| self.wal_io(e))?;
         if scan.frames > 0 {
             self.batch.end = Some(scan.end);
             self.batch.pages.extend(scan.pages);
             self.batch.commit = scan.commit;
             self.batch.frames += scan.frames;
         }
-        Ok(())
+        Ok(max_frames.is_some_and(|m| scan.frames >= m))
     }
 
-    /// Spools the batch as the next L0 file.
-    fn cut(&mut self) -> Result<(), EngineError> {
+    /// Spools the batch as the next L0 file; returns its path if there was a batch.
+    fn cut(&mut self, durability: Durability) -> Result<Option<PathBuf>, EngineError> {
         let (Some(end), Some(commit), Some(g)) =
             (self.batch.end, self.batch.commit, self.generation.as_mut())
         else {
-            return Ok(());
+            return Ok(None);
         };
         let start = self.cut.unwrap_or_else(|| WalPosition::start(&g.header));
         let txid = self.txid + 1;
@@ -405,7 +418,7 @@ impl Capturer {
         let gh = g.header;
         let pages = &self.batch.pages;
         let mut buf = vec![0u8; self.page_size as usize];
-        let written = self.spool.write_ltx(0, header, |enc| {
+        let written = self.spool.write_ltx(0, header, durability, |enc| {
             for (&pgno, &off) in pages.range(..=commit) {
                 if !wal::read_frame_page(&wal, &gh, off, &mut buf)? {
                     return Err(LtxError::Io(std::io::Error::other(
@@ -423,21 +436,27 @@ impl Capturer {
         self.cut = Some(end);
         self.txid = txid;
         self.last_cut = Instant::now();
-        self.save_state()?;
+        self.save_state(durability)?;
         self.shared.stats.ltx_files.fetch_add(1, Ordering::Relaxed);
         debug!(db = %self.db_path.display(), file = %written.id, "spooled");
-        self.shared.notify_shipper();
-        Ok(())
+        // Deferred files are announced after their sync.
+        if durability == Durability::Now {
+            self.shared.notify_shipper();
+        }
+        Ok(Some(written.path))
     }
 
-    fn save_state(&self) -> Result<(), EngineError> {
-        self.spool.save_state(&SpoolState {
-            txid: self.txid,
-            position: self.cut,
-            page_size: self.page_size,
-            db_dev: self.db_id.0,
-            db_ino: self.db_id.1,
-        })?;
+    fn save_state(&self, durability: Durability) -> Result<(), EngineError> {
+        self.spool.save_state(
+            &SpoolState {
+                txid: self.txid,
+                position: self.cut,
+                page_size: self.page_size,
+                db_dev: self.db_id.0,
+                db_ino: self.db_id.1,
+            },
+            durability,
+        )?;
         Ok(())
     }
 
@@ -457,7 +476,7 @@ impl Capturer {
                 return Ok(());
             }
             self.advance()?;
-            self.cut()?;
+            self.cut(Durability::Now)?;
         } else {
             // A fresh start of history: take the whole current WAL as the base.
             self.generation = None;
@@ -491,7 +510,7 @@ impl Capturer {
                 Err(e) => return Err(e),
             }
         }
-        self.save_state()?;
+        self.save_state(Durability::Now)?;
         self.last_snapshot = Instant::now();
         self.shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         self.shared
@@ -539,26 +558,29 @@ impl Capturer {
         let lock = ltx::lock_pgno(ps);
         let mut buf = vec![0u8; ps as usize];
         let db_file = &self.db_file;
-        let result = self.spool.write_ltx(SNAPSHOT_LEVEL, header, |enc| {
-            for pgno in 1..=commit {
-                if pgno == lock {
-                    continue;
-                }
-                match wal
-                    .as_ref()
-                    .and_then(|(f, g)| g.pages.get(&pgno).map(|o| (f, g, *o)))
-                {
-                    Some((f, g, off)) => {
-                        if !wal::read_frame_page(f, &g.header, off, &mut buf)? {
-                            return Err(LtxError::Io(std::io::Error::other(REWOUND)));
+        let result =
+            self.spool
+                .write_ltx(SNAPSHOT_LEVEL, header, Durability::Now, |enc| {
+                    for pgno in 1..=commit {
+                        if pgno == lock {
+                            continue;
                         }
+                        match wal
+                            .as_ref()
+                            .and_then(|(f, g)| g.pages.get(&pgno).map(|o| (f, g, *o)))
+                        {
+                            Some((f, g, off)) => {
+                                if !wal::read_frame_page(f, &g.header, off, &mut buf)? {
+                                    return Err(LtxError::Io(std::io::Error::other(REWOUND)));
+                                }
+                            }
+                            None => db_file
+                                .read_exact_at(&mut buf, u64::from(pgno - 1) * u64::from(ps))?,
+                        }
+                        enc.write_page(pgno, &buf)?;
                     }
-                    None => db_file.read_exact_at(&mut buf, u64::from(pgno - 1) * u64::from(ps))?,
-                }
-                enc.write_page(pgno, &buf)?;
-            }
-            Ok(())
-        });
+                    Ok(())
+                });
         match result {
             Ok(_) => Ok(()),
             Err(super::spool::SpoolError::Ltx {
@@ -569,56 +591,113 @@ impl Capturer {
         }
     }
 
-    /// The replicator's own checkpoint (see ARCHITECTURE.md, "checkpoint cycle"): catch
-    /// up without locks, then under a short write barrier seal the tail, move the read
-    /// transaction and run a PASSIVE checkpoint. Work under the barrier is bounded by
-    /// what was committed since the catch-up, never by the database size.
+    /// The replicator's own checkpoint, in three steps so that the write barrier is
+    /// held only for work proportional to what was committed in the last moments:
+    ///
+    /// 1. catch up without locks, then under a barrier seal the tail and move our read
+    ///    transaction to the end of the WAL;
+    /// 2. without any barrier, a PASSIVE checkpoint copies the bulk of the WAL into the
+    ///    database file while the application keeps committing;
+    /// 3. under a second barrier, seal again, end the read transaction, checkpoint the
+    ///    little that is left (which arms the WAL reset) and begin it again.
     fn checkpoint(&mut self) -> Result<(), EngineError> {
         self.advance()?;
-        self.cut()?;
+        self.cut(Durability::Now)?;
+        self.checkpoint_attempt_frames = self.generation_frames();
+        self.last_checkpoint = Instant::now();
         let path = self.db_path.clone();
-        let Some(mut conns) = self.conns.take() else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        if let Err(e) = conns.take_barrier(&path) {
-            self.conns = Some(conns);
-            warn!(db = %path.display(), error = %e, "checkpoint skipped: write lock not available");
-            self.last_checkpoint = Instant::now();
+
+        if self
+            .under_barrier(|c, conns| conns.restart_read(&c.db_path))?
+            .is_none()
+        {
             return Ok(());
         }
-        let sealed = self.advance().and_then(|()| self.cut());
-        let result = match sealed {
-            Ok(()) => conns.checkpoint(&path, false),
-            Err(e) => Err(e),
+        if let Some(conns) = self.conns.as_mut() {
+            // Busy only if another connection is checkpointing; step 3 copes.
+            let bulk = conns.passive_unlocked(&path);
+            debug!(db = %path.display(), ?bulk, "bulk checkpoint");
+        }
+        let Some(res) = self.under_barrier(|c, conns| conns.checkpoint(&c.db_path, false))? else {
+            return Ok(());
         };
-        let released = conns.release_barrier(&path);
-        let held = started.elapsed();
-        self.conns = Some(conns);
-        released?;
-        let res = result?;
+
         self.shared
             .stats
             .checkpoints
             .fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .stats
-            .max_barrier_us
-            .fetch_max(held.as_micros() as u64, Ordering::Relaxed);
-        self.last_checkpoint = Instant::now();
         let captured = self.generation_frames() as i64;
+        self.checkpoint_attempt_frames = captured as u64;
         if res.complete() && res.log == captured {
             // The next writer rewinds the WAL; we follow from offset 32.
             self.continuous = true;
-        } else if res.log != captured {
+        } else if res.log >= 0 && res.log != captured {
             warn!(db = %path.display(), log = res.log, captured, "checkpoint saw frames we had not captured");
         }
-        debug!(db = %path.display(), ?res, barrier_us = held.as_micros() as u64, "checkpoint");
-
+        debug!(db = %path.display(), ?res, "checkpoint");
         if !res.complete() {
             self.truncate_backstop(&path)?;
         }
         Ok(())
+    }
+
+    /// Runs `f` under the write barrier after sealing: everything committed up to the
+    /// barrier is spooled (fsync deferred until the barrier is released). Returns
+    /// `Ok(None)` if the barrier could not be taken.
+    fn under_barrier<T>(
+        &mut self,
+        f: impl FnOnce(&Self, &mut Connections) -> Result<T, EngineError>,
+    ) -> Result<Option<T>, EngineError> {
+        // A writer that got ahead while we waited for the lock is caught up outside the
+        // barrier, so the work under it stays bounded by `checkpoint_pages`.
+        let mut attempts = 0;
+        let (mut conns, acquired) = loop {
+            let Some(mut conns) = self.conns.take() else {
+                return Ok(None);
+            };
+            if let Err(e) = conns.take_barrier(&self.db_path) {
+                self.conns = Some(conns);
+                warn!(db = %self.db_path.display(), error = %e, "checkpoint skipped: write lock not available");
+                return Ok(None);
+            }
+            let acquired = Instant::now();
+            attempts += 1;
+            match self.advance_bounded(Some(self.cfg.checkpoint_pages)) {
+                Ok(true) if attempts < 4 => {
+                    let released = conns.release_barrier(&self.db_path);
+                    self.conns = Some(conns);
+                    released?;
+                    self.advance()?;
+                    self.cut(Durability::Now)?;
+                }
+                Ok(_) => break (conns, acquired),
+                Err(e) => {
+                    let released = conns.release_barrier(&self.db_path);
+                    self.conns = Some(conns);
+                    released?;
+                    return Err(e);
+                }
+            }
+        };
+        let sealed = self.advance().and_then(|()| self.cut(Durability::Deferred));
+        let result = match &sealed {
+            Ok(_) => f(self, &mut conns),
+            Err(_) => Err(EngineError::Thread("capture", "seal failed".into())),
+        };
+        let released = conns.release_barrier(&self.db_path);
+        let held = acquired.elapsed();
+        self.conns = Some(conns);
+        self.shared
+            .stats
+            .max_barrier_us
+            .fetch_max(held.as_micros() as u64, Ordering::Relaxed);
+        debug!(db = %self.db_path.display(), barrier_us = held.as_micros() as u64, "barrier released");
+        if let Some(tail) = sealed? {
+            self.spool.sync(std::slice::from_ref(&tail))?;
+            self.shared.notify_shipper();
+        }
+        released?;
+        result.map(Some)
     }
 
     /// When readers keep PASSIVE from finishing and the WAL passes the hard limit,
@@ -635,7 +714,7 @@ impl Capturer {
         }
         warn!(db = %path.display(), wal_bytes = wal_len, "WAL past its hard limit; running a TRUNCATE checkpoint");
         self.advance()?;
-        self.cut()?;
+        self.cut(Durability::Now)?;
         let Some(mut conns) = self.conns.take() else {
             return Ok(());
         };

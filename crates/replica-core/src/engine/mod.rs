@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tracing::info;
 
 pub use capture::SnapshotReason;
-pub use spool::{Pending, Spool, SpoolError, SpoolState};
+pub use spool::{Durability, Pending, Spool, SpoolError, SpoolState};
 
 use crate::error::StoreError;
 use crate::replica::Replica;

@@ -44,6 +44,17 @@ pub enum SpoolError {
     },
 }
 
+/// When a spool write must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Before the call returns.
+    Now,
+    /// At the next [`Spool::sync`]: used under the write barrier, where an fsync would
+    /// stall the application's writers. A crash before the sync can only lose files
+    /// whose frames are still in the WAL or whose loss the resume check detects.
+    Deferred,
+}
+
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
@@ -101,15 +112,20 @@ impl Spool {
         }
     }
 
-    pub fn save_state(&self, state: &SpoolState) -> Result<(), SpoolError> {
+    /// Replaces the saved state. With `durability: Deferred` the new file is not yet
+    /// fsynced; [`Self::sync`] makes it durable.
+    pub fn save_state(&self, state: &SpoolState, durability: Durability) -> Result<(), SpoolError> {
         let path = self.state_path();
         let tmp = self.tmp_path("state");
         let body = serde_json::to_vec(state).map_err(|e| SpoolError::Io {
             path: path.clone(),
             source: e.into(),
         })?;
-        write_synced(&tmp, &body).map_err(io(&tmp))?;
+        write_file(&tmp, &body, durability == Durability::Now).map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
+        if durability == Durability::Now {
+            sync_dir(&self.dir).map_err(io(&self.dir))?;
+        }
         Ok(())
     }
 
@@ -133,6 +149,7 @@ impl Spool {
         &self,
         level: u8,
         header: Header,
+        durability: Durability,
         write_pages: impl FnOnce(&mut Encoder<BufWriter<File>>) -> Result<(), LtxError>,
     ) -> Result<Pending, SpoolError> {
         let id = FileId {
@@ -157,18 +174,70 @@ impl Spool {
                 path: tmp.clone(),
                 source: e.into_error(),
             })?;
-            file.sync_all().map_err(io(&tmp))?;
+            if durability == Durability::Now {
+                file.sync_all().map_err(io(&tmp))?;
+            }
             let dest = self.pending_path(id);
             if let Some(parent) = dest.parent() {
                 fs::create_dir_all(parent).map_err(io(parent))?;
             }
             fs::rename(&tmp, &dest).map_err(io(&dest))?;
+            if let (Durability::Now, Some(parent)) = (durability, dest.parent()) {
+                sync_dir(parent).map_err(io(parent))?;
+            }
             Ok(Pending { id, path: dest })
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// Makes deferred writes durable: the given spool files, the state, and the
+    /// directories that name them.
+    pub fn sync(&self, files: &[PathBuf]) -> Result<(), SpoolError> {
+        let mut dirs: Vec<&Path> = Vec::new();
+        for path in files {
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io(path))?;
+            if let Some(parent) = path.parent().filter(|p| !dirs.contains(p)) {
+                dirs.push(parent);
+            }
+        }
+        let state = self.state_path();
+        File::open(&state)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&state))?;
+        dirs.push(&self.dir);
+        for d in dirs {
+            sync_dir(d).map_err(io(d))?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a spooled file completely. A file torn by a crash that came before its
+    /// deferred sync fails here rather than in the shipper.
+    pub fn verify(&self, p: &Pending) -> bool {
+        let Ok(f) = File::open(&p.path) else {
+            return false;
+        };
+        let Ok(mut dec) = crate::ltx::Decoder::new(std::io::BufReader::new(f)) else {
+            return false;
+        };
+        let h = *dec.header();
+        if h.min_txid != p.id.range.min || h.max_txid != p.id.range.max {
+            return false;
+        }
+        let mut buf = vec![0u8; h.page_size as usize];
+        loop {
+            match dec.next_page(&mut buf) {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(_) => return false,
+            }
+        }
+        dec.finish().is_ok()
     }
 
     /// Spooled files in upload order: by last TXID, a snapshot after the L0 files it
@@ -231,8 +300,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
+fn write_file(path: &Path, body: &[u8], sync: bool) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(body)?;
-    f.sync_all()
+    if sync { f.sync_all() } else { Ok(()) }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }

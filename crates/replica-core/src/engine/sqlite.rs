@@ -63,6 +63,16 @@ fn open(path: &Path, busy: Duration) -> Result<Connection, EngineError> {
     Ok(conn)
 }
 
+/// Retries every 50 µs for the first 100 ms, then every millisecond, for about 5 s.
+fn eager_busy(attempt: i32) -> bool {
+    match attempt {
+        0..2000 => std::thread::sleep(Duration::from_micros(50)),
+        2000..6900 => std::thread::sleep(Duration::from_millis(1)),
+        _ => return false,
+    }
+    true
+}
+
 impl Connections {
     /// Opens both connections, switching the database to WAL mode if needed, and
     /// starts the long-lived read transaction.
@@ -92,7 +102,12 @@ impl Connections {
                 mode: format!("locking_mode={locking}"),
             });
         }
-        let barrier = open(path, busy)?;
+        let mut barrier = open(path, busy)?;
+        // SQLite's default busy handler sleeps in growing steps and loses the write lock
+        // to a writer that commits in a tight loop; retry often, for about `busy`.
+        barrier
+            .busy_handler(Some(eager_busy))
+            .map_err(sql_err(path))?;
         let mut c = Self {
             reader,
             barrier,
@@ -170,6 +185,27 @@ impl Connections {
         let res = res.map_err(sql_err(path))?;
         again?;
         Ok(res)
+    }
+
+    /// Moves the read transaction forward to the current end of the WAL. Only under the
+    /// barrier: otherwise frames committed in between could be reset away unseen.
+    pub fn restart_read(&mut self, path: &Path) -> Result<(), EngineError> {
+        self.end_read(path)?;
+        self.begin_read(path)
+    }
+
+    /// A PASSIVE checkpoint from the barrier connection while it holds no transaction:
+    /// copies frames up to our read mark while the application keeps writing.
+    pub fn passive_unlocked(&mut self, path: &Path) -> Result<CheckpointResult, EngineError> {
+        self.barrier
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok(CheckpointResult {
+                    busy: r.get::<_, i64>(0)? != 0,
+                    log: r.get(1)?,
+                    checkpointed: r.get(2)?,
+                })
+            })
+            .map_err(sql_err(path))
     }
 
     /// Ends the read transaction for good (shutdown).

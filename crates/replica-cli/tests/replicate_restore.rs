@@ -1,0 +1,1085 @@
+//! End-to-end tests of `replica replicate` + `replica restore` with real SQLite
+//! writers in this process (separate connections from the replicator, which runs as a
+//! child process).
+//!
+//! Every test writes while replication runs, stops the replicator with SIGINT (it must
+//! flush and exit 0), restores, and compares the logical dump of the restored database
+//! with the source's.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use rusqlite::{Connection, params};
+use support::{
+    Output, Proc, SIGINT, dump, integrity_check, open_wal_db, replica_cmd, run, wait_until,
+};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// How long an "it has been uploaded" condition may take before the test fails.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the replicator may take to flush and exit after SIGINT.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// A temp dir holding the source database, the replica and restore outputs.
+struct Env {
+    dir: TempDir,
+    db: PathBuf,
+    url: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("replica-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let db = dir.path().join("source.db");
+        let url = format!("file://{}", dir.path().join("replica").display());
+        Env { dir, db, url }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// One row of `replica ltx --json`.
+#[derive(Debug, Clone)]
+struct LtxFile {
+    level: u64,
+    min: u64,
+    max: u64,
+    created: OffsetDateTime,
+    key: String,
+}
+
+fn parse_txid(s: &str) -> u64 {
+    assert_eq!(s.len(), 16, "TXID {s:?} is not 16 hex digits");
+    u64::from_str_radix(s, 16).unwrap_or_else(|e| panic!("TXID {s:?}: {e}"))
+}
+
+fn txid_hex(t: u64) -> String {
+    format!("{t:016x}")
+}
+
+/// The replica's files, from `replica ltx URL --json`.
+fn ltx_list(url: &str) -> Vec<LtxFile> {
+    let out = run(replica_cmd().args(["ltx", url, "--json"]));
+    assert!(out.success(), "replica ltx {url} failed\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("replica ltx --json printed invalid JSON ({e})\n{out}"));
+    let rows = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a JSON array\n{out}"));
+    rows.iter()
+        .map(|r| {
+            let s = |k: &str| {
+                r[k].as_str()
+                    .unwrap_or_else(|| panic!("field {k} missing or not a string in {r}"))
+                    .to_string()
+            };
+            LtxFile {
+                level: r["level"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("bad level in {r}")),
+                min: parse_txid(&s("min_txid")),
+                max: parse_txid(&s("max_txid")),
+                created: OffsetDateTime::parse(&s("created"), &Rfc3339)
+                    .unwrap_or_else(|e| panic!("bad created in {r}: {e}")),
+                key: s("key"),
+            }
+        })
+        .collect()
+}
+
+/// The highest TXID in the replica (0 if it is empty or missing).
+fn max_txid(url: &str) -> u64 {
+    ltx_list(url).iter().map(|f| f.max).max().unwrap_or(0)
+}
+
+fn start_replicator(db: &Path, url: &str) -> Proc {
+    let mut cmd = replica_cmd();
+    cmd.arg("replicate")
+        .arg(db)
+        .arg(url)
+        .args(["--sync-interval", "100ms"]);
+    Proc::spawn("replica replicate", cmd)
+}
+
+/// Waits until the replica holds at least `txid` (the first snapshot is TXID 1).
+#[track_caller]
+fn wait_for_txid(rep: &mut Proc, url: &str, txid: u64) {
+    let ok = wait_until(UPLOAD_TIMEOUT, || {
+        !rep.is_running() || max_txid(url) >= txid
+    });
+    assert!(
+        ok && rep.is_running(),
+        "replica did not reach TXID {} within {UPLOAD_TIMEOUT:?} (running: {}, files: {:?})\n{}",
+        txid_hex(txid),
+        rep.is_running(),
+        ltx_list(url),
+        rep.output_report()
+    );
+}
+
+/// SIGINT, and the replicator must flush and exit 0.
+#[track_caller]
+fn stop_replicator(rep: &mut Proc) {
+    let st = rep.stop(SIGINT, STOP_TIMEOUT);
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "replica replicate exited with {st} after SIGINT\n{}",
+        rep.output_report()
+    );
+}
+
+fn restore(url: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut cmd = replica_cmd();
+    cmd.arg("restore").arg("-o").arg(out).args(extra).arg(url);
+    run(&mut cmd)
+}
+
+/// Restores and asserts success, a sound database, and returns its dump.
+#[track_caller]
+fn restore_dump(url: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let o = restore(url, out, extra);
+    assert!(
+        o.success(),
+        "replica restore {extra:?} -o {} failed\n{o}",
+        out.display()
+    );
+    assert!(
+        out.is_file(),
+        "restore exited 0 but {} is missing\n{o}",
+        out.display()
+    );
+    assert_eq!(
+        integrity_check(out),
+        ["ok"],
+        "restored {} fails integrity_check",
+        out.display()
+    );
+    dump(out)
+}
+
+/// `assert_eq!` for dumps, with a short message (dumps of multi-MiB blobs are huge).
+#[track_caller]
+fn assert_dumps_eq(what: &str, expected: &[String], actual: &[String]) {
+    if expected == actual {
+        return;
+    }
+    let i = expected
+        .iter()
+        .zip(actual)
+        .position(|(a, b)| a != b)
+        .unwrap_or(expected.len().min(actual.len()));
+    let clip = |s: Option<&String>| match s {
+        None => "<no line>".to_string(),
+        Some(s) if s.len() > 300 => {
+            format!(
+                "{}... ({} chars)",
+                s.chars().take(300).collect::<String>(),
+                s.len()
+            )
+        }
+        Some(s) => s.clone(),
+    };
+    panic!(
+        "{what}: dumps differ (expected {} lines, got {}); first difference at line {i}:\n  expected: {}\n  actual:   {}",
+        expected.len(),
+        actual.len(),
+        clip(expected.get(i)),
+        clip(actual.get(i))
+    );
+}
+
+/// Restores the latest state and checks it against the source database.
+#[track_caller]
+fn assert_restore_matches_source(env: &Env, name: &str) -> PathBuf {
+    let out = env.path(name);
+    let restored = restore_dump(&env.url, &out, &[]);
+    assert!(
+        integrity_check(&env.db) == ["ok"],
+        "source fails integrity_check"
+    );
+    let source = dump(&env.db);
+    assert!(
+        source.len() > 3,
+        "the source dump is trivially small: {source:?}"
+    );
+    assert_dumps_eq("restored latest vs source", &source, &restored);
+    out
+}
+
+fn pragma_i64(path: &Path, pragma: &str) -> i64 {
+    support::open_read_only(path)
+        .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("PRAGMA {pragma} on {}: {e}", path.display()))
+}
+
+/// Creates a new WAL database with the given page size (set before anything is written).
+fn create_db(path: &Path, page_size: Option<u32>) -> Connection {
+    {
+        // The page size is per connection until the first write fixes it in the
+        // file, and switching to WAL is that first write.
+        let conn = Connection::open(path).expect("creating the database");
+        if let Some(ps) = page_size {
+            conn.pragma_update(None, "page_size", ps)
+                .expect("page_size");
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .expect("journal_mode=WAL");
+        assert_eq!(mode, "wal");
+    }
+    open_wal_db(path)
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT UNIQUE, v TEXT, n INTEGER, b BLOB);
+    CREATE INDEX t_n ON t(n);
+    CREATE TABLE kv(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+";
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction (so concurrent writers wait on the
+/// busy timeout instead of failing on a stale snapshot).
+fn tx<T>(conn: &Connection, f: impl FnOnce(&Connection) -> T) -> T {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .expect("BEGIN IMMEDIATE");
+    let r = f(conn);
+    conn.execute_batch("COMMIT").expect("COMMIT");
+    r
+}
+
+/// Inserts `n` rows into `t` with text values of about `len` bytes; keys are unique
+/// per (`tag`, i).
+fn insert_rows(conn: &Connection, tag: &str, n: usize, len: usize, rng: &mut StdRng) {
+    let mut st = conn
+        .prepare_cached("INSERT INTO t(k, v, n, b) VALUES (?1, ?2, ?3, ?4)")
+        .expect("prepare insert");
+    for i in 0..n {
+        let k = format!("{tag}-{i}-{}", rng.random::<u32>());
+        let v: String = (0..len)
+            .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+            .collect();
+        let blob: Option<Vec<u8>> = (i % 4 == 0).then(|| {
+            let mut b = vec![0u8; rng.random_range(0..200usize)];
+            rng.fill_bytes(&mut b);
+            b
+        });
+        st.execute(params![k, v, rng.random_range(0..1000i64), blob])
+            .expect("insert");
+    }
+}
+
+fn random_blob(rng: &mut StdRng, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    rng.fill_bytes(&mut b);
+    b
+}
+
+fn pause() {
+    // Pacing between transactions so that they spread over several sync intervals.
+    std::thread::sleep(Duration::from_millis(40));
+}
+
+// ---------------------------------------------------------------------------
+// Replicate while writing, then restore the latest state
+
+#[test]
+fn varied_transactions_updates_and_deletes() {
+    let env = Env::new();
+    let conn = create_db(&env.db, None);
+    conn.execute_batch(SCHEMA).expect("schema");
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+
+    for (round, n) in [1usize, 2, 10, 100, 1, 1000, 3, 5000, 50, 1, 2500]
+        .iter()
+        .enumerate()
+    {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("r{round}"), *n, 60, &mut rng)
+        });
+        pause();
+        match round % 4 {
+            0 => {
+                conn.execute(
+                    "UPDATE t SET v = upper(v), n = n + 1 WHERE n % 3 = ?1",
+                    [round as i64 % 3],
+                )
+                .expect("update");
+            }
+            1 => {
+                conn.execute("DELETE FROM t WHERE n % 7 = ?1", [round as i64 % 7])
+                    .expect("delete");
+            }
+            2 => tx(&conn, |c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO kv VALUES (?1, ?2)",
+                    params![format!("key{round}"), round as i64],
+                )
+                .expect("kv");
+                c.execute("UPDATE t SET b = randomblob(300) WHERE id % 11 = 0", [])
+                    .expect("update blobs");
+                c.execute("DELETE FROM kv WHERE k = 'key0'", [])
+                    .expect("kv delete");
+            }),
+            _ => {
+                // Many single-row transactions in a row.
+                for i in 0..30 {
+                    conn.execute("UPDATE t SET n = ?1 WHERE id = ?2", params![i, i * 13 + 1])
+                        .expect("single-row update");
+                }
+            }
+        }
+        pause();
+    }
+    conn.execute_batch("PRAGMA user_version = 42")
+        .expect("user_version");
+
+    stop_replicator(&mut rep);
+    let files = ltx_list(&env.url);
+    assert!(
+        files.iter().filter(|f| f.level == 0).count() >= 5,
+        "expected several L0 files (one per sync with commits), got {files:?}"
+    );
+    let out = assert_restore_matches_source(&env, "restored.db");
+    assert_eq!(pragma_i64(&out, "user_version"), 42);
+}
+
+#[test]
+fn large_blobs_spanning_overflow_pages() {
+    let env = Env::new();
+    let conn = create_db(&env.db, None);
+    conn.execute_batch("CREATE TABLE blobs(id INTEGER PRIMARY KEY, name TEXT, data BLOB);")
+        .expect("schema");
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+
+    let ins = |name: &str, len: usize, rng: &mut StdRng| {
+        conn.execute(
+            "INSERT INTO blobs(name, data) VALUES (?1, ?2)",
+            params![name, random_blob(rng, len)],
+        )
+        .expect("insert blob");
+    };
+    ins("small", 5000, &mut rng);
+    pause();
+    ins("three-mib", 3 << 20, &mut rng);
+    pause();
+    ins("seven-mib-plus", (7 << 20) + 12345, &mut rng);
+    pause();
+    ins("one-mib", 1 << 20, &mut rng);
+    pause();
+    // Replace a blob by one of a different size, shrink another, delete a third.
+    conn.execute(
+        "UPDATE blobs SET data = ?1 WHERE name = 'three-mib'",
+        [random_blob(&mut rng, (2 << 20) + 77)],
+    )
+    .expect("replace blob");
+    pause();
+    conn.execute(
+        "UPDATE blobs SET data = substr(data, 1, 1000) WHERE name = 'one-mib'",
+        [],
+    )
+    .expect("shrink blob");
+    conn.execute("DELETE FROM blobs WHERE name = 'small'", [])
+        .expect("delete blob");
+    pause();
+    ins("after", 4 << 20, &mut rng);
+
+    stop_replicator(&mut rep);
+    let out = assert_restore_matches_source(&env, "restored.db");
+    let len: i64 = support::open_read_only(&out)
+        .query_row("SELECT sum(length(data)) FROM blobs", [], |r| r.get(0))
+        .expect("sum");
+    assert_eq!(len, (7 << 20) + 12345 + (2 << 20) + 77 + 1000 + (4 << 20));
+}
+
+#[test]
+fn vacuum_in_the_middle_shrinks_the_database() {
+    let env = Env::new();
+    let conn = create_db(&env.db, None);
+    conn.execute_batch(SCHEMA).expect("schema");
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+
+    for i in 0..4 {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("big{i}"), 1500, 400, &mut rng)
+        });
+        pause();
+    }
+    let pages_before = pragma_i64(&env.db, "page_count");
+    conn.execute("DELETE FROM t WHERE id % 10 != 0", [])
+        .expect("delete most");
+    pause();
+    conn.execute_batch("VACUUM").expect("VACUUM");
+    let pages_after = pragma_i64(&env.db, "page_count");
+    assert!(
+        pages_after * 4 < pages_before,
+        "VACUUM did not shrink the database ({pages_before} -> {pages_after} pages)"
+    );
+    pause();
+    tx(&conn, |c| {
+        insert_rows(c, "after-vacuum", 200, 100, &mut rng)
+    });
+    conn.execute("UPDATE t SET n = -n WHERE id % 3 = 0", [])
+        .expect("update after vacuum");
+
+    stop_replicator(&mut rep);
+    let out = assert_restore_matches_source(&env, "restored.db");
+    assert_eq!(
+        pragma_i64(&out, "page_count"),
+        pragma_i64(&env.db, "page_count"),
+        "the restored database does not have the source's (post-VACUUM) size"
+    );
+    assert_eq!(
+        pragma_i64(&out, "freelist_count"),
+        pragma_i64(&env.db, "freelist_count")
+    );
+}
+
+fn replicate_with_page_size(page_size: u32) {
+    let env = Env::new();
+    let conn = create_db(&env.db, Some(page_size));
+    assert_eq!(pragma_i64(&env.db, "page_size"), i64::from(page_size));
+    conn.execute_batch(SCHEMA).expect("schema");
+    let mut rng = StdRng::seed_from_u64(u64::from(page_size));
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+
+    for (i, n) in [1usize, 300, 2000, 10].iter().enumerate() {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("p{i}"), *n, 150, &mut rng)
+        });
+        pause();
+    }
+    // Values larger than a page (overflow chains), then updates and deletes.
+    conn.execute(
+        "UPDATE t SET b = ?1 WHERE id = 5",
+        [random_blob(&mut rng, 300_000)],
+    )
+    .expect("big value");
+    pause();
+    conn.execute("DELETE FROM t WHERE id % 5 = 1", [])
+        .expect("delete");
+    conn.execute("UPDATE t SET v = v || v WHERE id % 4 = 0", [])
+        .expect("update");
+    pause();
+    tx(&conn, |c| insert_rows(c, "last", 50, 2000, &mut rng));
+
+    stop_replicator(&mut rep);
+    let out = assert_restore_matches_source(&env, "restored.db");
+    assert_eq!(pragma_i64(&out, "page_size"), i64::from(page_size));
+    assert_eq!(
+        pragma_i64(&out, "page_count"),
+        pragma_i64(&env.db, "page_count")
+    );
+}
+
+#[test]
+fn page_size_1024() {
+    replicate_with_page_size(1024);
+}
+
+#[test]
+fn page_size_65536() {
+    replicate_with_page_size(65536);
+}
+
+#[test]
+fn two_writer_connections_interleaving() {
+    let env = Env::new();
+    let conn = create_db(&env.db, None);
+    conn.execute_batch(
+        "CREATE TABLE shared(id INTEGER PRIMARY KEY, who TEXT, i INTEGER, v TEXT);
+         CREATE TABLE counters(who TEXT PRIMARY KEY, n INTEGER);
+         INSERT INTO counters VALUES ('a', 0), ('b', 0);",
+    )
+    .expect("schema");
+    drop(conn);
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+
+    std::thread::scope(|s| {
+        for (who, seed) in [("a", 10u64), ("b", 20u64)] {
+            let db = env.db.clone();
+            s.spawn(move || {
+                let conn = open_wal_db(&db);
+                let mut rng = StdRng::seed_from_u64(seed);
+                for i in 0..120i64 {
+                    let rows = [1usize, 1, 5, 40, 400][rng.random_range(0..5)];
+                    tx(&conn, |c| {
+                        for j in 0..rows {
+                            c.execute(
+                                "INSERT INTO shared(who, i, v) VALUES (?1, ?2, ?3)",
+                                params![who, i, format!("{who}{i}/{j}:{}", rng.random::<u64>())],
+                            )
+                            .expect("insert");
+                        }
+                        c.execute("UPDATE counters SET n = n + 1 WHERE who = ?1", [who])
+                            .expect("counter");
+                    });
+                    if i % 10 == 9 {
+                        conn.execute(
+                            "DELETE FROM shared WHERE who = ?1 AND i % 3 = ?2",
+                            params![who, i % 3],
+                        )
+                        .expect("delete");
+                    }
+                    std::thread::sleep(Duration::from_millis(rng.random_range(0..12)));
+                }
+            });
+        }
+    });
+
+    stop_replicator(&mut rep);
+    let out = assert_restore_matches_source(&env, "restored.db");
+    let counters: Vec<i64> = support::open_read_only(&out)
+        .prepare("SELECT n FROM counters ORDER BY who")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(counters, [120, 120]);
+}
+
+#[test]
+fn existing_wal_database_with_data_before_replication() {
+    let env = Env::new();
+    let mut rng = StdRng::seed_from_u64(4);
+    // Data checkpointed into the database file (the last connection closes)...
+    {
+        let conn = create_db(&env.db, None);
+        conn.execute_batch(SCHEMA).expect("schema");
+        tx(&conn, |c| insert_rows(c, "old", 3000, 100, &mut rng));
+    }
+    assert!(
+        !Path::new(&format!("{}-wal", env.db.display())).exists(),
+        "closing the last connection should have checkpointed and removed the WAL"
+    );
+    // ...and more still only in the WAL, from a connection that stays open.
+    let conn = open_wal_db(&env.db);
+    tx(&conn, |c| insert_rows(c, "in-wal", 500, 100, &mut rng));
+    conn.execute("UPDATE t SET v = 'changed in WAL' WHERE id % 9 = 0", [])
+        .expect("update");
+    conn.execute("DELETE FROM t WHERE id % 13 = 0", [])
+        .expect("delete");
+    let before = dump(&env.db);
+
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+    // The first snapshot alone must hold all of it.
+    let snap = restore_dump(
+        &env.url,
+        &env.path("at-txid-1.db"),
+        &["--txid", &txid_hex(1)],
+    );
+    assert_dumps_eq("snapshot of the pre-existing database", &before, &snap);
+
+    for i in 0..5 {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("new{i}"), 100 * i + 1, 80, &mut rng)
+        });
+        pause();
+    }
+    conn.execute("DELETE FROM t WHERE k LIKE 'old-1%'", [])
+        .expect("delete old");
+
+    stop_replicator(&mut rep);
+    assert_restore_matches_source(&env, "restored.db");
+}
+
+#[test]
+fn rollback_journal_database_is_switched_to_wal() {
+    let env = Env::new();
+    let mut rng = StdRng::seed_from_u64(5);
+    // An application connection in rollback-journal mode, which stays open.
+    let conn = Connection::open(&env.db).expect("open");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy_timeout");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(mode, "delete");
+    conn.execute_batch(SCHEMA).expect("schema");
+    tx(&conn, |c| insert_rows(c, "rollback", 1000, 100, &mut rng));
+    let header = std::fs::read(&env.db).expect("read db");
+    assert_eq!(
+        &header[18..20],
+        &[1, 1],
+        "expected a rollback-journal database"
+    );
+
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+    let header = std::fs::read(&env.db).expect("read db");
+    assert_eq!(
+        &header[18..20],
+        &[2, 2],
+        "the replicator did not switch the database to WAL mode"
+    );
+
+    // The old connection keeps writing (now in WAL mode), and so does a new one.
+    for i in 0..4 {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("wal{i}"), 50 * i + 1, 100, &mut rng)
+        });
+        pause();
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(
+        mode, "wal",
+        "the application connection did not follow the switch to WAL"
+    );
+    let conn2 = Connection::open(&env.db).expect("open 2");
+    conn2
+        .busy_timeout(Duration::from_secs(10))
+        .expect("busy_timeout");
+    conn2
+        .execute("DELETE FROM t WHERE id % 4 = 0", [])
+        .expect("delete");
+    conn2
+        .execute("UPDATE t SET v = 'x' WHERE id % 5 = 0", [])
+        .expect("update");
+
+    stop_replicator(&mut rep);
+    assert_restore_matches_source(&env, "restored.db");
+}
+
+// ---------------------------------------------------------------------------
+// Point in time
+
+/// A committed phase: the replica's max TXID once it was uploaded, the creation time of
+/// that file, and the source's dump at that point.
+#[derive(Debug)]
+struct Phase {
+    txid: u64,
+    created: OffsetDateTime,
+    dump: Vec<String>,
+}
+
+/// Runs `write` (exactly one transaction), waits until the replica grows past the TXID
+/// it had before, and records the phase. Sound because nothing else commits meanwhile:
+/// every earlier commit is in files at or below the old max, and the only commit that
+/// can produce a newer file is this one.
+#[track_caller]
+fn phase(rep: &mut Proc, env: &Env, write: impl FnOnce()) -> Phase {
+    let before = max_txid(&env.url);
+    write();
+    wait_for_txid(rep, &env.url, before + 1);
+    let files = ltx_list(&env.url);
+    let txid = files.iter().map(|f| f.max).max().unwrap_or(0);
+    let newest = files
+        .iter()
+        .find(|f| f.max == txid)
+        .unwrap_or_else(|| panic!("no file ends at {txid}: {files:?}"));
+    assert_eq!(
+        (newest.level, newest.min),
+        (0, before + 1),
+        "one transaction should give one L0 file right after {before}: {files:?}"
+    );
+    assert_eq!(
+        newest.key,
+        format!("ltx/0/{}-{}.ltx", txid_hex(txid), txid_hex(txid)),
+        "L0 files are laid out as Litestream's"
+    );
+    Phase {
+        txid,
+        created: newest.created,
+        dump: dump(&env.db),
+    }
+}
+
+#[test]
+fn point_in_time_restore_by_txid_and_timestamp() {
+    let env = Env::new();
+    let conn = create_db(&env.db, None);
+    conn.execute_batch(SCHEMA).expect("schema");
+    conn.execute("INSERT INTO t(k, v, n) VALUES ('seed', 'seed', 0)", [])
+        .expect("seed");
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+    let base = dump(&env.db);
+
+    let mut phases = Vec::new();
+    phases.push(phase(&mut rep, &env, || {
+        tx(&conn, |c| insert_rows(c, "p1", 500, 100, &mut rng));
+    }));
+    phases.push(phase(&mut rep, &env, || {
+        conn.execute_batch(
+            "BEGIN;
+             UPDATE t SET n = n + 1000, v = 'p2' WHERE id % 2 = 0;
+             DELETE FROM t WHERE id % 5 = 0;
+             INSERT INTO kv VALUES ('phase', 2);
+             COMMIT;",
+        )
+        .expect("phase 2");
+    }));
+    // Keep the creation times of consecutive phases apart by more than a millisecond.
+    std::thread::sleep(Duration::from_millis(5));
+    phases.push(phase(&mut rep, &env, || {
+        tx(&conn, |c| {
+            c.execute_batch("CREATE TABLE big(id INTEGER PRIMARY KEY, data BLOB)")
+                .expect("create");
+            c.execute(
+                "INSERT INTO big(data) VALUES (?1)",
+                [random_blob(&mut rng, 1 << 20)],
+            )
+            .expect("blob");
+            c.execute("UPDATE kv SET v = 3 WHERE k = 'phase'", [])
+                .expect("kv");
+        });
+    }));
+    std::thread::sleep(Duration::from_millis(5));
+    phases.push(phase(&mut rep, &env, || {
+        conn.execute("DELETE FROM t WHERE id > 100", [])
+            .expect("phase 4");
+    }));
+    stop_replicator(&mut rep);
+
+    for w in phases.windows(2) {
+        assert!(
+            w[0].dump != w[1].dump,
+            "phases must differ for the test to mean anything"
+        );
+        assert!(
+            w[0].created < w[1].created,
+            "phase files not ordered in time: {phases:?}"
+        );
+    }
+
+    // --txid: the snapshot, every phase, and the latest state.
+    let at1 = restore_dump(&env.url, &env.path("txid-1.db"), &["--txid", &txid_hex(1)]);
+    assert_dumps_eq("restore --txid 1 (first snapshot)", &base, &at1);
+    for (i, p) in phases.iter().enumerate() {
+        let out = env.path(&format!("txid-{}.db", p.txid));
+        let got = restore_dump(&env.url, &out, &["--txid", &txid_hex(p.txid)]);
+        assert_dumps_eq(&format!("restore --txid of phase {}", i + 1), &p.dump, &got);
+    }
+    let last = phases.last().expect("phases");
+    assert_dumps_eq("last phase vs final source", &dump(&env.db), &last.dump);
+    assert_restore_matches_source(&env, "latest.db");
+
+    // --timestamp between phases 2 and 3 gives phase 2; exactly at phase 3's file time
+    // gives phase 3 (files created at or before the time are applied).
+    let (p2, p3) = (&phases[1], &phases[2]);
+    let mid: OffsetDateTime = p2.created + (p3.created - p2.created) / 2i32;
+    assert!(p2.created < mid && mid < p3.created);
+    let ts = mid.format(&Rfc3339).expect("format");
+    let got = restore_dump(&env.url, &env.path("ts-mid.db"), &["--timestamp", &ts]);
+    assert_dumps_eq(
+        &format!("restore --timestamp {ts} (between phases 2 and 3)"),
+        &p2.dump,
+        &got,
+    );
+    let ts = p3.created.format(&Rfc3339).expect("format");
+    let got = restore_dump(&env.url, &env.path("ts-p3.db"), &["--timestamp", &ts]);
+    assert_dumps_eq(
+        &format!("restore --timestamp {ts} (phase 3's file time)"),
+        &p3.dump,
+        &got,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Restart
+
+/// Stop, write while the replicator is down (the writer's connection stays open, so
+/// the WAL keeps its history), start again, write, stop.
+#[test]
+fn restart_with_writes_while_down() {
+    let env = Env::new();
+    let conn = create_db(&env.db, None);
+    conn.execute_batch(SCHEMA).expect("schema");
+    let mut rng = StdRng::seed_from_u64(7);
+
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+    for i in 0..5 {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("first{i}"), 20 * i + 1, 100, &mut rng)
+        });
+        pause();
+    }
+    stop_replicator(&mut rep);
+    let first_max = max_txid(&env.url);
+    let first_dump = dump(&env.db);
+    assert!(first_max > 1, "nothing but the snapshot was uploaded");
+
+    // While down.
+    for i in 0..5 {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("down{i}"), 30, 100, &mut rng)
+        });
+    }
+    conn.execute("UPDATE t SET v = 'while down' WHERE id % 3 = 0", [])
+        .expect("update");
+    conn.execute("DELETE FROM t WHERE id % 8 = 0", [])
+        .expect("delete");
+
+    let mut rep = start_replicator(&env.db, &env.url);
+    for i in 0..5 {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("second{i}"), 10, 100, &mut rng)
+        });
+        pause();
+    }
+    conn.execute("DELETE FROM t WHERE k LIKE 'first0%'", [])
+        .expect("delete first");
+    stop_replicator(&mut rep);
+
+    assert!(
+        max_txid(&env.url) > first_max,
+        "nothing was uploaded after the restart"
+    );
+    assert_restore_matches_source(&env, "restored.db");
+    // History from before the restart is still restorable.
+    let got = restore_dump(
+        &env.url,
+        &env.path("before-restart.db"),
+        &["--txid", &txid_hex(first_max)],
+    );
+    assert_dumps_eq(
+        "restore --txid of the last pre-restart TXID",
+        &first_dump,
+        &got,
+    );
+}
+
+/// Like `restart_with_writes_while_down`, but while down the writer fills the WAL past
+/// SQLite's autocheckpoint (so the WAL restarts) and then closes its connection (so it
+/// is checkpointed and deleted): the replicator cannot prove continuity and must
+/// snapshot.
+#[test]
+fn restart_after_checkpoint_and_wal_removal_while_down() {
+    let env = Env::new();
+    let conn = create_db(&env.db, None);
+    conn.execute_batch(SCHEMA).expect("schema");
+    let mut rng = StdRng::seed_from_u64(8);
+
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+    for i in 0..4 {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("first{i}"), 50, 100, &mut rng)
+        });
+        pause();
+    }
+    stop_replicator(&mut rep);
+    let first_max = max_txid(&env.url);
+    let first_dump = dump(&env.db);
+
+    // While down: > 1000 pages of WAL (autocheckpoint), in several transactions.
+    for i in 0..6 {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("down{i}"), 1000, 800, &mut rng)
+        });
+    }
+    conn.execute("DELETE FROM t WHERE id % 6 = 0", [])
+        .expect("delete");
+    drop(conn);
+    assert!(
+        !Path::new(&format!("{}-wal", env.db.display())).exists(),
+        "closing the last connection should have removed the WAL"
+    );
+
+    let mut rep = start_replicator(&env.db, &env.url);
+    let conn = open_wal_db(&env.db);
+    for i in 0..4 {
+        tx(&conn, |c| {
+            insert_rows(c, &format!("second{i}"), 25, 100, &mut rng)
+        });
+        pause();
+    }
+    conn.execute("UPDATE t SET n = 7 WHERE id % 10 = 0", [])
+        .expect("update");
+    stop_replicator(&mut rep);
+
+    assert!(
+        max_txid(&env.url) > first_max,
+        "nothing was uploaded after the restart"
+    );
+    assert_restore_matches_source(&env, "restored.db");
+    let got = restore_dump(
+        &env.url,
+        &env.path("before-restart.db"),
+        &["--txid", &txid_hex(first_max)],
+    );
+    assert_dumps_eq(
+        "restore --txid of the last pre-restart TXID",
+        &first_dump,
+        &got,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Restore flags
+
+/// A small replica, replicated and stopped.
+fn small_replica(env: &Env) {
+    let conn = create_db(&env.db, None);
+    conn.execute_batch(SCHEMA).expect("schema");
+    let mut rng = StdRng::seed_from_u64(9);
+    tx(&conn, |c| insert_rows(c, "x", 100, 50, &mut rng));
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+    tx(&conn, |c| insert_rows(c, "y", 10, 50, &mut rng));
+    stop_replicator(&mut rep);
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn restore_if_db_not_exists_leaves_existing_output_untouched() {
+    let env = Env::new();
+    small_replica(&env);
+    let outdir = env.path("out");
+    std::fs::create_dir(&outdir).expect("mkdir");
+    let out = outdir.join("existing.db");
+    let content = b"not a database, and it must stay exactly like this\n".repeat(100);
+    std::fs::write(&out, &content).expect("write");
+
+    let o = restore(&env.url, &out, &["--if-db-not-exists"]);
+    assert_eq!(
+        o.code(),
+        Some(0),
+        "--if-db-not-exists with an existing output\n{o}"
+    );
+    assert_eq!(
+        std::fs::read(&out).expect("read"),
+        content,
+        "the existing file changed"
+    );
+    assert_eq!(
+        dir_entries(&outdir),
+        ["existing.db"],
+        "restore left files behind"
+    );
+
+    // The flag does not prevent a real restore when the output is missing.
+    let fresh = env.path("fresh.db");
+    let got = restore_dump(&env.url, &fresh, &["--if-db-not-exists"]);
+    assert_dumps_eq(
+        "--if-db-not-exists with a missing output",
+        &dump(&env.db),
+        &got,
+    );
+}
+
+#[test]
+fn restore_onto_existing_path_fails_and_leaves_it_untouched() {
+    let env = Env::new();
+    small_replica(&env);
+    let outdir = env.path("out");
+    std::fs::create_dir(&outdir).expect("mkdir");
+
+    // An existing non-database file, and an existing database.
+    let junk = outdir.join("junk.db");
+    let content = vec![0xa5u8; 10_000];
+    std::fs::write(&junk, &content).expect("write");
+    let o = restore(&env.url, &junk, &[]);
+    assert_eq!(
+        o.code(),
+        Some(1),
+        "restore onto an existing file must fail with 1\n{o}"
+    );
+    assert_eq!(
+        std::fs::read(&junk).expect("read"),
+        content,
+        "the existing file changed"
+    );
+
+    let other = outdir.join("other.db");
+    {
+        let c = open_wal_db(&other);
+        c.execute_batch("CREATE TABLE mine(x); INSERT INTO mine VALUES (1);")
+            .expect("other db");
+    }
+    let before = std::fs::read(&other).expect("read");
+    let o = restore(&env.url, &other, &[]);
+    assert_eq!(
+        o.code(),
+        Some(1),
+        "restore onto an existing database must fail with 1\n{o}"
+    );
+    assert_eq!(
+        std::fs::read(&other).expect("read"),
+        before,
+        "the existing database changed"
+    );
+    assert_eq!(
+        dir_entries(&outdir),
+        ["junk.db", "other.db"],
+        "failed restores left files behind"
+    );
+}
+
+#[test]
+fn restore_if_replica_exists_on_empty_replica_is_a_no_op() {
+    let env = Env::new();
+    let replica_dir = env.path("empty-replica");
+    std::fs::create_dir(&replica_dir).expect("mkdir");
+    let url = format!("file://{}", replica_dir.display());
+    let outdir = env.path("out");
+    std::fs::create_dir(&outdir).expect("mkdir");
+    let out = outdir.join("restored.db");
+
+    let o = restore(&url, &out, &["--if-replica-exists"]);
+    assert_eq!(
+        o.code(),
+        Some(0),
+        "--if-replica-exists on an empty replica\n{o}"
+    );
+    assert!(!out.exists(), "an output was created from an empty replica");
+    assert!(
+        dir_entries(&outdir).is_empty(),
+        "files were created: {:?}",
+        dir_entries(&outdir)
+    );
+    assert!(
+        dir_entries(&replica_dir).is_empty(),
+        "the replica dir was written to: {:?}",
+        dir_entries(&replica_dir)
+    );
+
+    // Without the flag the same restore is an error.
+    let o = restore(&url, &out, &[]);
+    assert_eq!(
+        o.code(),
+        Some(1),
+        "restore from an empty replica without the flag\n{o}"
+    );
+    assert!(!out.exists());
+}
