@@ -7,9 +7,10 @@
 //!   transaction keeps from being reset).
 //! * `generation.pages` indexes every frame of the current WAL generation up to `cut`,
 //!   so a snapshot can combine the WAL with the database file without any lock.
-//! * A WAL reset is accepted silently only when our read transaction has been held
-//!   continuously since `cut` was established; any other discontinuity leads to a new
-//!   snapshot, never to a silent gap.
+//! * Our read transaction is held from start-up to shutdown, and moved forward only
+//!   under the write barrier after a seal; so a WAL reset never loses a frame we have
+//!   not captured. Continuity across restarts is proven from the WAL's chained
+//!   checksums; without that proof the next file is a new snapshot, never a gap.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -78,8 +79,6 @@ pub struct Capturer {
     generation: Option<Generation>,
     cut: Option<WalPosition>,
     batch: Batch,
-    /// Our read transaction has been held since `cut`: a WAL reset loses nothing.
-    continuous: bool,
     snapshot_due: Option<SnapshotReason>,
     last_cut: Instant,
     last_checkpoint: Instant,
@@ -141,7 +140,6 @@ impl Capturer {
             generation: None,
             cut: None,
             batch: Batch::default(),
-            continuous: false,
             snapshot_due: None,
             last_cut: now - cfg.sync_interval,
             last_checkpoint: now,
@@ -206,7 +204,6 @@ impl Capturer {
                     commit: scan.commit,
                 });
                 self.cut = Some(pos);
-                self.continuous = true;
                 return Ok(());
             }
         }
@@ -221,7 +218,6 @@ impl Capturer {
         } else {
             SnapshotReason::NoContinuity
         });
-        self.continuous = true;
         Ok(())
     }
 
@@ -342,14 +338,10 @@ impl Capturer {
             .as_ref()
             .is_some_and(|g| g.header.salt1 == h.salt1 && g.header.salt2 == h.salt2);
         if !same_generation {
-            if self.generation.is_some() && !self.continuous {
-                warn!(db = %self.db_path.display(), "WAL was reset by another process; frames may have been missed, taking a snapshot");
-                self.batch = Batch::default();
-                self.generation = None;
-                self.cut = None;
-                self.snapshot_due = Some(SnapshotReason::WalReset);
-                return Ok(false);
-            }
+            // While our read transaction is held, a reset can only follow a complete
+            // backfill with nothing after our position: either our own checkpoint, or
+            // the one reset READ(0) allows, which can happen only before any new frame is
+            // appended. Either way nothing is lost, and we follow from offset 32.
             if !self.batch.is_empty() {
                 // Only possible if the read transaction was lost: the batch's frames
                 // are gone, so is continuity.
@@ -628,10 +620,7 @@ impl Capturer {
             .fetch_add(1, Ordering::Relaxed);
         let captured = self.generation_frames() as i64;
         self.checkpoint_attempt_frames = captured as u64;
-        if res.complete() && res.log == captured {
-            // The next writer rewinds the WAL; we follow from offset 32.
-            self.continuous = true;
-        } else if res.log >= 0 && res.log != captured {
+        if res.log >= 0 && res.log != captured {
             warn!(db = %path.display(), log = res.log, captured, "checkpoint saw frames we had not captured");
         }
         debug!(db = %path.display(), ?res, "checkpoint");

@@ -4,6 +4,7 @@
 //! never stalls capture, and capture never waits for the network.
 
 mod capture;
+pub mod retention;
 mod ship;
 mod spool;
 mod sqlite;
@@ -120,6 +121,7 @@ pub struct Stats {
     pub upload_bytes: AtomicU64,
     pub upload_errors: AtomicU64,
     pub list_requests: AtomicU64,
+    pub delete_requests: AtomicU64,
     /// Highest TXID known to be in the replica.
     pub uploaded_txid: AtomicU64,
 }

@@ -171,5 +171,8 @@ async fn upload_next(
         spool.remove(p)?;
     }
     debug!(file = %id, bytes = size, "uploaded");
+    if id.level == SNAPSHOT_LEVEL {
+        super::retention::enforce(replica, cfg.retention, &shared.stats).await;
+    }
     Ok(())
 }

@@ -193,7 +193,7 @@ pub async fn restore(
         .and_then(|d| d.sync_all())
         .map_err(io_err(&parent))?;
     drop(work);
-    info!(path = %out.display(), txid = format!("{txid:016x}"), "restored");
+    debug!(path = %out.display(), txid = format!("{txid:016x}"), "restored");
     Ok(RestoreOutcome::Restored {
         txid,
         files: chain.len(),
