@@ -212,7 +212,7 @@ impl Capturer {
         for p in &pending {
             self.spool.remove(p)?;
         }
-        self.txid = remote_max.max(state.map(|s| s.txid).unwrap_or(0).min(remote_max));
+        self.txid = remote_max;
         self.snapshot_due = Some(if remote_max == 0 {
             SnapshotReason::EmptyReplica
         } else {

@@ -31,7 +31,15 @@ pub async fn run(
     loop {
         let capture_done = shared.capture_done.load(Ordering::Acquire);
         let stopping = shared.stop.load(Ordering::Acquire);
-        let pending = spool.pending()?;
+        let mut pending = spool.pending()?;
+        // An L0 the replica already covers was uploaded by a run that died before
+        // removing it; uploading it again would only add an overlapping object.
+        let uploaded = shared.stats.uploaded_txid.load(Ordering::Relaxed);
+        for p in pending.extract_if(.., |p| {
+            p.id.level != SNAPSHOT_LEVEL && p.id.range.max <= uploaded
+        }) {
+            spool.remove(&p)?;
+        }
         if pending.is_empty() {
             if capture_done {
                 return Ok(());
