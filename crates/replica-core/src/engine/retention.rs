@@ -1,7 +1,7 @@
 //! Retention: history older than the window is deleted, while a restore to any point
 //! inside the window keeps working.
 //!
-//! The base of the window is the newest snapshot created at or before its start; it
+//! The base of the window is the newest snapshot created before its start; it
 //! and everything after it are kept, everything it supersedes is deleted. With no
 //! snapshot that old, nothing is deleted. The newest snapshot is therefore never
 //! deleted, and retention runs only after a snapshot upload, so an idle database
@@ -23,7 +23,7 @@ pub fn expired(files: &[RemoteFile], now: SystemTime, retention: Duration) -> Ve
     };
     let Some(base) = files
         .iter()
-        .filter(|f| f.id.level == SNAPSHOT_LEVEL && f.created.is_some_and(|c| c <= boundary))
+        .filter(|f| f.id.level == SNAPSHOT_LEVEL && f.created.is_some_and(|c| c < boundary))
         .max_by_key(|f| f.id.range.max)
     else {
         return Vec::new();

@@ -16,7 +16,8 @@ pub enum Target {
     Latest,
     /// Everything up to and including this TXID.
     Txid(u64),
-    /// Everything created at or before this time.
+    /// Everything created strictly before this time (Litestream's rule, so both tools
+    /// stop at the same file).
     Timestamp(SystemTime),
 }
 
@@ -48,7 +49,7 @@ pub fn plan(files: &[RemoteFile], target: Target) -> Result<Vec<RemoteFile>, Pla
         Target::Txid(t) => f.id.range.max <= t,
         // A file with no known creation time cannot be placed in time; leave it out
         // rather than guess.
-        Target::Timestamp(ts) => f.created.is_some_and(|c| c <= ts),
+        Target::Timestamp(ts) => f.created.is_some_and(|c| c < ts),
     };
     let candidates: Vec<&RemoteFile> = files.iter().filter(usable).collect();
 
@@ -68,7 +69,7 @@ pub fn plan(files: &[RemoteFile], target: Target) -> Result<Vec<RemoteFile>, Pla
                 Target::Latest => String::new(),
                 Target::Txid(t) => format!(" at or before TXID {t:016x}"),
                 Target::Timestamp(ts) => {
-                    format!(" at or before {}", humantime::format_rfc3339_millis(ts))
+                    format!(" before {}", humantime::format_rfc3339_millis(ts))
                 }
             },
         })?;
@@ -208,9 +209,10 @@ mod tests {
     #[test]
     fn timestamp_cuts_the_chain() {
         let files = vec![f(9, 1, 1), f(0, 2, 2), f(0, 3, 3), f(0, 4, 4)];
+        // Strictly before, as Litestream: the file created at exactly t=4 is left out.
         let p = plan(
             &files,
-            Target::Timestamp(UNIX_EPOCH + Duration::from_secs(3)),
+            Target::Timestamp(UNIX_EPOCH + Duration::from_secs(4)),
         )
         .unwrap();
         assert_eq!(ranges(&p), vec![(9, 1, 1), (0, 2, 2), (0, 3, 3)]);
