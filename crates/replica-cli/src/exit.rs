@@ -29,3 +29,19 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
     }
     1
 }
+
+/// The error and its causes on one line. Library errors often repeat their source in
+/// their own message; a cause already stated is not printed again.
+pub fn render(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        // "Error code 14: unable to open …" restates "unable to open …".
+        let gist = c.split_once(": ").map_or(c.as_str(), |(_, rest)| rest);
+        if !out.contains(&c) && !out.contains(gist) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", exit::render(&e));
             ExitCode::from(exit::code_of(&e))
         }
     }

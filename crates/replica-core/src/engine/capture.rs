@@ -727,7 +727,19 @@ const REWOUND: &str = "WAL rewound during snapshot";
 fn check_sqlite_file(path: &Path) -> Result<(), EngineError> {
     let f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // SQLite would only say "unable to open database file".
+            return match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(dir) if !dir.is_dir() => Err(EngineError::Io {
+                    path: dir.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the database's directory does not exist",
+                    ),
+                }),
+                _ => Ok(()),
+            };
+        }
         Err(source) => {
             return Err(EngineError::Io {
                 path: path.to_path_buf(),
@@ -736,6 +748,11 @@ fn check_sqlite_file(path: &Path) -> Result<(), EngineError> {
         }
     };
     let mut magic = [0u8; 16];
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(EngineError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len == 0 {
         return Ok(());

@@ -68,6 +68,9 @@ pub enum EngineError {
     )]
     NotSqlite { path: PathBuf },
 
+    #[error("{path} is a directory; give the path of the database file")]
+    NotAFile { path: PathBuf },
+
     #[error("{path} cannot be replicated: journal mode is {mode}, and WAL mode is required")]
     NotWal { path: PathBuf, mode: String },
 
