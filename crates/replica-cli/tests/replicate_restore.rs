@@ -1224,3 +1224,51 @@ fn restore_if_replica_exists_on_empty_replica_is_a_no_op() {
     );
     assert!(!out.exists());
 }
+
+// ---------------------------------------------------------------------------
+// Bounded WAL
+
+/// A writer committing one small row per transaction as fast as SQLite allows (with the
+/// application's own autocheckpoint on, as by default) for a few seconds: without the
+/// replicator's checkpoints the WAL would hold one frame per commit; with them it must
+/// stay a small fraction of that, and every commit must still be restorable.
+#[test]
+fn wal_stays_bounded_under_a_flat_out_writer() {
+    let env = Env::new();
+    let conn = create_db(&env.path("source.db"), None);
+    conn.execute_batch("CREATE TABLE f(id INTEGER PRIMARY KEY, v BLOB)")
+        .expect("schema");
+    let mut rep = start_replicator(&env.db, &env.url);
+    wait_for_txid(&mut rep, &env.url, 1);
+
+    let wal = env.path("source.db-wal");
+    let page_size = pragma_i64(&env.db, "page_size") as u64;
+    let frame = page_size + 24;
+    let mut insert = conn
+        .prepare("INSERT INTO f(v) VALUES (randomblob(200))")
+        .expect("prepare");
+    let started = std::time::Instant::now();
+    let (mut commits, mut max_wal) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(4) {
+        insert.execute([]).expect("insert");
+        commits += 1;
+        if commits % 500 == 0 {
+            max_wal = max_wal.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+    }
+    drop(insert);
+    let max_frames = max_wal / frame;
+    eprintln!("{commits} commits, WAL peaked at {max_frames} frames");
+    assert!(
+        commits > 20_000,
+        "the writer managed only {commits} commits; the test needs a flat-out load"
+    );
+    assert!(
+        max_frames < 60_000 && max_frames < commits / 4,
+        "WAL grew to {max_frames} frames over {commits} commits: checkpoints did not keep up\n{}",
+        rep.output_report()
+    );
+    stop_replicator(&mut rep);
+    drop(conn);
+    assert_restore_matches_source(&env, "flat-out.db");
+}
