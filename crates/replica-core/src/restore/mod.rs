@@ -238,7 +238,9 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+        if let Err(e) =
+            std::fs::remove_dir_all(&self.0).or_else(|_| std::fs::remove_dir_all(&self.0))
+        {
             tracing::warn!(path = %self.0.display(), error = %e, "could not remove restore work directory");
         }
     }
@@ -253,18 +255,23 @@ async fn apply_chain(
     parallelism: usize,
 ) -> Result<u64, RestoreError> {
     let sem = Arc::new(Semaphore::new(parallelism));
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
     let mut downloads: Vec<JoinHandle<Result<u64, RestoreError>>> = Vec::new();
     for (i, f) in chain.iter().enumerate() {
         let sem = sem.clone();
         let client = replica.client().clone();
         let f = f.clone();
         let path = work.download_path(i);
+        let mut cancelled = cancelled.clone();
         downloads.push(tokio::spawn(async move {
             let _permit = sem
                 .acquire_owned()
                 .await
-                .map_err(|e| RestoreError::Task(e.to_string()))?;
-            download(client.as_ref(), &f, &path).await
+                .map_err(|_| RestoreError::Task("cancelled".into()))?;
+            tokio::select! {
+                r = download(client.as_ref(), &f, &path) => r,
+                _ = cancelled.wait_for(|c| *c) => Err(RestoreError::Task("cancelled".into())),
+            }
         }));
     }
 
@@ -280,7 +287,9 @@ async fn apply_chain(
     let mut total = 0;
     let mut page_size = None;
     let mut result = Ok(());
+    let mut awaited = 0;
     for (i, (f, dl)) in chain.iter().zip(downloads.iter_mut()).enumerate() {
+        awaited = i + 1;
         let bytes = match dl.await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
@@ -307,8 +316,13 @@ async fn apply_chain(
         }
     }
     if result.is_err() {
-        for d in &downloads {
-            d.abort();
+        // Stop the downloads and wait for every task: a task still creating a file
+        // would race the removal of the work directory and leave it behind.
+        sem.close();
+        let _ = cancel.send(true);
+        // (A handle already awaited must not be polled again.)
+        for d in downloads.into_iter().skip(awaited) {
+            let _ = d.await;
         }
     }
     result?;
