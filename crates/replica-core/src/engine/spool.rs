@@ -198,9 +198,11 @@ impl Spool {
     pub fn sync(&self, files: &[PathBuf]) -> Result<(), SpoolError> {
         let mut dirs: Vec<&Path> = Vec::new();
         for path in files {
-            File::open(path)
-                .and_then(|f| f.sync_all())
-                .map_err(io(path))?;
+            match File::open(path).and_then(|f| f.sync_all()) {
+                // The shipper may already have uploaded and removed it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                r => r.map_err(io(path))?,
+            }
             if let Some(parent) = path.parent().filter(|p| !dirs.contains(p)) {
                 dirs.push(parent);
             }
