@@ -1,33 +1,17 @@
 //! Which failures are the user's input (exit 2) and which are runtime failures (1).
 
-use std::fmt;
+use replica_core::error::StoreError;
 
-/// A usage or configuration error: the command line or a URL is wrong.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-pub fn usage(msg: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(UsageError(msg.into()))
-}
-
+/// Exit code 2 for a bad replica URL (unknown scheme, refused option); clap reports
+/// bad flags itself with 2. Everything else that fails at run time is 1.
 pub fn code_of(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<UsageError>()) {
-        return 2;
-    }
-    if let Some(replica_core::error::StoreError::InvalidUrl { .. }) =
-        e.downcast_ref::<replica_core::error::StoreError>()
-    {
-        return 2;
-    }
-    1
+    let bad_url = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<StoreError>(),
+            Some(StoreError::InvalidUrl { .. })
+        )
+    });
+    if bad_url { 2 } else { 1 }
 }
 
 /// The error and its causes on one line. Library errors often repeat their source in

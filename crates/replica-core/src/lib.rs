@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod layout;
 pub mod ltx;
+pub mod registry;
 pub mod replica;
 pub mod restore;
 pub mod wal;

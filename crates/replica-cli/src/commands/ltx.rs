@@ -8,7 +8,7 @@ use crate::backends;
 use crate::cli::LtxArgs;
 
 pub async fn run(a: LtxArgs) -> anyhow::Result<ExitCode> {
-    let replica = Replica::new(backends::open(&a.replica_url)?);
+    let replica = Replica::new(backends::open(&a.replica_url).await?);
     let mut files = replica.list_files(a.level.0).await?;
     replica.fill_created(&mut files).await?;
     let created = |f: &replica_core::replica::RemoteFile| {

@@ -10,7 +10,7 @@ use crate::backends;
 use crate::cli::ReplicateArgs;
 
 pub async fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
-    let client = backends::open(&a.replica_url)?;
+    let client = backends::open(&a.replica_url).await?;
     let cfg = EngineConfig {
         sync_interval: a.sync_interval,
         snapshot_interval: a.snapshot_interval,

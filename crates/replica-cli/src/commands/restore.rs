@@ -8,7 +8,7 @@ use crate::backends;
 use crate::cli::{IntegrityArg, RestoreArgs};
 
 pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let client = backends::open(&a.replica_url)?;
+    let client = backends::open(&a.replica_url).await?;
     let replica = Replica::new(client);
     let opts = RestoreOptions {
         output: a.output.clone(),

@@ -1,0 +1,36 @@
+//! `replica` as a library: the replication core plus the backends enabled by Cargo
+//! features, resolved by URL scheme through one [`Registry`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use replica::core::engine::{EngineConfig, Replicator};
+//! use replica::core::replica::Replica;
+//!
+//! let client = replica::backends().open("file:///var/backups/app").await?;
+//! let running = Replicator::start("app.db".as_ref(), Replica::new(client), EngineConfig::default()).await?;
+//! // ... serve ...
+//! running.shutdown(std::time::Duration::from_secs(30)).await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+pub use replica_core as core;
+pub use replica_core::registry::Registry;
+
+#[allow(unused_imports)]
+use replica_core::client::ReplicaClient;
+
+/// A registry holding every backend built into this crate.
+pub fn backends() -> Registry {
+    #[allow(unused_mut)]
+    let mut r = Registry::default();
+    #[cfg(feature = "backend-file")]
+    r.register("file", |url| {
+        Box::pin(async move {
+            let client = backend_file::FileClient::parse(&url)?;
+            Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+        })
+    });
+    r
+}
