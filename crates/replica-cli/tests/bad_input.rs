@@ -104,7 +104,7 @@ fn known_but_absent_backends_are_refused_clearly() {
     let out = dir.path().join("out.db");
     let db = dir.path().join("app.db");
     for url in [
-        "s3://bucket/x",
+        "gcs://bucket/x",
         "gs://bucket/x",
         "abs://container/x",
         "sftp://host/x",

@@ -32,5 +32,12 @@ pub fn backends() -> Registry {
             Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
         })
     });
+    #[cfg(feature = "backend-s3")]
+    r.register("s3", |url| {
+        Box::pin(async move {
+            let client = backend_s3::S3Client::from_url(&url).await?;
+            Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+        })
+    });
     r
 }

@@ -1,0 +1,928 @@
+//! The `s3://` backend: a replica in an AWS S3 bucket or an S3-compatible store, laid
+//! out as Litestream 0.5 lays out its S3 replicas (`<prefix>/<level %04x>/<min>-<max>.ltx`,
+//! creation time in the `litestream-timestamp` user metadata), so either tool can read
+//! what the other wrote.
+//!
+//! # URL
+//!
+//! `s3://bucket[/prefix][?option=value&…]` with the options
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `endpoint` | `http(s)://host[:port]` of an S3-compatible server (path-style by default) |
+//! | `region` | region name; else the AWS chain (`AWS_REGION`, profile), else `us-east-1` when an endpoint is given |
+//! | `force_path_style` | `true`/`false`; default `true` with an endpoint, `false` without |
+//! | `sse` | `AES256`, `aws:kms` or `aws:kms:dsse` |
+//! | `sse_kms_key_id` | KMS key for `sse=aws:kms` |
+//! | `storage_class` | `STANDARD`, `STANDARD_IA`, `ONEZONE_IA`, `INTELLIGENT_TIERING`, `GLACIER_IR`, … |
+//!
+//! Unknown or repeated options, credentials in the URL and unusable values are refused.
+//! Credentials come from the standard AWS chain only (environment, profile, web
+//! identity, container or instance role). The endpoint comes from the URL only:
+//! `AWS_ENDPOINT_URL(_S3)` and profile `endpoint_url` settings are ignored, so the URL
+//! alone says where the replica is.
+//!
+//! # Writes
+//!
+//! Objects up to [`MULTIPART_THRESHOLD`] go up in one `PutObject`; larger ones as a
+//! multipart upload streamed part by part from the payload (file parts are read from
+//! disk as they are sent, never held whole), aborted if anything fails. Create-only puts
+//! use `If-None-Match: *` (on `CompleteMultipartUpload` for multipart), which S3 and
+//! moto apply atomically; see [`S3Client`]'s `put` for how a retried create is told
+//! apart from a lost race.
+//!
+//! # Use from the conformance suite
+//!
+//! [`S3Client::from_url`] is async (loading the AWS configuration is). A suite
+//! constructor is
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use replica_core::client::ReplicaClient;
+//! async fn client(bucket: &str, endpoint: &str) -> Arc<dyn ReplicaClient> {
+//!     let prefix = format!("conformance-{:016x}", rand::random::<u64>());
+//!     let url = format!("s3://{bucket}/{prefix}?endpoint={endpoint}&region=us-east-1");
+//!     Arc::new(backend_s3::S3Client::from_url(&url).await.expect("s3 client"))
+//! }
+//! ```
+//!
+//! (the bucket must exist; `tests/s3.rs` creates one with [`S3Client::sdk_client`]).
+
+mod config;
+mod error;
+mod timestamp;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::config::Region;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::primitives::{ByteStream as SdkStream, Length};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
+    ServerSideEncryption, StorageClass,
+};
+use bytes::Bytes;
+use replica_core::client::{
+    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
+};
+use replica_core::error::{Op, StoreError};
+use replica_core::layout::LayoutStyle;
+use tokio::io::AsyncReadExt;
+use tracing::{debug, warn};
+
+pub use crate::config::{KNOWN_OPTIONS, S3Config, Sse};
+pub use crate::error::S3Error;
+use crate::error::{Failure, Kind};
+
+/// Objects larger than this are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
+/// The smallest part size; grown for huge objects so that no upload needs more than
+/// 10,000 parts (the S3 limit).
+pub const MIN_PART_SIZE: u64 = 8 * 1024 * 1024;
+const MAX_PARTS: u64 = 10_000;
+/// Parts in flight at once per multipart upload.
+const PART_CONCURRENCY: usize = 4;
+/// `DeleteObjects` takes at most this many keys.
+const DELETE_BATCH: usize = 1000;
+
+/// User metadata holding the LTX creation time, as Litestream writes and reads it.
+pub const TIMESTAMP_METADATA: &str = "litestream-timestamp";
+/// User metadata holding a random token unique to one put call; see `put`.
+pub const PUT_ID_METADATA: &str = "replica-put-id";
+
+/// SDK-level attempts per request (the first try plus retries, with exponential
+/// backoff) for throttling, 5xx, timeouts and connection failures.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// A replica rooted at `s3://bucket/prefix`.
+#[derive(Clone)]
+pub struct S3Client {
+    client: aws_sdk_s3::Client,
+    config: S3Config,
+    /// `prefix/`, or empty for the bucket root.
+    root: String,
+    url: String,
+}
+
+impl std::fmt::Debug for S3Client {
+    // The SDK client is left out: its configuration holds the credentials provider.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Client").field("url", &self.url).finish()
+    }
+}
+
+impl S3Client {
+    /// Parses `url` (see the crate docs), loads the AWS configuration (region and
+    /// credential chains) and builds the client. No request is sent: a missing bucket
+    /// or bad credentials show up on the first operation.
+    pub async fn from_url(url: &str) -> Result<Self, StoreError> {
+        Self::from_config(S3Config::parse(url)?).await
+    }
+
+    pub async fn from_config(config: S3Config) -> Result<Self, StoreError> {
+        Self::from_config_with_loader(config, aws_config::defaults(BehaviorVersion::latest())).await
+    }
+
+    /// Like [`S3Client::from_config`], starting from a caller's AWS config loader (for
+    /// example one with an explicit credentials provider, as the tests use). Retries,
+    /// timeouts, the region from the URL and the endpoint are applied on top of it.
+    pub async fn from_config_with_loader(
+        config: S3Config,
+        loader: aws_config::ConfigLoader,
+    ) -> Result<Self, StoreError> {
+        let mut loader = loader
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(10)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    // Time to the first response byte, which for an upload includes
+                    // sending the body (up to a part): generous, a guard against hangs.
+                    .read_timeout(Duration::from_secs(300))
+                    .build(),
+            );
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        let sdk = loader.load().await;
+        let region = match (sdk.region(), &config.endpoint) {
+            (Some(r), _) => r.clone(),
+            (None, Some(_)) => Region::from_static("us-east-1"),
+            (None, None) => {
+                return Err(StoreError::InvalidUrl {
+                    url: config.to_url_string(),
+                    reason: "no region: add ?region=… to the URL, or set AWS_REGION or a \
+                             region in the AWS profile"
+                        .into(),
+                });
+            }
+        };
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk);
+        // The URL is the only source of the endpoint (see the crate docs).
+        builder.set_endpoint_url(config.endpoint.clone());
+        let s3_config = builder
+            .region(region)
+            .force_path_style(config.force_path_style)
+            .build();
+        Ok(Self::with_sdk_client(
+            aws_sdk_s3::Client::from_conf(s3_config),
+            config,
+        ))
+    }
+
+    /// A client over an SDK client configured by the caller (endpoint, credentials,
+    /// retries); `config` supplies the bucket, prefix, SSE and storage class.
+    pub fn with_sdk_client(client: aws_sdk_s3::Client, config: S3Config) -> Self {
+        let root = if config.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", config.prefix)
+        };
+        let url = config.to_url_string();
+        Self {
+            client,
+            config,
+            root,
+            url,
+        }
+    }
+
+    /// The underlying SDK client, for tests and administration (creating buckets).
+    pub fn sdk_client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    pub fn config(&self) -> &S3Config {
+        &self.config
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.config.bucket
+    }
+
+    /// The key prefix, without a trailing `/` (empty for the bucket root).
+    pub fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.root)
+    }
+
+    fn fail(&self, f: Failure, op: Op, key: &str) -> StoreError {
+        f.into_store(op, key, &self.config.bucket)
+    }
+
+    fn sse(&self) -> (Option<ServerSideEncryption>, Option<String>) {
+        match &self.config.sse {
+            None => (None, None),
+            Some(sse) => (
+                Some(ServerSideEncryption::from(sse.as_str())),
+                sse.kms_key_id().map(str::to_owned),
+            ),
+        }
+    }
+
+    fn storage_class(&self) -> Option<StorageClass> {
+        self.config.storage_class.as_deref().map(StorageClass::from)
+    }
+
+    async fn put_single(&self, job: &PutJob<'_>) -> Result<(), Failure> {
+        let PutJob {
+            full,
+            body,
+            size,
+            metadata,
+            mode,
+            ..
+        } = job;
+        let (size, mode) = (*size, *mode);
+        let (sse, kms_key) = self.sse();
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.config.bucket)
+            .key(full)
+            .body(body.stream(0, size).await?)
+            .content_length(to_i64(size))
+            .set_metadata(Some(metadata.clone()))
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .set_storage_class(self.storage_class());
+        if mode == PutMode::CreateOnly {
+            req = req.if_none_match("*");
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| Failure::from_sdk(&e))
+    }
+
+    /// A multipart upload of `body`; any failure aborts the upload (best effort: a
+    /// failed abort leaves an incomplete upload, which a bucket lifecycle rule for
+    /// incomplete multipart uploads cleans up).
+    async fn put_multipart(&self, job: &PutJob<'_>) -> Result<(), StoreError> {
+        let PutJob {
+            key,
+            full,
+            metadata,
+            ..
+        } = job;
+        let (key, full) = (*key, full.as_str());
+        let (sse, kms_key) = self.sse();
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.config.bucket)
+            .key(full)
+            .set_metadata(Some(metadata.clone()))
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .set_storage_class(self.storage_class())
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .send()
+            .await
+            .map_err(|e| self.fail(Failure::from_sdk(&e), Op::Put, key))?;
+        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+            return Err(self.fail(
+                Failure::other("CreateMultipartUpload returned no upload id"),
+                Op::Put,
+                key,
+            ));
+        };
+        let result = self.upload_parts_and_complete(job, &upload_id).await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Err(abort) = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.config.bucket)
+                    .key(full)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await
+                {
+                    let f = Failure::from_sdk(&abort);
+                    if f.kind != Kind::NoSuchUpload {
+                        warn!(key, detail = %f.detail, "could not abort a failed multipart upload");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_parts_and_complete(
+        &self,
+        job: &PutJob<'_>,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        let PutJob {
+            key,
+            full,
+            body,
+            size,
+            mode,
+            put_id,
+            ..
+        } = job;
+        let (key, full, size, mode) = (*key, full.as_str(), *size, *mode);
+        let part_size = part_size(size);
+        let part_count = size.div_ceil(part_size);
+        let mut parts = Vec::with_capacity(usize::try_from(part_count).unwrap_or(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0u64;
+        while next < part_count || !tasks.is_empty() {
+            while next < part_count && tasks.len() < PART_CONCURRENCY {
+                let offset = next * part_size;
+                let len = part_size.min(size - offset);
+                // Part numbers are 1-based and at most MAX_PARTS, so they fit an i32.
+                let number = i32::try_from(next + 1).unwrap_or(i32::MAX);
+                let req = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.config.bucket)
+                    .key(full)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .content_length(to_i64(len))
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32);
+                let body = body.clone();
+                tasks.spawn(async move {
+                    let stream = body.stream(offset, len).await?;
+                    let out = req
+                        .body(stream)
+                        .send()
+                        .await
+                        .map_err(|e| Failure::from_sdk(&e))?;
+                    Ok::<_, Failure>(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(out.e_tag().map(str::to_owned))
+                            .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                            .build(),
+                    )
+                });
+                next += 1;
+            }
+            match tasks.join_next().await {
+                Some(Ok(Ok(part))) => parts.push(part),
+                // Dropping the JoinSet on return aborts the parts still in flight.
+                Some(Ok(Err(f))) => return Err(self.fail(f, Op::Put, key)),
+                Some(Err(join)) => {
+                    if join.is_panic() {
+                        std::panic::resume_unwind(join.into_panic());
+                    }
+                    return Err(self.fail(Failure::other(join.to_string()), Op::Put, key));
+                }
+                None => break,
+            }
+        }
+        parts.sort_by_key(|p| p.part_number());
+        let mut req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.config.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            );
+        if mode == PutMode::CreateOnly {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let f = Failure::from_sdk(&e);
+                match f.kind {
+                    // A completion retried after a lost response finds its upload gone
+                    // (NoSuchUpload) or, create-only, the key taken (412): by us, if the
+                    // object carries our token.
+                    Kind::PreconditionFailed | Kind::ConditionalConflict | Kind::NoSuchUpload => {
+                        self.resolve_conflict(key, full, put_id, f).await
+                    }
+                    _ => Err(self.fail(f, Op::Put, key)),
+                }
+            }
+        }
+    }
+
+    /// After a create-only put (or a multipart completion) failed with 412, 409
+    /// ConditionalRequestConflict or NoSuchUpload, decides whether the object now at
+    /// `full` is the one this call wrote, by comparing its `replica-put-id` metadata
+    /// with this call's random token.
+    async fn resolve_conflict(
+        &self,
+        key: &str,
+        full: &str,
+        put_id: &str,
+        failure: Failure,
+    ) -> Result<(), StoreError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(full)
+            .send()
+            .await;
+        match head {
+            Ok(out) => {
+                let theirs = out.metadata().and_then(|m| m.get(PUT_ID_METADATA));
+                if theirs.map(String::as_str) == Some(put_id) {
+                    debug!(key, "create-only put landed on an earlier attempt");
+                    Ok(())
+                } else if failure.kind == Kind::NoSuchUpload {
+                    Err(self.fail(failure, Op::Put, key))
+                } else {
+                    Err(StoreError::AlreadyExists {
+                        key: key.to_owned(),
+                    })
+                }
+            }
+            Err(e) => {
+                let f = Failure::from_sdk(&e);
+                match (f.kind, failure.kind) {
+                    // The object that made us fail is gone again (deleted); the key was
+                    // taken when we tried, so we lost.
+                    (Kind::NoSuchKey, Kind::PreconditionFailed) => Err(StoreError::AlreadyExists {
+                        key: key.to_owned(),
+                    }),
+                    // A concurrent conditional write that did not complete: nothing
+                    // holds the key, and trying again is safe.
+                    (Kind::NoSuchKey, Kind::ConditionalConflict) => Err(StoreError::Transient {
+                        op: Op::Put,
+                        key: key.to_owned(),
+                        source: Box::new(S3Error(format!(
+                            "{}; the conflicting write did not complete, retry",
+                            failure.detail
+                        ))),
+                    }),
+                    (Kind::NoSuchKey, _) => Err(self.fail(failure, Op::Put, key)),
+                    _ => Err(self.fail(f, Op::Put, key)),
+                }
+            }
+        }
+    }
+
+    async fn head_object(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.fail(Failure::from_sdk(&e), Op::Head, key))?;
+        let persisted = out
+            .metadata()
+            .and_then(|m| m.get(TIMESTAMP_METADATA))
+            .and_then(|s| {
+                let t = timestamp::parse(s);
+                if t.is_none() {
+                    warn!(key, value = %s, "unparsable {TIMESTAMP_METADATA} metadata; using LastModified");
+                }
+                t
+            });
+        let created = persisted.or_else(|| {
+            out.last_modified()
+                .and_then(|d| SystemTime::try_from(*d).ok())
+        });
+        Ok(ObjectInfo {
+            key: key.to_owned(),
+            size: out
+                .content_length()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
+            created,
+        })
+    }
+}
+
+#[async_trait]
+impl ReplicaClient for S3Client {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    fn redacted_url(&self) -> String {
+        // Credentials are refused at parse time and no option is secret.
+        self.url.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            create_only: true,
+            ranged_get: true,
+            // LIST reports LastModified; the persisted time is only in the metadata.
+            list_has_created: false,
+        }
+    }
+
+    fn layout_style(&self) -> LayoutStyle {
+        LayoutStyle::HexLevel
+    }
+
+    /// # Idempotent create-only puts
+    ///
+    /// The SDK retries throttling, 5xx, timeouts and connection failures with
+    /// backoff, and that includes a conditional `PutObject` / `CompleteMultipartUpload`
+    /// whose response was lost after S3 had applied it. The retry then gets 412, which
+    /// taken at face value would report our own write as a lost race. So a create-only
+    /// put carries a random 128-bit token in the `replica-put-id` user metadata, and
+    /// every 412 (or 409 ConditionalRequestConflict, or NoSuchUpload on completion) is
+    /// checked with a HEAD: if the object there carries our token, no one else can
+    /// have written it, and the put succeeded; otherwise it is [`StoreError::AlreadyExists`].
+    /// This holds for single and multipart puts alike (an ETag/MD5 comparison would
+    /// not work for multipart, whose ETag is not an MD5 of the content). A 409 whose
+    /// HEAD finds nothing means a concurrent create did not complete: `Transient`.
+    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+        check_key(Op::Put, key)?;
+        let full = self.full_key(key);
+        let body = Body::new(body);
+        let size = body.size().await.map_err(|f| self.fail(f, Op::Put, key))?;
+        let mut metadata = HashMap::new();
+        if let Some(ts) = opts.timestamp {
+            metadata.insert(TIMESTAMP_METADATA.to_owned(), timestamp::format(ts));
+        }
+        let multipart = size > MULTIPART_THRESHOLD;
+        // The token is needed to recognise our own write after a retry: for every
+        // create-only put, and for multipart uploads (a retried completion may report
+        // NoSuchUpload).
+        let put_id = format!("{:032x}", rand::random::<u128>());
+        if opts.mode == PutMode::CreateOnly || multipart {
+            metadata.insert(PUT_ID_METADATA.to_owned(), put_id.clone());
+        }
+        let job = PutJob {
+            key,
+            full,
+            body,
+            size,
+            metadata,
+            mode: opts.mode,
+            put_id,
+        };
+        if multipart {
+            self.put_multipart(&job).await?;
+        } else {
+            match self.put_single(&job).await {
+                Ok(()) => {}
+                Err(f)
+                    if opts.mode == PutMode::CreateOnly
+                        && matches!(
+                            f.kind,
+                            Kind::PreconditionFailed | Kind::ConditionalConflict
+                        ) =>
+                {
+                    self.resolve_conflict(key, &job.full, &job.put_id, f)
+                        .await?;
+                }
+                Err(f) => return Err(self.fail(f, Op::Put, key)),
+            }
+        }
+        debug!(key, size, multipart, "put");
+        Ok(())
+    }
+
+    /// A `range` reaching past the end yields the bytes that exist (none if it starts
+    /// at or past the end), like the file backend.
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+        check_key(Op::Get, key)?;
+        if let Some(r) = &range {
+            if r.start > r.end {
+                return Err(self.fail(
+                    Failure::other(format!("invalid byte range {}..{}", r.start, r.end)),
+                    Op::Get,
+                    key,
+                ));
+            }
+            if r.start == r.end {
+                // HTTP cannot ask for zero bytes; check the object exists instead.
+                self.head_object(key).await.map_err(|e| retag(e, Op::Get))?;
+                return Ok(Box::pin(tokio::io::empty()));
+            }
+        }
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(self.full_key(key));
+        if let Some(r) = &range {
+            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let f = Failure::from_sdk(&e);
+                if f.kind == Kind::InvalidRange {
+                    return Ok(Box::pin(tokio::io::empty()));
+                }
+                return Err(self.fail(f, Op::Get, key));
+            }
+        };
+        let ranged_reply = out.content_range().is_some();
+        let mut reader = out.body.into_async_read();
+        match range {
+            Some(r) if !ranged_reply => {
+                // A store that ignored the Range header sent the whole object: skip to
+                // the start and stop at the end ourselves.
+                warn!(key, "the store ignored a Range request; skipping locally");
+                tokio::io::copy(&mut (&mut reader).take(r.start), &mut tokio::io::sink())
+                    .await
+                    .map_err(|e| {
+                        self.fail(
+                            Failure {
+                                kind: Kind::Transient,
+                                detail: e.to_string(),
+                            },
+                            Op::Get,
+                            key,
+                        )
+                    })?;
+                Ok(Box::pin(reader.take(r.end - r.start)))
+            }
+            _ => Ok(Box::pin(reader)),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+        check_key(Op::Head, key)?;
+        self.head_object(key).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        if prefix.starts_with('/') {
+            return Err(self.fail(
+                Failure::other(
+                    "invalid prefix: it is absolute; keys are relative to the replica root",
+                ),
+                Op::List,
+                prefix,
+            ));
+        }
+        let full_prefix = self.full_key(prefix);
+        let err_key = if prefix.is_empty() {
+            "<replica root>"
+        } else {
+            prefix
+        };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.config.bucket)
+                .prefix(&full_prefix);
+            match &token {
+                Some(t) => req = req.continuation_token(t),
+                None => {
+                    if let Some(after) = start_after {
+                        req = req.start_after(self.full_key(after));
+                    }
+                }
+            }
+            let page = req
+                .send()
+                .await
+                .map_err(|e| self.fail(Failure::from_sdk(&e), Op::List, err_key))?;
+            for obj in page.contents() {
+                let Some(rel) = obj.key().and_then(|k| k.strip_prefix(self.root.as_str())) else {
+                    continue;
+                };
+                if start_after.is_some_and(|a| rel <= a) {
+                    continue;
+                }
+                out.push(ObjectInfo {
+                    key: rel.to_owned(),
+                    size: obj.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                    created: obj
+                        .last_modified()
+                        .and_then(|d| SystemTime::try_from(*d).ok()),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => {
+                    if token.as_deref() == Some(t) {
+                        return Err(self.fail(
+                            Failure::other("the store returned the same continuation token twice"),
+                            Op::List,
+                            err_key,
+                        ));
+                    }
+                    token = Some(t.to_owned());
+                }
+                _ => break,
+            }
+        }
+        // S3 lists in key (UTF-8 byte) order already; some compatibles do not.
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// `DeleteObjects` in batches of up to 1000 keys, quiet mode (only failures are
+    /// reported). S3 does not report missing keys; a store that reports `NoSuchKey` is
+    /// ignored too. Other per-key failures make the call fail, naming the first failed
+    /// key, the error code, and how many keys failed.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            check_key(Op::Delete, key)?;
+        }
+        for batch in keys.chunks(DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(self.full_key(k)).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.fail(Failure::other(e.to_string()), Op::Delete, &batch[0]))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| self.fail(Failure::other(e.to_string()), Op::Delete, &batch[0]))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.config.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.fail(Failure::from_sdk(&e), Op::Delete, &batch[0]))?;
+            let failed: Vec<_> = out
+                .errors()
+                .iter()
+                .filter(|e| e.code() != Some("NoSuchKey"))
+                .collect();
+            if let Some(first) = failed.first() {
+                let key = first
+                    .key()
+                    .map(|k| k.strip_prefix(self.root.as_str()).unwrap_or(k).to_owned())
+                    .unwrap_or_default();
+                let mut f = error::service_failure(first.code(), first.message(), None, None);
+                if failed.len() > 1 {
+                    f.detail
+                        .push_str(&format!(" (and {} more keys failed)", failed.len() - 1));
+                }
+                return Err(self.fail(f, Op::Delete, &key));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The operation of an error produced by a helper on behalf of another operation.
+fn retag(e: StoreError, op: Op) -> StoreError {
+    match e {
+        StoreError::PermissionDenied { key, detail, .. } => {
+            StoreError::PermissionDenied { op, key, detail }
+        }
+        StoreError::Transient { key, source, .. } => StoreError::Transient { op, key, source },
+        StoreError::Other { key, source, .. } => StoreError::Other { op, key, source },
+        e => e,
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The part size for an object of `size` bytes: [`MIN_PART_SIZE`], or larger (whole
+/// MiB) if the object would otherwise need more than [`MAX_PARTS`] parts.
+fn part_size(size: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    needed.max(MIN_PART_SIZE)
+}
+
+/// Keys are relative, `/`-separated and normalised the way Litestream's `path.Join`
+/// would leave them, so an object we write is where Litestream looks for it.
+fn check_key(op: Op, key: &str) -> Result<(), StoreError> {
+    let problem = if key.is_empty() {
+        Some("it is empty")
+    } else if key.starts_with('/') {
+        Some("it is absolute; keys are relative to the replica root")
+    } else if key.split('/').any(str::is_empty) {
+        Some("it has an empty path segment ('//' or a trailing '/')")
+    } else if key.split('/').any(|s| s == "." || s == "..") {
+        Some("'.' and '..' segments are not allowed")
+    } else {
+        None
+    };
+    match problem {
+        Some(reason) => Err(StoreError::Other {
+            op,
+            key: key.to_owned(),
+            source: Box::new(S3Error(format!("invalid key: {reason}"))),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// One put call: where, what, and how.
+struct PutJob<'a> {
+    /// The key relative to the replica root, for errors.
+    key: &'a str,
+    /// The full S3 key.
+    full: String,
+    body: Body,
+    size: u64,
+    metadata: HashMap<String, String>,
+    mode: PutMode,
+    /// This call's random token (see `put`).
+    put_id: String,
+}
+
+/// A put's payload, cheap to clone into part-upload tasks.
+#[derive(Debug, Clone)]
+enum Body {
+    Bytes(Bytes),
+    File(std::sync::Arc<Path>),
+}
+
+impl Body {
+    fn new(p: Payload) -> Self {
+        match p {
+            Payload::Bytes(b) => Body::Bytes(b),
+            Payload::File(path) => Body::File(path.into()),
+        }
+    }
+
+    async fn size(&self) -> Result<u64, Failure> {
+        match self {
+            Body::Bytes(b) => Ok(b.len() as u64),
+            Body::File(path) => tokio::fs::metadata(path)
+                .await
+                .map(|m| m.len())
+                .map_err(|e| source_failure(path, &e.to_string())),
+        }
+    }
+
+    /// `len` bytes from `offset`, as a retryable SDK body: bytes are sliced, files are
+    /// read from disk as the request is sent (and re-read on a retry).
+    async fn stream(&self, offset: u64, len: u64) -> Result<SdkStream, Failure> {
+        match self {
+            Body::Bytes(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = usize::try_from(offset + len)
+                    .unwrap_or(usize::MAX)
+                    .min(b.len());
+                Ok(SdkStream::from(b.slice(start..end)))
+            }
+            Body::File(path) => SdkStream::read_from()
+                .path(path.as_ref())
+                .offset(offset)
+                .length(Length::Exact(len))
+                .buffer_size(256 * 1024)
+                .build()
+                .await
+                .map_err(|e| source_failure(path, &e.to_string())),
+        }
+    }
+}
+
+/// A failure to read the put's payload file: not an object-store error, and not
+/// worth retrying.
+fn source_failure(path: &Path, e: &str) -> Failure {
+    Failure::other(format!("reading payload file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(part_size(20 * MIB), 8 * MIB);
+        assert_eq!(part_size(80_000 * MIB), 8 * MIB);
+        assert_eq!(part_size(80_000 * MIB + 1), 9 * MIB);
+        let huge = 5 * 1024 * 1024 * MIB;
+        assert!(huge.div_ceil(part_size(huge)) <= MAX_PARTS);
+    }
+
+    #[test]
+    fn key_checks() {
+        for k in ["0000/0000000000000001-0000000000000001.ltx", "a", "a/b.c"] {
+            assert!(check_key(Op::Put, k).is_ok(), "{k}");
+        }
+        for k in ["", "/a", "a//b", "a/", "./a", "a/../b"] {
+            assert!(check_key(Op::Put, k).is_err(), "{k}");
+        }
+    }
+}
