@@ -36,10 +36,18 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ReplicateArgs {
-    /// The SQLite database (created in WAL mode if missing).
-    pub db_path: PathBuf,
-    /// Where to replicate to, e.g. file:///backups/db.
-    pub replica_url: String,
+    /// The SQLite database (created in WAL mode if missing). Not with --config.
+    pub db_path: Option<PathBuf>,
+    /// Where to replicate to, e.g. file:///backups/db. Not with --config.
+    pub replica_url: Option<String>,
+    /// Replicate every database of a deployment config file (also REPLICA_CONFIG):
+    /// restore missing ones first, then replicate them all.
+    #[arg(long, env = "REPLICA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Run this command once replication runs; signals go to it, and replica exits
+    /// with its exit code after a final flush.
+    #[arg(long)]
+    pub exec: Option<String>,
     /// How often captured WAL frames are shipped.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub sync_interval: Duration,
@@ -63,11 +71,16 @@ pub enum IntegrityArg {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Where to write the restored database; never overwritten.
+    /// Where to write the restored database; never overwritten. Not with --config.
     #[arg(short = 'o', long = "output")]
-    pub output: PathBuf,
-    /// The replica to restore from.
-    pub replica_url: String,
+    pub output: Option<PathBuf>,
+    /// The replica URL to restore from; with --config, the configured database paths to
+    /// restore (all when none are given).
+    pub targets: Vec<String>,
+    /// Restore the databases of a deployment config file (also REPLICA_CONFIG), each to
+    /// its configured path, in parallel.
+    #[arg(long, env = "REPLICA_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Restore the state as of this time (RFC 3339, e.g. 2026-11-24T07:18:55Z).
     #[arg(long, conflicts_with = "txid", value_parser = parse_timestamp)]
     pub timestamp: Option<std::time::SystemTime>,

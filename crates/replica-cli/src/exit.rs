@@ -1,17 +1,40 @@
 //! Which failures are the user's input (exit 2) and which are runtime failures (1).
 
+use std::fmt;
+
+use replica::DeployError;
 use replica_core::error::StoreError;
 
-/// Exit code 2 for a bad replica URL (unknown scheme, refused option); clap reports
-/// bad flags itself with 2. Everything else that fails at run time is 1.
+/// A usage or configuration error found after argument parsing.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// Exit code 2 for the user's input: a bad replica URL (unknown scheme, refused
+/// option), a bad config file, a changed shard count, an inconsistent command line
+/// (clap reports bad flags itself with 2). Everything else that fails at run time is 1.
 pub fn code_of(e: &anyhow::Error) -> u8 {
-    let bad_url = e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<StoreError>(),
-            Some(StoreError::InvalidUrl { .. })
-        )
+    let config = e.chain().any(|c| {
+        c.is::<UsageError>()
+            || matches!(
+                c.downcast_ref::<StoreError>(),
+                Some(StoreError::InvalidUrl { .. })
+            )
+            || c.downcast_ref::<DeployError>()
+                .is_some_and(DeployError::is_config)
     });
-    if bad_url { 2 } else { 1 }
+    if config { 2 } else { 1 }
 }
 
 /// The error and its causes on one line. Library errors often repeat their source in

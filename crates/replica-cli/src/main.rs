@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
 mod backends;
+mod child;
 mod cli;
 mod commands;
 mod exit;

@@ -13,8 +13,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
+pub mod deploy;
+
 use std::sync::Arc;
 
+pub use config::{Config, ConfigError, Mode};
+pub use deploy::{DeployError, Deployment, Running};
 pub use replica_core as core;
 pub use replica_core::registry::Registry;
 
@@ -36,6 +41,29 @@ pub fn backends() -> Registry {
     r.register("s3", |url| {
         Box::pin(async move {
             let client = backend_s3::S3Client::from_url(&url).await?;
+            Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+        })
+    });
+    #[cfg(feature = "backend-gcs")]
+    for scheme in ["gs", "gcs"] {
+        r.register(scheme, |url| {
+            Box::pin(async move {
+                let client = backend_gcs::GcsClient::from_url(&url).await?;
+                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+            })
+        });
+    }
+    #[cfg(feature = "backend-abs")]
+    r.register("abs", |url| {
+        Box::pin(async move {
+            let client = backend_abs::AbsClient::from_url(&url).await?;
+            Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+        })
+    });
+    #[cfg(feature = "backend-sftp")]
+    r.register("sftp", |url| {
+        Box::pin(async move {
+            let client = backend_sftp::SftpClient::from_url(&url).await?;
             Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
         })
     });

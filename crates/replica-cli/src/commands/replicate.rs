@@ -1,46 +1,187 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
+use replica::{Deployment, Mode};
 use replica_core::engine::{EngineConfig, Replicator};
 use replica_core::replica::Replica;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{error, info, warn};
 
 use crate::backends;
+use crate::child;
 use crate::cli::ReplicateArgs;
+use crate::exit::usage;
+
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM, as its number.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+        }
+    }
+}
 
 pub async fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
-    let client = backends::open(&a.replica_url).await?;
+    let mut signals = Signals::install()?;
+    match (&a.db_path, &a.replica_url, &a.config) {
+        (Some(db), Some(url), _) => run_single(&a, db, url, &mut signals).await,
+        (None, None, Some(cfg)) => run_config(&a, cfg, &mut signals).await,
+        (Some(_), None, _) => Err(usage("replicate needs a REPLICA_URL after DB_PATH")),
+        _ => Err(usage(
+            "replicate needs DB_PATH and REPLICA_URL, or --config FILE (or REPLICA_CONFIG)",
+        )),
+    }
+}
+
+async fn run_single(
+    a: &ReplicateArgs,
+    db: &std::path::Path,
+    url: &str,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    let client = backends::open(url).await?;
     let cfg = EngineConfig {
         sync_interval: a.sync_interval,
         snapshot_interval: a.snapshot_interval,
         retention: a.retention,
         ..EngineConfig::default()
     };
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let replicator = Replicator::start(&a.db_path, Replica::new(client), cfg)
+    let replicator = Replicator::start(db, Replica::new(client), cfg)
         .await
-        .with_context(|| format!("cannot replicate {}", a.db_path.display()))?;
-
-    let failed = tokio::select! {
-        _ = sigint.recv() => { info!("SIGINT: flushing and stopping"); false }
-        _ = sigterm.recv() => { info!("SIGTERM: flushing and stopping"); false }
-        _ = replicator.failed() => true,
-    };
-    // A second signal abandons the flush; what is spooled stays for the next start.
-    let flush = replicator.shutdown(a.flush_timeout);
-    let result = tokio::select! {
-        r = flush => r,
-        _ = sigint.recv() => { warn!("second signal: stopping without finishing the flush"); return Ok(ExitCode::from(1)); }
-        _ = sigterm.recv() => { warn!("second signal: stopping without finishing the flush"); return Ok(ExitCode::from(1)); }
-    };
-    result.with_context(|| format!("replication of {} failed", a.db_path.display()))?;
-    if failed {
-        anyhow::bail!(
-            "replication of {} stopped unexpectedly",
-            a.db_path.display()
-        );
+        .with_context(|| format!("cannot replicate {}", db.display()))?;
+    let mut child = a.exec.as_deref().map(child::spawn).transpose()?;
+    let mut failed = false;
+    let mut code = 0u8;
+    tokio::select! {
+        sig = signals.next() => {
+            info!(sig, "signal: stopping");
+            if let Some(c) = &child { child::signal(c, sig); }
+        }
+        _ = replicator.failed() => failed = true,
+        st = wait_child(&mut child) => code = child::exit_code(st?),
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(c) = child.as_mut() {
+        if failed {
+            child::signal(c, libc::SIGTERM);
+        }
+        code = child::exit_code(c.wait().await?);
+    }
+    flush(signals, replicator.shutdown(a.flush_timeout))
+        .await
+        .with_context(|| format!("replication of {} failed", db.display()))?;
+    if failed {
+        anyhow::bail!("replication of {} stopped unexpectedly", db.display());
+    }
+    Ok(ExitCode::from(code))
+}
+
+async fn run_config(
+    a: &ReplicateArgs,
+    file: &std::path::Path,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    let dep = Deployment::from_config(file)?;
+    if dep.config.mode == Mode::Embedded {
+        return Err(usage(format!(
+            "{} sets replication.mode: embedded, so the service replicates its databases in-process; \
+             a sidecar would be a second replicator on the same files. Run the service directly, or set mode: sidecar",
+            file.display()
+        )));
+    }
+    if !dep.config.enabled {
+        let Some(cmd) = a.exec.as_deref() else {
+            return Err(usage(format!(
+                "replication is disabled in {} (replication.enabled is false) and there is no --exec command to run",
+                file.display()
+            )));
+        };
+        warn!(config = %file.display(), "replication is disabled: running the command WITHOUT replication");
+        let mut c = child::spawn(cmd)?;
+        let status = loop {
+            tokio::select! {
+                sig = signals.next() => child::signal(&c, sig),
+                st = c.wait() => break st?,
+            }
+        };
+        return Ok(ExitCode::from(child::exit_code(status)));
+    }
+
+    // Nothing is written anywhere before the shard guard has passed.
+    dep.check_shards().await?;
+    if dep.config.restore_on_boot {
+        let restored = dep.restore_missing().await?;
+        info!(databases = restored.len(), "boot restore done");
+    }
+    let running = dep.start().await?;
+    let mut child = a.exec.as_deref().map(child::spawn).transpose()?;
+    let mut failed = None;
+    let mut code = 0u8;
+    tokio::select! {
+        sig = signals.next() => {
+            info!(sig, "signal: stopping");
+            if let Some(c) = &child { child::signal(c, sig); }
+        }
+        db = running.failed() => failed = Some(db),
+        st = wait_child(&mut child) => code = child::exit_code(st?),
+    }
+    if let Some(c) = child.as_mut() {
+        if let Some(db) = &failed {
+            error!(db = %db.display(), "replication failed; stopping the service");
+            child::signal(c, libc::SIGTERM);
+        }
+        loop {
+            tokio::select! {
+                sig = signals.next() => child::signal(c, sig),
+                st = c.wait() => { code = child::exit_code(st?); break; }
+            }
+        }
+    }
+    flush(signals, running.shutdown(a.flush_timeout)).await?;
+    if let Some(db) = failed {
+        anyhow::bail!("replication of {} stopped unexpectedly", db.display());
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Waits for the child, or forever when there is none.
+async fn wait_child(
+    child: &mut Option<tokio::process::Child>,
+) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the final flush; a signal during it abandons the flush (what is spooled stays
+/// for the next start) and exits 1.
+async fn flush<E>(
+    signals: &mut Signals,
+    shutdown: impl std::future::Future<Output = Result<(), E>>,
+) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::select! {
+        r = shutdown => Ok(r?),
+        _ = signals.next() => {
+            warn!("second signal: stopping without finishing the flush");
+            anyhow::bail!("flush abandoned on a second signal; spooled changes are uploaded on the next start")
+        }
+        _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => unreachable!(),
+    }
 }

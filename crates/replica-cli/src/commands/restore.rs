@@ -1,17 +1,18 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use replica::Deployment;
 use replica_core::replica::Replica;
 use replica_core::restore::{self, IntegrityCheck, RestoreOptions, RestoreOutcome, Target};
 
 use crate::backends;
 use crate::cli::{IntegrityArg, RestoreArgs};
+use crate::exit::usage;
 
 pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let client = backends::open(&a.replica_url).await?;
-    let replica = Replica::new(client);
-    let opts = RestoreOptions {
-        output: a.output.clone(),
+    let template = RestoreOptions {
+        output: PathBuf::new(),
         target: match (a.txid, a.timestamp) {
             (Some(t), _) => Target::Txid(t),
             (None, Some(ts)) => Target::Timestamp(ts),
@@ -26,10 +27,77 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         if_db_not_exists: a.if_db_not_exists,
         if_replica_exists: a.if_replica_exists,
     };
+    // `-o` means one database from one URL, whatever REPLICA_CONFIG says.
+    match (&a.output, &a.config) {
+        (Some(out), _) => {
+            let [url] = a.targets.as_slice() else {
+                return Err(usage("restore -o OUTPUT needs exactly one REPLICA_URL"));
+            };
+            restore_one(
+                url,
+                RestoreOptions {
+                    output: out.clone(),
+                    ..template
+                },
+            )
+            .await
+        }
+        (None, Some(cfg)) => restore_config(cfg, &a.targets, template).await,
+        (None, None) => Err(usage(
+            "restore needs -o OUTPUT and a REPLICA_URL, or --config FILE (or REPLICA_CONFIG)",
+        )),
+    }
+}
+
+async fn restore_one(url: &str, opts: RestoreOptions) -> anyhow::Result<ExitCode> {
+    let replica = Replica::new(backends::open(url).await?);
     let started = std::time::Instant::now();
     let outcome = restore::restore(&replica, &opts)
         .await
-        .with_context(|| format!("restore of {} failed", a.output.display()))?;
+        .with_context(|| format!("restore of {} failed", opts.output.display()))?;
+    log_outcome(&opts.output, &outcome, started);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore_config(
+    file: &std::path::Path,
+    only: &[String],
+    template: RestoreOptions,
+) -> anyhow::Result<ExitCode> {
+    let dep = Deployment::from_config(file)?;
+    let only: Vec<PathBuf> = only.iter().map(PathBuf::from).collect();
+    for p in &only {
+        if !dep
+            .config
+            .databases
+            .iter()
+            .any(|d| d.path == *p || d.path.ends_with(p))
+        {
+            return Err(usage(format!(
+                "{} is not a database of {}",
+                p.display(),
+                file.display()
+            )));
+        }
+    }
+    let only: Vec<PathBuf> = only
+        .iter()
+        .filter_map(|p| {
+            dep.config
+                .databases
+                .iter()
+                .find(|d| d.path == *p || d.path.ends_with(p))
+                .map(|d| d.path.clone())
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for (path, outcome) in dep.restore(&only, template).await? {
+        log_outcome(&path, &outcome, started);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log_outcome(path: &std::path::Path, outcome: &RestoreOutcome, started: std::time::Instant) {
     if let RestoreOutcome::Restored {
         txid,
         files,
@@ -37,7 +105,7 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     } = outcome
     {
         tracing::info!(
-            output = %a.output.display(),
+            output = %path.display(),
             txid = format!("{txid:016x}"),
             files,
             bytes_downloaded,
@@ -45,5 +113,4 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             "restore complete"
         );
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,396 @@
+//! The deployment config file: which databases to replicate, where, and how.
+//!
+//! ```yaml
+//! replication:
+//!   enabled: true
+//!   mode: sidecar            # sidecar | embedded
+//!   replica_url: s3://my-backups/prod
+//!   sync_interval: 1s
+//!   restore_on_boot: true
+//!   snapshot_interval: 1h
+//!   retention: 72h
+//! shards:
+//!   count: 8
+//!   path: ./data/shard_{index}.db
+//! databases:
+//!   - ./data/dlq.db
+//! ```
+//!
+//! `${VAR}` is replaced by the environment variable before parsing; relative paths are
+//! resolved against the config file's directory; unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Sidecar,
+    Embedded,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("config file {path}: `{key}` {detail}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    replication: RawReplication,
+    shards: Option<RawShards>,
+    #[serde(default)]
+    databases: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    enabled: Option<bool>,
+    mode: Option<Mode>,
+    replica_url: Option<String>,
+    sync_interval: Option<String>,
+    restore_on_boot: Option<bool>,
+    snapshot_interval: Option<String>,
+    retention: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShards {
+    count: u32,
+    path: String,
+}
+
+/// One database of the deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    pub path: PathBuf,
+    /// `<replica_url>/<file stem>`, the path Litestream configs use too.
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub enabled: bool,
+    pub mode: Mode,
+    pub replica_url: Option<String>,
+    pub sync_interval: Duration,
+    pub snapshot_interval: Duration,
+    pub retention: Duration,
+    pub restore_on_boot: bool,
+    pub shard_count: Option<u32>,
+    pub databases: Vec<Database>,
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses `text` as if read from `file` (whose directory anchors relative paths).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, detail: String| ConfigError::Invalid {
+            path: file.to_path_buf(),
+            key: key.to_owned(),
+            detail,
+        };
+        let expanded = expand_env(text).map_err(|var| {
+            invalid(
+                &format!("${{{var}}}"),
+                "names an environment variable that is not set".into(),
+            )
+        })?;
+        let raw: RawConfig = serde_norway::from_str(&expanded).map_err(|e| ConfigError::Parse {
+            path: file.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let r = raw.replication;
+        let duration = |key: &str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => match humantime::parse_duration(&s) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(invalid(key, "must be greater than zero".into())),
+                Err(e) => Err(invalid(
+                    key,
+                    format!("is not a duration ({e}); examples: 100ms, 1s, 1h, 72h"),
+                )),
+            },
+        };
+        let enabled = r.enabled.unwrap_or(false);
+        let sync_interval = duration(
+            "replication.sync_interval",
+            r.sync_interval,
+            Duration::from_secs(1),
+        )?;
+        let snapshot_interval = duration(
+            "replication.snapshot_interval",
+            r.snapshot_interval,
+            Duration::from_secs(3600),
+        )?;
+        let retention = duration(
+            "replication.retention",
+            r.retention,
+            Duration::from_secs(72 * 3600),
+        )?;
+        let replica_url = r.replica_url.filter(|u| !u.trim().is_empty());
+        if enabled && replica_url.is_none() {
+            return Err(invalid(
+                "replication.replica_url",
+                "is required when replication.enabled is true".into(),
+            ));
+        }
+
+        let base = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            let joined = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            };
+            // Drops the `.` segments, so paths print and compare as users expect.
+            joined.components().collect::<PathBuf>()
+        };
+        let mut paths = Vec::new();
+        let shard_count = match raw.shards {
+            Some(s) => {
+                if s.count == 0 {
+                    return Err(invalid("shards.count", "must be at least 1".into()));
+                }
+                if s.count > 1 && !s.path.contains("{index}") {
+                    return Err(invalid(
+                        "shards.path",
+                        format!(
+                            "must contain {{index}} when shards.count is {} (every shard needs its own file)",
+                            s.count
+                        ),
+                    ));
+                }
+                for i in 0..s.count {
+                    paths.push(resolve(&s.path.replace("{index}", &i.to_string())));
+                }
+                Some(s.count)
+            }
+            None => None,
+        };
+        for (i, d) in raw.databases.iter().enumerate() {
+            if d.trim().is_empty() {
+                return Err(invalid(&format!("databases[{i}]"), "is empty".into()));
+            }
+            paths.push(resolve(d));
+        }
+
+        let mut databases: Vec<Database> = Vec::new();
+        for path in paths {
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                return Err(invalid(
+                    "databases",
+                    format!("{} has no file name", path.display()),
+                ));
+            };
+            if let Some(other) = databases
+                .iter()
+                .find(|d| d.path.file_stem().and_then(|s| s.to_str()) == Some(stem.as_str()))
+            {
+                return Err(invalid(
+                    "databases",
+                    format!(
+                        "{} and {} would share the replica path .../{stem}; give them different file names",
+                        other.path.display(),
+                        path.display()
+                    ),
+                ));
+            }
+            let url = replica_url
+                .as_deref()
+                .map(|u| join_url(u, &stem))
+                .unwrap_or_default();
+            databases.push(Database { path, url });
+        }
+        if enabled && databases.is_empty() {
+            return Err(invalid(
+                "shards",
+                "no databases configured: add `shards` or `databases`".into(),
+            ));
+        }
+        Ok(Config {
+            file: file.to_path_buf(),
+            enabled,
+            mode: r.mode.unwrap_or_default(),
+            replica_url,
+            sync_interval,
+            snapshot_interval,
+            retention,
+            restore_on_boot: r.restore_on_boot.unwrap_or(true),
+            shard_count,
+            databases,
+        })
+    }
+}
+
+/// Appends a path segment to a replica URL, before any query string.
+pub fn join_url(base: &str, segment: &str) -> String {
+    let (path, query) = match base.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (base, None),
+    };
+    let mut out = format!("{}/{segment}", path.trim_end_matches('/'));
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Replaces `${VAR}`; returns the name of the first variable that is not set.
+fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => return Err(name.to_owned()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/app/replica.yml"), text)
+    }
+
+    const FULL: &str = "
+replication:
+  enabled: true
+  mode: sidecar
+  replica_url: s3://bk/prod?endpoint=http://127.0.0.1:9000&region=us-east-1
+  sync_interval: 100ms
+  restore_on_boot: true
+  snapshot_interval: 1h
+  retention: 72h
+shards:
+  count: 3
+  path: ./data/shard_{index}.db
+databases:
+  - ./data/dlq.db
+  - /abs/other.db
+";
+
+    #[test]
+    fn full_config() {
+        let c = parse(FULL).unwrap();
+        assert!(c.enabled && c.restore_on_boot);
+        assert_eq!(c.sync_interval, Duration::from_millis(100));
+        assert_eq!(c.shard_count, Some(3));
+        let paths: Vec<_> = c
+            .databases
+            .iter()
+            .map(|d| d.path.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/app/data/shard_0.db",
+                "/etc/app/data/shard_1.db",
+                "/etc/app/data/shard_2.db",
+                "/etc/app/data/dlq.db",
+                "/abs/other.db"
+            ]
+        );
+        assert_eq!(
+            c.databases[3].url,
+            "s3://bk/prod/dlq?endpoint=http://127.0.0.1:9000&region=us-east-1"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_file() {
+        let cases = [
+            (
+                "replication:\n  enabled: true\n  replica_url: file:///x\n  bogus: 1\ndatabases: [a.db]\n",
+                "bogus",
+            ),
+            (
+                "replication:\n  enabled: true\n  replica_url: file:///x\n  sync_interval: 5parsecs\ndatabases: [a.db]\n",
+                "replication.sync_interval",
+            ),
+            (
+                "replication:\n  enabled: true\ndatabases: [a.db]\n",
+                "replication.replica_url",
+            ),
+            (
+                "replication:\n  enabled: true\n  replica_url: file:///x\nshards:\n  count: 4\n  path: ./shard.db\n",
+                "shards.path",
+            ),
+            (
+                "replication:\n  enabled: true\n  replica_url: file:///x/${REPLICA_TEST_UNSET_VAR}\ndatabases: [a.db]\n",
+                "REPLICA_TEST_UNSET_VAR",
+            ),
+            (
+                "replication:\n  enabled: true\n  replica_url: file:///x\ndatabases: [a/x.db, b/x.db]\n",
+                "databases",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(e.contains("/etc/app/replica.yml"), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_expansion_and_defaults() {
+        // PATH is always set.
+        let c =
+            parse("replication:\n  replica_url: file:///r/${PATH}\ndatabases: [a.db]\n").unwrap();
+        assert!(!c.enabled);
+        assert_eq!(c.mode, Mode::Sidecar);
+        assert!(c.replica_url.unwrap().starts_with("file:///r/"));
+        assert_eq!(c.retention, Duration::from_secs(72 * 3600));
+    }
+
+    #[test]
+    fn join_url_keeps_the_query() {
+        assert_eq!(join_url("file:///r/", "s"), "file:///r/s");
+        assert_eq!(join_url("s3://b?region=x", "s"), "s3://b/s?region=x");
+    }
+}

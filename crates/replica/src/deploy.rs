@@ -1,0 +1,388 @@
+//! A whole deployment from one config file: the shards and extra databases, restored on
+//! boot when missing, then replicated together. The sidecar CLI and an embedding
+//! service use the same code, so they behave the same.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use replica_core::client::{Payload, PutMode, PutOptions};
+use replica_core::engine::{EngineConfig, EngineError, Replicator};
+use replica_core::error::StoreError;
+use replica_core::registry::Registry;
+use replica_core::replica::Replica;
+use replica_core::restore::{self, RestoreError, RestoreOptions, RestoreOutcome};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError, Database};
+
+/// The object at the replica root that records the shard count the replicas were
+/// written with. Litestream ignores it (it is not an LTX file).
+pub const SHARDS_KEY: &str = "replica-shards.json";
+
+/// Restores run at most this many at once.
+const RESTORE_PARALLELISM: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    #[error("replica {url}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+
+    #[error(
+        "the replicas at {url} were written with shards.count = {recorded}, but {config} says {configured}. \
+         Keys hash to a different shard when the count changes, so these replicas no longer match their shards: {affected}. \
+         Point replication.replica_url at a new location, or re-shard the data and then delete {url}/{SHARDS_KEY}"
+    )]
+    ShardCountChanged {
+        url: String,
+        config: PathBuf,
+        recorded: u32,
+        configured: u32,
+        affected: String,
+    },
+
+    #[error("restore of {db} failed: {source}")]
+    Restore {
+        db: PathBuf,
+        #[source]
+        source: RestoreError,
+    },
+
+    #[error("replication of {db} failed: {source}")]
+    Engine {
+        db: PathBuf,
+        #[source]
+        source: EngineError,
+    },
+
+    #[error("replication is disabled in {0} (replication.enabled is false)")]
+    Disabled(PathBuf),
+}
+
+impl DeployError {
+    /// A mistake in the configuration rather than a failure at run time.
+    pub fn is_config(&self) -> bool {
+        match self {
+            DeployError::Config(_) | DeployError::ShardCountChanged { .. } => true,
+            DeployError::Store { source, .. } => matches!(source, StoreError::InvalidUrl { .. }),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ShardRecord {
+    shard_count: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub config: Config,
+    registry: Registry,
+}
+
+impl Deployment {
+    pub fn new(config: Config, registry: Registry) -> Self {
+        Self { config, registry }
+    }
+
+    /// Loads `file` and resolves URLs with every backend built into this crate.
+    pub fn from_config(file: &Path) -> Result<Self, DeployError> {
+        Ok(Self::new(Config::load(file)?, crate::backends()))
+    }
+
+    fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            sync_interval: self.config.sync_interval,
+            snapshot_interval: self.config.snapshot_interval,
+            retention: self.config.retention,
+            ..EngineConfig::default()
+        }
+    }
+
+    async fn open(&self, url: &str) -> Result<Replica, DeployError> {
+        let client = self
+            .registry
+            .open(url)
+            .await
+            .map_err(|source| DeployError::Store {
+                url: url.to_owned(),
+                source,
+            })?;
+        Ok(Replica::new(client))
+    }
+
+    /// Refuses to go on if the replicas were written with another shard count. Reads
+    /// only; run it before anything is written.
+    pub async fn check_shards(&self) -> Result<(), DeployError> {
+        let (Some(configured), Some(url)) = (self.config.shard_count, &self.config.replica_url)
+        else {
+            return Ok(());
+        };
+        let root = self.open(url).await?;
+        let store = |source| DeployError::Store {
+            url: url.clone(),
+            source,
+        };
+        let mut body = match root.client().get(SHARDS_KEY, None).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(store(e)),
+        };
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut body, &mut bytes)
+            .await
+            .map_err(|e| {
+                store(StoreError::from_io(
+                    replica_core::error::Op::Get,
+                    SHARDS_KEY,
+                    e,
+                ))
+            })?;
+        let record: ShardRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            store(StoreError::Other {
+                op: replica_core::error::Op::Get,
+                key: SHARDS_KEY.into(),
+                source: Box::new(e),
+            })
+        })?;
+        if record.shard_count != configured {
+            let affected = (0..record.shard_count)
+                .map(|i| format!("shard {i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(DeployError::ShardCountChanged {
+                url: url.clone(),
+                config: self.config.file.clone(),
+                recorded: record.shard_count,
+                configured,
+                affected,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records the shard count at the replica root, once.
+    async fn record_shards(&self) -> Result<(), DeployError> {
+        let (Some(count), Some(url)) = (self.config.shard_count, &self.config.replica_url) else {
+            return Ok(());
+        };
+        let root = self.open(url).await?;
+        let body = serde_json::to_vec(&ShardRecord { shard_count: count }).map_err(|e| {
+            DeployError::Store {
+                url: url.clone(),
+                source: StoreError::Other {
+                    op: replica_core::error::Op::Put,
+                    key: SHARDS_KEY.into(),
+                    source: Box::new(e),
+                },
+            }
+        })?;
+        let opts = PutOptions {
+            mode: PutMode::CreateOnly,
+            timestamp: None,
+        };
+        match root
+            .client()
+            .put(SHARDS_KEY, Payload::Bytes(body.into()), &opts)
+            .await
+        {
+            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(source) => Err(DeployError::Store {
+                url: url.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Restores every configured database whose file is missing, in parallel. A
+    /// database without a replica yet starts empty; an existing file is never touched.
+    pub async fn restore_missing(&self) -> Result<Vec<(PathBuf, RestoreOutcome)>, DeployError> {
+        let template = RestoreOptions {
+            if_db_not_exists: true,
+            if_replica_exists: true,
+            ..RestoreOptions::new(PathBuf::new())
+        };
+        self.restore(&[], template).await
+    }
+
+    /// Restores the configured databases (all, or those in `only`) with `template`'s
+    /// options, each to its configured path, at most four at a time.
+    pub async fn restore(
+        &self,
+        only: &[PathBuf],
+        template: RestoreOptions,
+    ) -> Result<Vec<(PathBuf, RestoreOutcome)>, DeployError> {
+        let chosen: Vec<&Database> = self
+            .config
+            .databases
+            .iter()
+            .filter(|d| only.is_empty() || only.iter().any(|p| same_path(p, &d.path)))
+            .collect();
+        let sem = Arc::new(Semaphore::new(RESTORE_PARALLELISM));
+        let mut tasks = Vec::new();
+        for db in chosen {
+            let replica = self.open(&db.url).await?;
+            let opts = RestoreOptions {
+                output: db.path.clone(),
+                ..template.clone()
+            };
+            let sem = sem.clone();
+            let path = db.path.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let r = restore::restore(&replica, &opts).await;
+                (path, r)
+            }));
+        }
+        let mut out = Vec::new();
+        let mut first_err = None;
+        for t in tasks {
+            match t.await {
+                Ok((path, Ok(outcome))) => {
+                    info!(db = %path.display(), ?outcome, "boot restore");
+                    out.push((path, outcome));
+                }
+                Ok((db, Err(source))) => {
+                    first_err.get_or_insert(DeployError::Restore { db, source });
+                }
+                Err(e) => {
+                    first_err.get_or_insert(DeployError::Restore {
+                        db: PathBuf::from("?"),
+                        source: RestoreError::Task(e.to_string()),
+                    });
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Starts replicating every configured database, and records the shard count.
+    pub async fn start(&self) -> Result<Running, DeployError> {
+        if !self.config.enabled {
+            return Err(DeployError::Disabled(self.config.file.clone()));
+        }
+        let mut running = Running {
+            replicators: Vec::new(),
+        };
+        for db in &self.config.databases {
+            if let Some(dir) = db.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| DeployError::Engine {
+                    db: db.path.clone(),
+                    source: EngineError::Io {
+                        path: dir.to_path_buf(),
+                        source,
+                    },
+                })?;
+            }
+            let replica = self.open(&db.url).await?;
+            match Replicator::start(&db.path, replica, self.engine_config()).await {
+                Ok(r) => running.replicators.push(r),
+                Err(source) => {
+                    // Stop what already runs; the error is what matters.
+                    let _ = running.shutdown(Duration::from_secs(10)).await;
+                    return Err(DeployError::Engine {
+                        db: db.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        self.record_shards().await?;
+        Ok(running)
+    }
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    a == b
+        || match (
+            std::fs::canonicalize(a),
+            b.parent().map(std::fs::canonicalize),
+        ) {
+            (Ok(ca), Some(Ok(pb))) => b.file_name().is_some_and(|n| ca == pb.join(n)),
+            _ => {
+                a.file_name().is_some()
+                    && a.file_name() == b.file_name()
+                    && a.parent() == b.parent()
+            }
+        }
+}
+
+/// The replicators of a running deployment.
+#[derive(Debug)]
+pub struct Running {
+    replicators: Vec<Replicator>,
+}
+
+impl Running {
+    /// Resolves with the database whose replication stopped on its own (an error).
+    pub async fn failed(&self) -> PathBuf {
+        if self.replicators.is_empty() {
+            return std::future::pending().await;
+        }
+        let futs = self.replicators.iter().map(|r| {
+            Box::pin(async move {
+                r.failed().await;
+                r.db().to_path_buf()
+            })
+        });
+        futures_select_first(futs).await
+    }
+
+    /// Flushes and stops every replicator, in parallel; the first error is returned
+    /// after all have stopped.
+    pub async fn shutdown(self, flush_timeout: Duration) -> Result<(), DeployError> {
+        let mut tasks = Vec::new();
+        for r in self.replicators {
+            let db = r.db().to_path_buf();
+            tasks.push(tokio::spawn(async move {
+                (db, r.shutdown(flush_timeout).await)
+            }));
+        }
+        let mut first = None;
+        for t in tasks {
+            match t.await {
+                Ok((_, Ok(()))) => {}
+                Ok((db, Err(source))) => {
+                    warn!(db = %db.display(), error = %source, "shutdown");
+                    first.get_or_insert(DeployError::Engine { db, source });
+                }
+                Err(e) => {
+                    first.get_or_insert(DeployError::Engine {
+                        db: PathBuf::from("?"),
+                        source: EngineError::Thread("shutdown", e.to_string()),
+                    });
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// The first of several futures to complete.
+async fn futures_select_first<F: std::future::Future<Output = PathBuf> + Unpin>(
+    futs: impl IntoIterator<Item = F>,
+) -> PathBuf {
+    let mut futs: Vec<F> = futs.into_iter().collect();
+    std::future::poll_fn(move |cx| {
+        for f in futs.iter_mut() {
+            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(v);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
