@@ -60,6 +60,7 @@ EXPORTED (in <state>/env, and to the tests by `cargo xtask test`):
     REPLICA_GCS_ENDPOINT
     REPLICA_SFTP_HOST REPLICA_SFTP_PORT REPLICA_SFTP_USER REPLICA_SFTP_KEY
     REPLICA_SFTP_ROOT (an absolute directory on the SFTP server for tests to use)
+    REPLICA_SFTP_HOST_KEY (the server's public host key file)
 ";
 
 const HOST: &str = "127.0.0.1";
@@ -1006,6 +1007,10 @@ fn exports(d: &Dirs, k: Kind, port: u16) -> Vec<(String, String)> {
                 d.sftp_client_key().display().to_string(),
             ),
             kv("REPLICA_SFTP_ROOT", d.sftp_root().display().to_string()),
+            kv(
+                "REPLICA_SFTP_HOST_KEY",
+                d.sftp_dir().join("host_ed25519.pub").display().to_string(),
+            ),
         ],
     }
 }
