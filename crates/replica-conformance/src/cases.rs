@@ -15,8 +15,8 @@ use replica_core::client::{Capabilities, Payload, PutMode, ReplicaClient};
 use replica_core::error::StoreError;
 
 use crate::support::{
-    MIB, Store, assert_recent, create_only, describe, overwrite, pattern, payload, resume, unix_ms,
-    verify_pattern, with_timestamp, write_pattern_file,
+    MIB, Store, assert_recent, create_only, describe, overwrite, pattern, payload, resume,
+    stored_ms, unix_ms, verify_pattern, with_timestamp, write_pattern_file,
 };
 
 /// What a case needs beyond the trait's required behaviour.
@@ -651,7 +651,7 @@ pub async fn large_object(client: Arc<dyn ReplicaClient>) {
     assert_eq!(info.size, LARGE_LEN, "head size of the large object");
     assert_eq!(
         info.created.map(unix_ms),
-        Some(unix_ms(ts)),
+        Some(stored_ms(s.c.timestamp_precision(), ts)),
         "the timestamp of a large (possibly multipart) put"
     );
     let listed = s.list("", None).await;
@@ -821,7 +821,8 @@ pub async fn missing_payload_file(client: Arc<dyn ReplicaClient>) {
 }
 
 /// `PutOptions::timestamp` comes back from `head` (and `list`, when the backend says
-/// so) exact to the millisecond, through every kind of put; a later put without one
+/// so) exact to the backend's declared `timestamp_precision` (a millisecond unless it
+/// says otherwise), through every kind of put; a later put without one
 /// does not keep the old time.
 pub async fn timestamp_round_trip(client: Arc<dyn ReplicaClient>) {
     let s = start(client, "timestamp_round_trip").await;
@@ -863,7 +864,7 @@ pub async fn timestamp_round_trip(client: Arc<dyn ReplicaClient>) {
         let created = s.head(key).await.created;
         assert_eq!(
             created.map(unix_ms),
-            Some(unix_ms(*ts)),
+            Some(stored_ms(s.c.timestamp_precision(), *ts)),
             "head {key}: created {created:?}, put with timestamp {ts:?}"
         );
     }
@@ -874,7 +875,7 @@ pub async fn timestamp_round_trip(client: Arc<dyn ReplicaClient>) {
             assert_eq!(&info.key, key);
             assert_eq!(
                 info.created.map(unix_ms),
-                Some(unix_ms(*ts)),
+                Some(stored_ms(s.c.timestamp_precision(), *ts)),
                 "list entry {key}: created {:?}, put with timestamp {ts:?}",
                 info.created
             );

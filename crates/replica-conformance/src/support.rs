@@ -58,6 +58,12 @@ pub(crate) fn payload(data: &[u8]) -> Payload {
     Payload::Bytes(Bytes::copy_from_slice(data))
 }
 
+/// `t` in milliseconds as a store of `precision` keeps it (truncated).
+pub(crate) fn stored_ms(precision: std::time::Duration, t: SystemTime) -> i128 {
+    let p = precision.as_millis().max(1) as i128;
+    unix_ms(t).div_euclid(p) * p
+}
+
 pub(crate) fn unix_ms(t: SystemTime) -> i128 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_millis() as i128,

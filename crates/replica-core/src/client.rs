@@ -85,6 +85,13 @@ pub trait ReplicaClient: Debug + Send + Sync {
 
     fn capabilities(&self) -> Capabilities;
 
+    /// The resolution at which the store keeps [`PutOptions::timestamp`]: SFTP keeps
+    /// file times in whole seconds (as Litestream's SFTP replicas do), the others the
+    /// millisecond of the LTX header.
+    fn timestamp_precision(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(1)
+    }
+
     /// Which of Litestream's two key layouts this backend uses.
     fn layout_style(&self) -> LayoutStyle {
         LayoutStyle::LtxDir

@@ -44,7 +44,7 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         }
         (None, Some(cfg)) => restore_config(cfg, &a.targets, template).await,
         (None, None) => Err(usage(
-            "restore needs -o OUTPUT and a REPLICA_URL, or --config FILE (or REPLICA_CONFIG)",
+            "restore needs -o/--output OUTPUT and a REPLICA_URL, or --config FILE (or REPLICA_CONFIG)",
         )),
     }
 }

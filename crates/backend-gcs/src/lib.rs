@@ -1,0 +1,723 @@
+//! The `gs://` backend (also spelled `gcs://`): a replica in a Google Cloud Storage
+//! bucket, over the JSON API (`gcloud-storage`), laid out as Litestream 0.5 lays out its
+//! gs replicas (`<prefix>/ltx/<level>/<min>-<max>.ltx`, creation time in the
+//! `litestream-timestamp` object metadata), so either tool reads what the other wrote.
+//!
+//! # URL
+//!
+//! `gs://bucket[/prefix][?endpoint=http(s)://host[:port]]`. Unknown or repeated
+//! options, credentials in the URL and bad bucket names are refused.
+//!
+//! Credentials come from Application Default Credentials
+//! (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user credentials, workload identity, the
+//! metadata server). With an `endpoint` option, or else `STORAGE_EMULATOR_HOST` (as
+//! Litestream and Google's SDKs read it), requests go to that emulator, anonymously.
+//!
+//! # Writes
+//!
+//! - Create-only puts are `uploadType=multipart` uploads with `ifGenerationMatch=0`
+//!   (streamed from the payload, whatever its size): GCS applies the precondition
+//!   atomically, and fake-gcs-server enforces it only on this upload type. A random
+//!   `replica-put-id` metadata token tells a retried create that already landed from
+//!   a lost race (see [`GcsClient`]'s `put`).
+//! - Overwrites up to [`RESUMABLE_THRESHOLD`] are one multipart upload; larger ones use
+//!   a resumable session, sent in [`CHUNK_SIZE`] chunks read from the payload as they
+//!   go, resuming from the offset GCS confirms after a failed chunk.
+//!
+//! Every request is retried on 408, 429, 5xx and connection failures, with
+//! exponential backoff and jitter, up to [`MAX_ATTEMPTS`] attempts.
+
+mod config;
+mod error;
+mod timestamp;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::objects::Object;
+use gcloud_storage::http::objects::delete::DeleteObjectRequest;
+use gcloud_storage::http::objects::download::Range as GcsRange;
+use gcloud_storage::http::objects::get::GetObjectRequest;
+use gcloud_storage::http::objects::list::ListObjectsRequest;
+use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
+use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
+use replica_core::client::{
+    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
+};
+use replica_core::error::{Op, StoreError};
+use replica_core::layout::LayoutStyle;
+use tokio::io::AsyncReadExt;
+use tracing::{debug, warn};
+
+pub use crate::config::{EMULATOR_ENV, GcsConfig, KNOWN_OPTIONS};
+pub use crate::error::GcsError;
+use crate::error::{Failure, Kind};
+
+/// Overwrites larger than this go up as a resumable upload.
+pub const RESUMABLE_THRESHOLD: u64 = 8 * 1024 * 1024;
+/// Resumable chunk size (a multiple of 256 KiB, as GCS requires).
+pub const CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+/// Attempts per request (the first try plus retries).
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Object metadata holding the LTX creation time, as Litestream writes and reads it.
+pub const TIMESTAMP_METADATA: &str = "litestream-timestamp";
+/// Object metadata holding a random token unique to one put call.
+pub const PUT_ID_METADATA: &str = "replica-put-id";
+/// Deletes in flight at once (the JSON API deletes one object per request).
+const DELETE_CONCURRENCY: usize = 16;
+const LIST_PAGE: i32 = 1000;
+
+/// A replica rooted at `gs://bucket/prefix`.
+#[derive(Clone)]
+pub struct GcsClient {
+    client: Client,
+    config: GcsConfig,
+    /// `prefix/`, or empty for the bucket root.
+    root: String,
+    url: String,
+}
+
+impl std::fmt::Debug for GcsClient {
+    // The client is left out: it holds the token source.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsClient").field("url", &self.url).finish()
+    }
+}
+
+impl GcsClient {
+    /// Parses `url` (see the crate docs) and builds the client: anonymous against an
+    /// emulator (`endpoint` option or `STORAGE_EMULATOR_HOST`), else with Application
+    /// Default Credentials, which fail here if none are found.
+    pub async fn from_url(url: &str) -> Result<GcsClient, StoreError> {
+        Self::from_config(GcsConfig::parse(url)?).await
+    }
+
+    pub async fn from_config(config: GcsConfig) -> Result<GcsClient, StoreError> {
+        let emulator = match &config.endpoint {
+            Some(e) => Some(e.clone()),
+            None => match std::env::var(EMULATOR_ENV) {
+                Ok(v) if !v.trim().is_empty() => {
+                    Some(config::emulator_endpoint(&v).map_err(|reason| {
+                        StoreError::InvalidUrl {
+                            url: config.to_url_string(),
+                            reason,
+                        }
+                    })?)
+                }
+                _ => None,
+            },
+        };
+        let client_config = match emulator {
+            Some(endpoint) => ClientConfig {
+                storage_endpoint: endpoint,
+                ..Default::default()
+            }
+            .anonymous(),
+            None => ClientConfig::default().with_auth().await.map_err(|e| {
+                StoreError::PermissionDenied {
+                    op: Op::List,
+                    key: "<replica root>".into(),
+                    detail: format!(
+                        "bucket {}: no usable Application Default Credentials \
+                         (GOOGLE_APPLICATION_CREDENTIALS, workload identity or the \
+                         metadata server): {e}",
+                        config.bucket
+                    ),
+                }
+            })?,
+        };
+        Ok(Self::with_client(Client::new(client_config), config))
+    }
+
+    /// A client over a `gcloud-storage` client configured by the caller.
+    pub fn with_client(client: Client, config: GcsConfig) -> Self {
+        let root = if config.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", config.prefix)
+        };
+        let url = config.to_url_string();
+        Self {
+            client,
+            config,
+            root,
+            url,
+        }
+    }
+
+    /// The underlying client, for tests and administration (creating buckets).
+    pub fn gcs_client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.config.bucket
+    }
+
+    /// The key prefix, without a trailing `/` (empty for the bucket root).
+    pub fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.root)
+    }
+
+    fn fail(&self, f: Failure, op: Op, key: &str) -> StoreError {
+        f.into_store(op, key, &self.config.bucket)
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, or [`MAX_ATTEMPTS`] are
+    /// used; `attempt` gets the attempt number (0 first).
+    async fn retry<T, F, Fut>(&self, op: Op, key: &str, mut attempt: F) -> Result<T, Failure>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut n = 0;
+        loop {
+            match attempt(n).await {
+                Err(f) if f.kind == Kind::Transient && n + 1 < MAX_ATTEMPTS => {
+                    let delay = backoff(n);
+                    debug!(%op, key, attempt = n + 1, ?delay, detail = %f.detail, "retrying");
+                    tokio::time::sleep(delay).await;
+                    n += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Object, Failure> {
+        let req = GetObjectRequest {
+            bucket: self.config.bucket.clone(),
+            object: self.full_key(key),
+            ..Default::default()
+        };
+        self.retry(Op::Head, key, |_| async {
+            self.client
+                .get_object(&req)
+                .await
+                .map_err(|e| Failure::from_http(&e))
+        })
+        .await
+    }
+
+    fn info(&self, key: &str, obj: &Object) -> ObjectInfo {
+        let persisted = obj
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get(TIMESTAMP_METADATA))
+            .and_then(|s| {
+                let t = timestamp::parse(s);
+                if t.is_none() {
+                    warn!(key, value = %s, "unparsable {TIMESTAMP_METADATA} metadata; using the update time");
+                }
+                t
+            });
+        ObjectInfo {
+            key: key.to_owned(),
+            size: u64::try_from(obj.size).unwrap_or(0),
+            created: persisted.or_else(|| obj.updated.or(obj.time_created).map(SystemTime::from)),
+        }
+    }
+
+    /// One multipart upload (metadata and body in one request), retried.
+    async fn put_multipart(&self, job: &PutJob<'_>) -> Result<(), Failure> {
+        let req = UploadObjectRequest {
+            bucket: self.config.bucket.clone(),
+            if_generation_match: (job.mode == PutMode::CreateOnly).then_some(0),
+            ..Default::default()
+        };
+        let upload_type = UploadType::Multipart(Box::new(job.object()));
+        self.retry(Op::Put, job.key, |_| async {
+            let res = match &job.body {
+                Payload::Bytes(b) => {
+                    self.client
+                        .upload_object(&req, b.clone(), &upload_type)
+                        .await
+                }
+                Payload::File(path) => {
+                    let file = tokio::fs::File::open(path)
+                        .await
+                        .map_err(|e| source_failure(path, &e))?;
+                    let stream = tokio_util::io::ReaderStream::with_capacity(
+                        file.take(job.size),
+                        256 * 1024,
+                    );
+                    self.client
+                        .upload_streamed_object(&req, stream, &upload_type)
+                        .await
+                }
+            };
+            res.map(|_| ()).map_err(|e| Failure::from_http(&e))
+        })
+        .await
+    }
+
+    /// A resumable upload session, sent chunk by chunk; after a failed chunk the
+    /// session's status says where to resume.
+    async fn put_resumable(&self, job: &PutJob<'_>) -> Result<(), Failure> {
+        let req = UploadObjectRequest {
+            bucket: self.config.bucket.clone(),
+            if_generation_match: (job.mode == PutMode::CreateOnly).then_some(0),
+            ..Default::default()
+        };
+        let upload_type = UploadType::Multipart(Box::new(job.object()));
+        let session = self
+            .retry(Op::Put, job.key, |_| async {
+                self.client
+                    .prepare_resumable_upload(&req, &upload_type)
+                    .await
+                    .map_err(|e| Failure::from_http(&e))
+            })
+            .await?;
+        let total = job.size;
+        let mut offset = 0u64;
+        let mut failures = 0u32;
+        loop {
+            let len = CHUNK_SIZE.min(total - offset);
+            let chunk = job.read(offset, len).await?;
+            let range = ChunkSize::new(offset, offset + len - 1, Some(total));
+            let status = match session.upload_multiple_chunk(chunk, &range).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let f = Failure::from_http(&e);
+                    failures += 1;
+                    if f.kind != Kind::Transient || failures >= MAX_ATTEMPTS {
+                        return Err(f);
+                    }
+                    tokio::time::sleep(backoff(failures - 1)).await;
+                    // Where did the session get to?
+                    match session.status(Some(total)).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let g = Failure::from_http(&e);
+                            if g.kind != Kind::Transient {
+                                return Err(g);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            match status {
+                UploadStatus::Ok(_) => return Ok(()),
+                UploadStatus::NotStarted => offset = 0,
+                UploadStatus::ResumeIncomplete(r) => offset = r.last_byte + 1,
+            }
+            if offset >= total {
+                return Err(Failure::other(format!(
+                    "resumable upload: the session reports all {total} bytes but no object"
+                )));
+            }
+        }
+    }
+
+    /// Deletes one object; a missing one is not an error.
+    async fn delete_one(&self, key: &str) -> Result<(), StoreError> {
+        let req = DeleteObjectRequest {
+            bucket: self.config.bucket.clone(),
+            object: self.full_key(key),
+            ..Default::default()
+        };
+        let res = self
+            .retry(Op::Delete, key, |_| async {
+                self.client
+                    .delete_object(&req)
+                    .await
+                    .map_err(|e| Failure::from_http(&e))
+            })
+            .await;
+        match res {
+            Ok(()) => Ok(()),
+            Err(f) if f.kind == Kind::NotFound => Ok(()),
+            Err(f) => Err(self.fail(f, Op::Delete, key)),
+        }
+    }
+
+    /// After a create-only put failed with 412: ours (a retry of a put that landed) if
+    /// the object carries this call's token, else a lost race.
+    async fn resolve_conflict(&self, job: &PutJob<'_>) -> Result<(), StoreError> {
+        match self.get_meta(job.key).await {
+            Ok(obj) => {
+                let theirs = obj.metadata.as_ref().and_then(|m| m.get(PUT_ID_METADATA));
+                if theirs == Some(&job.put_id) {
+                    debug!(
+                        key = job.key,
+                        "create-only put landed on an earlier attempt"
+                    );
+                    Ok(())
+                } else {
+                    Err(StoreError::AlreadyExists {
+                        key: job.key.to_owned(),
+                    })
+                }
+            }
+            // Taken when we tried, deleted since: we lost all the same.
+            Err(f) if f.kind == Kind::NotFound => Err(StoreError::AlreadyExists {
+                key: job.key.to_owned(),
+            }),
+            Err(f) => Err(self.fail(f, Op::Put, job.key)),
+        }
+    }
+}
+
+fn backoff(n: u32) -> Duration {
+    let base = 200u64.saturating_mul(1 << n.min(6)).min(10_000);
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+fn source_failure(path: &std::path::Path, e: &std::io::Error) -> Failure {
+    Failure::other(format!("reading payload file {}: {e}", path.display()))
+}
+
+/// One put call.
+struct PutJob<'a> {
+    key: &'a str,
+    full: String,
+    body: Payload,
+    size: u64,
+    metadata: HashMap<String, String>,
+    mode: PutMode,
+    put_id: String,
+}
+
+impl PutJob<'_> {
+    fn object(&self) -> Object {
+        Object {
+            name: self.full.clone(),
+            content_type: Some("application/octet-stream".into()),
+            metadata: Some(self.metadata.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// `len` bytes from `offset`.
+    async fn read(&self, offset: u64, len: u64) -> Result<Bytes, Failure> {
+        match &self.body {
+            Payload::Bytes(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = usize::try_from(offset + len)
+                    .unwrap_or(usize::MAX)
+                    .min(b.len());
+                Ok(b.slice(start..end))
+            }
+            Payload::File(path) => read_range(path, offset, len)
+                .await
+                .map_err(|e| source_failure(path, &e)),
+        }
+    }
+}
+
+async fn read_range(path: &PathBuf, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    use tokio::io::AsyncSeekExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(len).read_to_end(&mut buf).await?;
+    if buf.len() as u64 != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the file shrank while it was uploaded ({} of {len} bytes at {offset})",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
+
+#[async_trait]
+impl ReplicaClient for GcsClient {
+    fn kind(&self) -> &'static str {
+        "gcs"
+    }
+
+    fn redacted_url(&self) -> String {
+        // Credentials are refused at parse time and no option is secret.
+        self.url.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            create_only: true,
+            ranged_get: true,
+            // The JSON list returns each object's metadata.
+            list_has_created: true,
+        }
+    }
+
+    fn layout_style(&self) -> LayoutStyle {
+        LayoutStyle::LtxDir
+    }
+
+    /// # Idempotent create-only puts
+    ///
+    /// A request is retried on 429/5xx and connection failures, including a
+    /// conditional upload whose response was lost after GCS had stored the object; the
+    /// retry then gets 412, which taken at face value would report our own write as a
+    /// lost race. So a create-only put carries a random 128-bit token in the
+    /// `replica-put-id` metadata, and a 412 is checked by reading the object's metadata:
+    /// our token means the put succeeded, anything else is [`StoreError::AlreadyExists`].
+    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+        check_key(Op::Put, key)?;
+        let size = match &body {
+            Payload::Bytes(b) => b.len() as u64,
+            Payload::File(path) => tokio::fs::metadata(path)
+                .await
+                .map(|m| m.len())
+                .map_err(|e| self.fail(source_failure(path, &e), Op::Put, key))?,
+        };
+        let mut metadata = HashMap::new();
+        if let Some(ts) = opts.timestamp {
+            metadata.insert(TIMESTAMP_METADATA.to_owned(), timestamp::format(ts));
+        }
+        let put_id = format!("{:032x}", rand::random::<u128>());
+        if opts.mode == PutMode::CreateOnly {
+            metadata.insert(PUT_ID_METADATA.to_owned(), put_id.clone());
+        }
+        let job = PutJob {
+            key,
+            full: self.full_key(key),
+            body,
+            size,
+            metadata,
+            mode: opts.mode,
+            put_id,
+        };
+        let resumable = opts.mode == PutMode::Overwrite && size > RESUMABLE_THRESHOLD;
+        let res = if resumable {
+            self.put_resumable(&job).await
+        } else {
+            self.put_multipart(&job).await
+        };
+        match res {
+            Ok(()) => {}
+            Err(f) if f.kind == Kind::PreconditionFailed && opts.mode == PutMode::CreateOnly => {
+                self.resolve_conflict(&job).await?;
+            }
+            Err(f) => return Err(self.fail(f, Op::Put, key)),
+        }
+        debug!(key, size, resumable, "put");
+        Ok(())
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+        check_key(Op::Get, key)?;
+        let gcs_range = match &range {
+            None => GcsRange::default(),
+            Some(r) if r.start > r.end => {
+                return Err(self.fail(
+                    Failure::other(format!("invalid byte range {}..{}", r.start, r.end)),
+                    Op::Get,
+                    key,
+                ));
+            }
+            Some(r) if r.start == r.end => {
+                // HTTP cannot ask for zero bytes; check that the object exists instead.
+                self.get_meta(key)
+                    .await
+                    .map_err(|f| self.fail(f, Op::Get, key))?;
+                return Ok(Box::pin(tokio::io::empty()));
+            }
+            // An end past any possible object (fake-gcs-server mis-parses a last byte
+            // beyond i64) is the same as "to the end".
+            Some(r) if r.end > i64::MAX as u64 => GcsRange(Some(r.start), None),
+            Some(r) => GcsRange(Some(r.start), Some(r.end - 1)),
+        };
+        let req = GetObjectRequest {
+            bucket: self.config.bucket.clone(),
+            object: self.full_key(key),
+            ..Default::default()
+        };
+        let res = self
+            .retry(Op::Get, key, |_| async {
+                self.client
+                    .download_streamed_object(&req, &gcs_range)
+                    .await
+                    .map_err(|e| Failure::from_http(&e))
+            })
+            .await;
+        let stream = match res {
+            Ok(s) => s,
+            Err(f) if f.kind == Kind::RangeNotSatisfiable && range.is_some() => {
+                return Ok(Box::pin(tokio::io::empty()));
+            }
+            Err(f) => return Err(self.fail(f, Op::Get, key)),
+        };
+        let reader = tokio_util::io::StreamReader::new(
+            stream
+                .map_err(|e| std::io::Error::other(Failure::from_http(&e).detail))
+                .boxed(),
+        );
+        Ok(Box::pin(reader))
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+        check_key(Op::Head, key)?;
+        let obj = self
+            .get_meta(key)
+            .await
+            .map_err(|f| self.fail(f, Op::Head, key))?;
+        Ok(self.info(key, &obj))
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        let err_key = if prefix.is_empty() {
+            "<replica root>"
+        } else {
+            prefix
+        };
+        if prefix.starts_with('/') {
+            return Err(self.fail(
+                Failure::other(
+                    "invalid prefix: it is absolute; keys are relative to the replica root",
+                ),
+                Op::List,
+                err_key,
+            ));
+        }
+        let full_prefix = self.full_key(prefix);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let req = ListObjectsRequest {
+                bucket: self.config.bucket.clone(),
+                prefix: (!full_prefix.is_empty()).then(|| full_prefix.clone()),
+                start_offset: start_after.map(|a| self.full_key(a)),
+                page_token: token.clone(),
+                max_results: Some(LIST_PAGE),
+                ..Default::default()
+            };
+            let page = self
+                .retry(Op::List, err_key, |_| async {
+                    self.client
+                        .list_objects(&req)
+                        .await
+                        .map_err(|e| Failure::from_http(&e))
+                })
+                .await
+                .map_err(|f| self.fail(f, Op::List, err_key))?;
+            for obj in page.items.iter().flatten() {
+                let Some(rel) = obj.name.strip_prefix(self.root.as_str()) else {
+                    continue;
+                };
+                if start_after.is_some_and(|a| rel <= a) {
+                    continue;
+                }
+                out.push(self.info(rel, obj));
+            }
+            match page.next_page_token {
+                Some(t) if !t.is_empty() => {
+                    if token.as_deref() == Some(t.as_str()) {
+                        return Err(self.fail(
+                            Failure::other("the store returned the same page token twice"),
+                            Op::List,
+                            err_key,
+                        ));
+                    }
+                    token = Some(t);
+                }
+                _ => break,
+            }
+        }
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// One DELETE per key, [`DELETE_CONCURRENCY`] at a time; 404 is success.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            check_key(Op::Delete, key)?;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut first_err: Option<StoreError> = None;
+        let mut pending = keys.iter();
+        loop {
+            while tasks.len() < DELETE_CONCURRENCY {
+                let Some(key) = pending.next() else { break };
+                let (this, key) = (self.clone(), key.clone());
+                tasks.spawn(async move { this.delete_one(&key).await });
+            }
+            match tasks.join_next().await {
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => {
+                    first_err.get_or_insert(e);
+                }
+                Some(Err(join)) => {
+                    if join.is_panic() {
+                        std::panic::resume_unwind(join.into_panic());
+                    }
+                    first_err.get_or_insert(StoreError::Other {
+                        op: Op::Delete,
+                        key: keys.first().cloned().unwrap_or_default(),
+                        source: Box::new(GcsError(join.to_string())),
+                    });
+                }
+                None => break,
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Keys are relative, `/`-separated and normalised the way Litestream's `path.Join`
+/// would leave them, so an object we write is where Litestream looks for it.
+fn check_key(op: Op, key: &str) -> Result<(), StoreError> {
+    let problem = if key.is_empty() {
+        Some("it is empty")
+    } else if key.starts_with('/') {
+        Some("it is absolute; keys are relative to the replica root")
+    } else if key.split('/').any(str::is_empty) {
+        Some("it has an empty path segment ('//' or a trailing '/')")
+    } else if key.split('/').any(|s| s == "." || s == "..") {
+        Some("'.' and '..' segments are not allowed")
+    } else {
+        None
+    };
+    match problem {
+        Some(reason) => Err(StoreError::Other {
+            op,
+            key: key.to_owned(),
+            source: Box::new(GcsError(format!("invalid key: {reason}"))),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_checks() {
+        for k in ["ltx/0/0000000000000001-0000000000000001.ltx", "a", "a/b.c"] {
+            assert!(check_key(Op::Put, k).is_ok(), "{k}");
+        }
+        for k in ["", "/a", "a//b", "a/", "./a", "a/../b"] {
+            assert!(check_key(Op::Put, k).is_err(), "{k}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= Duration::from_millis(200));
+        assert!(backoff(20) <= Duration::from_secs(10));
+    }
+}
