@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use support::{
-    Proc, SIGINT, dump, integrity_ok, litestream_cmd, open_wal_db, replica_cmd, run, wait_until,
+    Proc, SIGINT, assert_restored, litestream_cmd, new_db, replica_cmd, run, user_dump, wait_until,
+    write_batches,
 };
 use tempfile::TempDir;
 
@@ -99,49 +99,6 @@ impl Azure {
         .expect("writing litestream.yml");
         cfg
     }
-}
-
-fn new_db(path: &Path) -> Connection {
-    let conn = open_wal_db(path);
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)")
-        .expect("schema");
-    conn
-}
-
-fn write_batches(conn: &Connection, batches: usize, rows: usize) {
-    for i in 0..batches {
-        conn.execute_batch("BEGIN").expect("begin");
-        for j in 0..rows {
-            conn.execute(
-                "INSERT INTO t(v, b) VALUES (?1, randomblob(?2))",
-                (format!("batch {i} row {j}"), (100 + (j * 37) % 3000) as i64),
-            )
-            .expect("insert");
-        }
-        conn.execute("DELETE FROM t WHERE id % 7 = 0", [])
-            .expect("delete");
-        conn.execute_batch("COMMIT").expect("commit");
-        std::thread::sleep(Duration::from_millis(40));
-    }
-}
-
-/// The user tables only: Litestream adds its own bookkeeping tables to a database it
-/// replicates.
-fn user_dump(path: &Path) -> Vec<String> {
-    dump(path)
-        .into_iter()
-        .filter(|l| !l.contains("_litestream"))
-        .collect()
-}
-
-#[track_caller]
-fn assert_restored(what: &str, out: &Path, expected: &[String]) {
-    assert!(integrity_ok(out), "{what}: integrity_check failed");
-    assert_eq!(
-        user_dump(out),
-        expected,
-        "{what}: content differs from the source"
-    );
 }
 
 #[test]
