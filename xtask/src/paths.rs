@@ -6,9 +6,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 /// The workspace root (the parent of the `xtask` crate).
+///
+/// Taken from the `CARGO_MANIFEST_DIR` that `cargo run` sets at run time: the
+/// compile-time value names the checkout that happened to build the binary, and a
+/// target directory shared between checkouts (as CI's cache is) keeps that binary,
+/// so `cargo xtask test` would test another checkout.
 pub fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
+    let manifest = non_empty_env("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
 }
 
 fn non_empty_env(name: &str) -> Option<PathBuf> {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use replica_core::engine::Levels;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Replicate a database continuously until SIGINT/SIGTERM, then flush and exit.
-    Replicate(ReplicateArgs),
+    Replicate(Box<ReplicateArgs>),
     /// Restore a database from a replica.
     Restore(RestoreArgs),
     /// List the LTX files in a replica.
@@ -57,6 +58,16 @@ pub struct ReplicateArgs {
     /// How long history is kept.
     #[arg(long, default_value = "72h", value_parser = parse_duration)]
     pub retention: Duration,
+    /// Compaction intervals of levels 1, 2, … (comma-separated), or "none".
+    #[arg(long, default_value = "30s,5m,1h", value_parser = parse_levels)]
+    pub levels: Levels,
+    /// How long per-sync (L0) files are kept once compacted: the span of per-sync
+    /// point-in-time recovery.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub l0_retention: Duration,
+    /// Spool size that triggers a warning when uploads keep failing (e.g. 512MiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub spool_limit: u64,
     /// How long to keep retrying uploads at shutdown.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub flush_timeout: Duration,
@@ -119,6 +130,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+fn parse_levels(s: &str) -> Result<Levels, String> {
+    if s == "none" {
+        return Ok(Levels::NONE);
+    }
+    let intervals = s
+        .split(',')
+        .map(|p| parse_duration(p.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Levels::new(&intervals).map_err(|e| e.to_string())
+}
+
+/// Bytes, with an optional binary suffix: 1048576, 512KiB, 64MiB, 1GiB.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size; examples: 1048576, 64MiB, 1GiB"
+            ));
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size; examples: 1048576, 64MiB, 1GiB"))
 }
 
 fn parse_timestamp(s: &str) -> Result<std::time::SystemTime, String> {

@@ -159,11 +159,16 @@ fn url_of(root: &Path) -> String {
 }
 
 fn spawn_replicator(db: &Path, url: &str, name: &str) -> Proc {
+    spawn_replicator_with(db, url, name, &[])
+}
+
+fn spawn_replicator_with(db: &Path, url: &str, name: &str, extra: &[&str]) -> Proc {
     let mut cmd = support::replica_cmd();
     cmd.arg("replicate")
         .arg(db)
         .arg(url)
         .args(["--sync-interval", "100ms"])
+        .args(extra)
         .env("REPLICA_LOG", "info");
     Proc::spawn(name, cmd)
 }
@@ -456,7 +461,9 @@ fn sigkill_at_random_moments_never_loses_or_tears_transactions() {
     );
 }
 
-fn pending_spool_files(db: &Path) -> usize {
+/// The pending (not yet uploaded) spool files: how many, their bytes, and the
+/// highest TXID they hold.
+fn pending_spool(db: &Path) -> (usize, u64, u64) {
     let name = db
         .file_name()
         .expect("database file name")
@@ -464,7 +471,7 @@ fn pending_spool_files(db: &Path) -> usize {
     let pending = db
         .with_file_name(format!(".{name}-replica"))
         .join("pending");
-    let mut n = 0;
+    let (mut n, mut bytes, mut max) = (0, 0, 0);
     let mut stack: Vec<PathBuf> = vec![pending];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -476,10 +483,17 @@ fn pending_spool_files(db: &Path) -> usize {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "ltx") {
                 n += 1;
+                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(hex) = name.get(17..33)
+                    && let Ok(t) = u64::from_str_radix(hex, 16)
+                {
+                    max = max.max(t);
+                }
             }
         }
     }
-    n
+    (n, bytes, max)
 }
 
 #[test]
@@ -493,7 +507,8 @@ fn store_outage_never_blocks_the_app_and_never_loses_frames() {
     let url = url_of(&root);
     create_schema(&db);
     let mut writer = Writer::start(&db, seed, Duration::from_millis(2));
-    let mut rep = spawn_replicator(&db, &url, "replicate");
+    // A small spool limit, so that the outage crosses it.
+    let mut rep = spawn_replicator_with(&db, &url, "replicate", &["--spool-limit", "64KiB"]);
     wait_started(&mut rep, "before the outage");
 
     // Some history reaches the replica before the outage.
@@ -513,18 +528,35 @@ fn store_outage_never_blocks_the_app_and_never_loses_frames() {
     let blocker = b"not a directory: the store is down\n";
     std::fs::write(&root, blocker).expect("creating the blocking file");
     let commits_at_outage = writer.state.commits.load(Ordering::Acquire);
-    let spooled_at_outage = pending_spool_files(&db);
+    let (_, _, spooled_at_outage) = pending_spool(&db);
     eprintln!(
-        "outage starts: replica at TXID {before:x}, {commits_at_outage} commits, {spooled_at_outage} spooled files"
+        "outage starts: replica at TXID {before:x}, {commits_at_outage} commits, spool up to TXID {spooled_at_outage:x}"
     );
 
-    // Capture goes on into the spool, which can only grow...
-    let grew = support::wait_until(LONG, || pending_spool_files(&db) >= spooled_at_outage + 5);
+    // Capture goes on into the spool, which grows...
+    let grew = support::wait_until(LONG, || {
+        pending_spool(&db).2 >= spooled_at_outage.max(before) + 20
+    });
     assert!(
         grew,
-        "the spool did not grow during the outage ({} pending files)\n{}",
-        pending_spool_files(&db),
+        "the spool did not grow during the outage ({:?})\n{}",
+        pending_spool(&db),
         rep.output_report()
+    );
+    // ...past its limit, which is reported...
+    let warned = support::wait_until(LONG, || rep.stderr().contains("spool is over its limit"));
+    assert!(
+        warned,
+        "no warning about the spool limit\n{}",
+        rep.output_report()
+    );
+    // ...but merged in place, so it holds about one image of the changed pages rather
+    // than a file per sync.
+    let (files, bytes, _) = pending_spool(&db);
+    let db_bytes = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        files <= 70 && bytes <= 2 * db_bytes + (4 << 20),
+        "the spool is not bounded: {files} files, {bytes} bytes for a {db_bytes}-byte database"
     );
     // ...and the application keeps committing, whatever happens to uploads.
     let c1 = writer.state.commits.load(Ordering::Acquire);
@@ -551,8 +583,8 @@ fn store_outage_never_blocks_the_app_and_never_loses_frames() {
     );
     let during = writer.state.commits.load(Ordering::Acquire) - commits_at_outage;
     eprintln!(
-        "during the outage: {during} commits, {} spooled files",
-        pending_spool_files(&db)
+        "during the outage: {during} commits, spool {:?}",
+        pending_spool(&db)
     );
 
     // Recovery: the store comes back with its previous contents.
@@ -577,8 +609,13 @@ fn store_outage_never_blocks_the_app_and_never_loses_frames() {
 
     let last = writer.finish("after the outage");
     stop_clean(&mut rep, "after the outage");
+    assert!(
+        rep.stderr().contains("spool back under its limit"),
+        "no notice that the spool shrank back\n{}",
+        rep.output_report()
+    );
     assert_eq!(
-        pending_spool_files(&db),
+        pending_spool(&db).0,
         0,
         "a clean stop left files in the spool"
     );

@@ -15,7 +15,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use rusqlite::{Connection, params};
 use support::{
-    Output, Proc, SIGINT, dump, integrity_check, open_wal_db, replica_cmd, run, wait_until,
+    Output, Proc, SIGINT, dump, integrity_check, ltx_list, open_wal_db, replica_cmd, run, txid_hex,
+    wait_until,
 };
 use tempfile::TempDir;
 use time::OffsetDateTime;
@@ -50,55 +51,6 @@ impl Env {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
-}
-
-/// One row of `replica ltx --json`.
-#[derive(Debug, Clone)]
-struct LtxFile {
-    level: u64,
-    min: u64,
-    max: u64,
-    created: OffsetDateTime,
-    key: String,
-}
-
-fn parse_txid(s: &str) -> u64 {
-    assert_eq!(s.len(), 16, "TXID {s:?} is not 16 hex digits");
-    u64::from_str_radix(s, 16).unwrap_or_else(|e| panic!("TXID {s:?}: {e}"))
-}
-
-fn txid_hex(t: u64) -> String {
-    format!("{t:016x}")
-}
-
-/// The replica's files, from `replica ltx URL --json`.
-fn ltx_list(url: &str) -> Vec<LtxFile> {
-    let out = run(replica_cmd().args(["ltx", url, "--json"]));
-    assert!(out.success(), "replica ltx {url} failed\n{out}");
-    let v: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("replica ltx --json printed invalid JSON ({e})\n{out}"));
-    let rows = v
-        .as_array()
-        .unwrap_or_else(|| panic!("not a JSON array\n{out}"));
-    rows.iter()
-        .map(|r| {
-            let s = |k: &str| {
-                r[k].as_str()
-                    .unwrap_or_else(|| panic!("field {k} missing or not a string in {r}"))
-                    .to_string()
-            };
-            LtxFile {
-                level: r["level"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("bad level in {r}")),
-                min: parse_txid(&s("min_txid")),
-                max: parse_txid(&s("max_txid")),
-                created: OffsetDateTime::parse(&s("created"), &Rfc3339)
-                    .unwrap_or_else(|e| panic!("bad created in {r}: {e}")),
-                key: s("key"),
-            }
-        })
-        .collect()
 }
 
 /// The highest TXID in the replica (0 if it is empty or missing).

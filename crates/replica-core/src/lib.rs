@@ -12,5 +12,6 @@ pub mod layout;
 pub mod ltx;
 pub mod registry;
 pub mod replica;
+pub mod requests;
 pub mod restore;
 pub mod wal;

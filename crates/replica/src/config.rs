@@ -9,6 +9,8 @@
 //!   restore_on_boot: true
 //!   snapshot_interval: 1h
 //!   retention: 72h
+//!   levels: [30s, 5m, 1h]    # compaction intervals of L1, L2, …; [] for none
+//!   l0_retention: 1h         # per-sync point-in-time recovery for this long
 //! shards:
 //!   count: 8
 //!   path: ./data/shard_{index}.db
@@ -22,6 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use replica_core::engine::Levels;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -70,6 +73,8 @@ struct RawReplication {
     restore_on_boot: Option<bool>,
     snapshot_interval: Option<String>,
     retention: Option<String>,
+    levels: Option<Vec<String>>,
+    l0_retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +101,8 @@ pub struct Config {
     pub sync_interval: Duration,
     pub snapshot_interval: Duration,
     pub retention: Duration,
+    pub levels: Levels,
+    pub l0_retention: Duration,
     pub restore_on_boot: bool,
     pub shard_count: Option<u32>,
     pub databases: Vec<Database>,
@@ -155,6 +162,25 @@ impl Config {
             r.retention,
             Duration::from_secs(72 * 3600),
         )?;
+        let l0_retention = duration(
+            "replication.l0_retention",
+            r.l0_retention,
+            Duration::from_secs(3600),
+        )?;
+        let levels = match r.levels {
+            None => Levels::default(),
+            Some(list) => {
+                let mut intervals = Vec::with_capacity(list.len());
+                for (i, v) in list.into_iter().enumerate() {
+                    intervals.push(duration(
+                        &format!("replication.levels[{i}]"),
+                        Some(v),
+                        Duration::ZERO,
+                    )?);
+                }
+                Levels::new(&intervals).map_err(|e| invalid("replication.levels", e.to_string()))?
+            }
+        };
         let replica_url = r.replica_url.filter(|u| !u.trim().is_empty());
         if enabled && replica_url.is_none() {
             return Err(invalid(
@@ -247,6 +273,8 @@ impl Config {
             sync_interval,
             snapshot_interval,
             retention,
+            levels,
+            l0_retention,
             restore_on_boot: r.restore_on_boot.unwrap_or(true),
             shard_count,
             databases,

@@ -105,6 +105,8 @@ impl Deployment {
             sync_interval: self.config.sync_interval,
             snapshot_interval: self.config.snapshot_interval,
             retention: self.config.retention,
+            levels: self.config.levels,
+            l0_retention: self.config.l0_retention,
             ..EngineConfig::default()
         }
     }

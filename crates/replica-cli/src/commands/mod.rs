@@ -10,7 +10,7 @@ use crate::cli::Command;
 
 pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Replicate(a) => replicate::run(a).await,
+        Command::Replicate(a) => replicate::run(*a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::Ltx(a) => ltx::run(a).await,
         Command::Version => {

@@ -58,6 +58,9 @@ async fn run_single(
         sync_interval: a.sync_interval,
         snapshot_interval: a.snapshot_interval,
         retention: a.retention,
+        levels: a.levels,
+        l0_retention: a.l0_retention,
+        spool_limit: a.spool_limit,
         ..EngineConfig::default()
     };
     let replicator = Replicator::start(db, Replica::new(client), cfg)

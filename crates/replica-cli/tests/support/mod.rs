@@ -577,3 +577,58 @@ pub fn assert_restored(what: &str, out: &Path, expected: &[String]) {
         "{what}: content differs from the source"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Reading a replica's file list
+
+/// One row of `replica ltx --json`.
+#[derive(Debug, Clone)]
+pub struct LtxFile {
+    pub level: u64,
+    pub min: u64,
+    pub max: u64,
+    pub created: time::OffsetDateTime,
+    pub key: String,
+}
+
+pub fn parse_txid(s: &str) -> u64 {
+    assert_eq!(s.len(), 16, "TXID {s:?} is not 16 hex digits");
+    u64::from_str_radix(s, 16).unwrap_or_else(|e| panic!("TXID {s:?}: {e}"))
+}
+
+pub fn txid_hex(t: u64) -> String {
+    format!("{t:016x}")
+}
+
+/// The replica's files, from `replica ltx URL --json`.
+pub fn ltx_list(url: &str) -> Vec<LtxFile> {
+    let out = run(replica_cmd().args(["ltx", url, "--json"]));
+    assert!(out.success(), "replica ltx {url} failed\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("replica ltx --json printed invalid JSON ({e})\n{out}"));
+    let rows = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a JSON array\n{out}"));
+    rows.iter()
+        .map(|r| {
+            let s = |k: &str| {
+                r[k].as_str()
+                    .unwrap_or_else(|| panic!("field {k} missing or not a string in {r}"))
+                    .to_string()
+            };
+            LtxFile {
+                level: r["level"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("bad level in {r}")),
+                min: parse_txid(&s("min_txid")),
+                max: parse_txid(&s("max_txid")),
+                created: time::OffsetDateTime::parse(
+                    &s("created"),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .unwrap_or_else(|e| panic!("bad created in {r}: {e}")),
+                key: s("key"),
+            }
+        })
+        .collect()
+}

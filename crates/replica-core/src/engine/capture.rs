@@ -60,6 +60,8 @@ pub enum SnapshotReason {
     NoContinuity,
     WalReset,
     Interval,
+    /// The database file at the path is a different file than the one replicated.
+    Replaced,
 }
 
 #[derive(Debug)]
@@ -88,6 +90,9 @@ pub struct Capturer {
     last_snapshot: Instant,
     last_wal_stat: Option<(u64, u64, i64, i64)>,
     last_full_check: Instant,
+    /// Set when the path names another file than `db_file`; cleared by [`Self::reopen`].
+    replaced: bool,
+    missing_logged: bool,
 }
 
 fn now_ms() -> i64 {
@@ -112,6 +117,7 @@ impl Capturer {
         cfg: EngineConfig,
         shared: Arc<Shared>,
         remote_max: u64,
+        remote_snapshot: Option<(u64, Option<SystemTime>)>,
     ) -> Result<Self, EngineError> {
         check_sqlite_file(db_path)?;
         let conns = Connections::open(db_path, cfg.busy_timeout)?;
@@ -126,6 +132,17 @@ impl Capturer {
         })?;
         let spool = Spool::open(db_path)?;
         let now = Instant::now();
+        // The snapshot clock continues from the replica's newest snapshot, so restarts
+        // neither postpone snapshots for ever nor add one per start.
+        let mut last_snapshot = now;
+        if let Some((txid, created)) = remote_snapshot {
+            shared.last_snapshot_txid.store(txid, Ordering::Relaxed);
+            let age = created
+                .and_then(|c| SystemTime::now().duration_since(c).ok())
+                .unwrap_or_default()
+                .min(cfg.snapshot_interval);
+            last_snapshot = now.checked_sub(age).unwrap_or(now);
+        }
         let mut c = Self {
             conns: Some(conns),
             db_file,
@@ -144,9 +161,11 @@ impl Capturer {
             last_cut: now - cfg.sync_interval,
             last_checkpoint: now,
             checkpoint_attempt_frames: 0,
-            last_snapshot: now,
+            last_snapshot,
             last_wal_stat: None,
             last_full_check: now,
+            replaced: false,
+            missing_logged: false,
         };
         c.resume(remote_max)?;
         Ok(c)
@@ -262,6 +281,12 @@ impl Capturer {
     }
 
     fn tick(&mut self, force: bool) -> Result<(), EngineError> {
+        if self.replaced {
+            // Nothing of the old file can be captured any more; the new one starts a new
+            // history once it exists.
+            self.reopen()?;
+            return Ok(());
+        }
         if force || self.wal_changed() {
             self.advance()?;
         }
@@ -315,10 +340,69 @@ impl Capturer {
         {
             self.last_wal_stat = st;
             self.last_full_check = now;
+            self.check_identity();
             true
         } else {
             false
         }
+    }
+
+    /// Notes whether the path still names the file we replicate (one `stat`).
+    fn check_identity(&mut self) {
+        let now = std::fs::metadata(&self.db_path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now != Some(self.db_id) {
+            self.replaced = true;
+        }
+    }
+
+    /// Follows a database replaced underneath us (deleted and recreated, restored
+    /// over, renamed into place): new connections on the new file and a snapshot,
+    /// because its history is not ours. Waits while the path is absent.
+    fn reopen(&mut self) -> Result<(), EngineError> {
+        let meta = match std::fs::metadata(&self.db_path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !self.missing_logged {
+                    warn!(db = %self.db_path.display(), "database file was removed; replication resumes when it is back");
+                    self.missing_logged = true;
+                }
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(EngineError::Io {
+                    path: self.db_path.clone(),
+                    source,
+                });
+            }
+        };
+        warn!(db = %self.db_path.display(), "database file was replaced; replicating the new file from a snapshot");
+        if let Some(old) = self.conns.take()
+            && let Err(e) = old.close(&self.db_path)
+        {
+            debug!(db = %self.db_path.display(), error = %e, "closing the old database's connections");
+        }
+        check_sqlite_file(&self.db_path)?;
+        let conns = Connections::open(&self.db_path, self.cfg.busy_timeout)?;
+        self.page_size = conns.page_size(&self.db_path)?;
+        self.conns = Some(conns);
+        self.db_file = File::open(&self.db_path).map_err(|source| EngineError::Io {
+            path: self.db_path.clone(),
+            source,
+        })?;
+        self.db_id = self
+            .db_file
+            .metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or((meta.dev(), meta.ino()));
+        self.generation = None;
+        self.cut = None;
+        self.batch = Batch::default();
+        self.last_wal_stat = None;
+        self.replaced = false;
+        self.missing_logged = false;
+        self.snapshot(SnapshotReason::Replaced)
     }
 
     /// Scans newly committed frames into the batch, following WAL resets.
@@ -337,6 +421,14 @@ impl Capturer {
             .generation
             .as_ref()
             .is_some_and(|g| g.header.salt1 == h.salt1 && g.header.salt2 == h.salt2);
+        if !same_generation && self.generation.is_some() {
+            // A WAL we have not seen: make sure it belongs to our file before following
+            // it, or a replaced database's frames would land on the old history.
+            self.check_identity();
+            if self.replaced {
+                return Ok(false);
+            }
+        }
         if !same_generation {
             // While our read transaction is held, a reset can only follow a complete
             // backfill with nothing after our position: either our own checkpoint, or
@@ -460,11 +552,19 @@ impl Capturer {
         let started = Instant::now();
         if reason == SnapshotReason::Interval {
             if self.batch.is_empty()
-                && self.shared.stats.snapshots.load(Ordering::Relaxed) > 0
                 && self.txid == self.shared.last_snapshot_txid.load(Ordering::Relaxed)
             {
                 // Nothing changed since the last snapshot.
                 self.last_snapshot = Instant::now();
+                return Ok(());
+            }
+            if self.spool.has_pending(SNAPSHOT_LEVEL) {
+                // The last one is not uploaded yet (an outage): another DB-sized file
+                // would only grow the spool. Look again in a second.
+                self.last_snapshot = Instant::now()
+                    .checked_sub(self.cfg.snapshot_interval)
+                    .map(|t| t + Duration::from_secs(1))
+                    .unwrap_or_else(Instant::now);
                 return Ok(());
             }
             self.advance()?;

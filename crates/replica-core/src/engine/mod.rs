@@ -4,6 +4,9 @@
 //! never stalls capture, and capture never waits for the network.
 
 mod capture;
+mod levels;
+mod maintain;
+mod manifest;
 pub mod retention;
 mod ship;
 mod spool;
@@ -18,10 +21,13 @@ use tokio::sync::Notify;
 use tracing::info;
 
 pub use capture::SnapshotReason;
+pub use levels::{Levels, LevelsError};
+pub use manifest::Manifest;
 pub use spool::{Durability, Pending, Spool, SpoolError, SpoolState};
 
 use crate::error::StoreError;
 use crate::replica::Replica;
+use crate::requests::{Counted, RequestCounts};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -31,6 +37,14 @@ pub struct EngineConfig {
     pub snapshot_interval: Duration,
     /// How long history is kept (enforced by the retention pass).
     pub retention: Duration,
+    /// Compaction intervals of levels 1, 2, … (Litestream's `levels`).
+    pub levels: Levels,
+    /// How long L0 files (one per sync) stay after they are compacted into L1: the
+    /// span of per-sync point-in-time recovery.
+    pub l0_retention: Duration,
+    /// Spool size past which a warning is logged (an outage makes it grow; pending
+    /// L0 files are merged so it stays near the size of the changed pages).
+    pub spool_limit: u64,
     /// How often the capture thread looks at the WAL (one `stat`).
     pub poll_interval: Duration,
     /// Captured WAL frames that trigger our PASSIVE checkpoint.
@@ -51,6 +65,9 @@ impl Default for EngineConfig {
             sync_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(3600),
             retention: Duration::from_secs(72 * 3600),
+            levels: Levels::default(),
+            l0_retention: Duration::from_secs(3600),
+            spool_limit: 1 << 30,
             poll_interval: Duration::from_millis(20),
             checkpoint_pages: 1000,
             checkpoint_interval: Duration::from_secs(60),
@@ -94,6 +111,13 @@ pub enum EngineError {
         source: std::io::Error,
     },
 
+    #[error("LTX file {path}: {source}")]
+    Ltx {
+        path: PathBuf,
+        #[source]
+        source: crate::ltx::LtxError,
+    },
+
     #[error(transparent)]
     Spool(#[from] SpoolError),
 
@@ -123,8 +147,12 @@ pub struct Stats {
     pub uploads: AtomicU64,
     pub upload_bytes: AtomicU64,
     pub upload_errors: AtomicU64,
-    pub list_requests: AtomicU64,
-    pub delete_requests: AtomicU64,
+    /// Compacted files written (levels 1-8).
+    pub compactions: AtomicU64,
+    /// Files removed by retention.
+    pub deleted_files: AtomicU64,
+    /// Object-store calls, by kind.
+    pub requests: Arc<RequestCounts>,
     /// Highest TXID known to be in the replica.
     pub uploaded_txid: AtomicU64,
 }
@@ -172,6 +200,7 @@ pub struct Replicator {
     shared: Arc<Shared>,
     capture: Option<std::thread::JoinHandle<Result<(), EngineError>>>,
     shipper: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
+    maintenance: Option<tokio::task::JoinHandle<()>>,
     capture_exit: Arc<Notify>,
 }
 
@@ -184,22 +213,25 @@ impl Replicator {
         cfg: EngineConfig,
     ) -> Result<Self, EngineError> {
         let shared = Arc::new(Shared::default());
-        let files = replica.list_files(None).await?;
-        shared
-            .stats
-            .list_requests
-            .fetch_add(u64::from(crate::layout::MAX_LEVEL) + 1, Ordering::Relaxed);
-        let remote_max = files.iter().map(|f| f.id.range.max).max().unwrap_or(0);
+        let replica = Replica::new(Arc::new(Counted::new(
+            replica.client().clone(),
+            shared.stats.requests.clone(),
+        )));
+        // The only LIST of the run: from here on the manifest is kept in memory.
+        let manifest = Manifest::new(replica.list_files(None).await?);
+        let remote_max = manifest.replica_max();
         shared
             .stats
             .uploaded_txid
             .store(remote_max, Ordering::Relaxed);
+        let remote_snapshot = manifest.newest_snapshot();
+        let manifest = Arc::new(Mutex::new(manifest));
 
         let db = db.to_path_buf();
         let capturer = {
             let (db, shared) = (db.clone(), shared.clone());
             tokio::task::spawn_blocking(move || {
-                capture::Capturer::open(&db, cfg, shared, remote_max)
+                capture::Capturer::open(&db, cfg, shared, remote_max, remote_snapshot)
             })
             .await
             .map_err(|e| EngineError::Thread("capture", e.to_string()))??
@@ -222,13 +254,30 @@ impl Replicator {
                     source,
                 })?
         };
-        let shipper = tokio::spawn(ship::run(spool, replica, cfg, shared.clone()));
+        let maintenance = tokio::spawn(
+            maintain::Maintenance {
+                replica: replica.clone(),
+                spool: spool.clone(),
+                manifest: manifest.clone(),
+                cfg,
+                shared: shared.clone(),
+            }
+            .run(),
+        );
+        let shipper = tokio::spawn(ship::run(ship::Shipper {
+            spool,
+            replica,
+            cfg,
+            shared: shared.clone(),
+            manifest,
+        }));
         info!(db = %db.display(), "replicating");
         Ok(Self {
             db,
             shared,
             capture: Some(capture),
             shipper: Some(shipper),
+            maintenance: Some(maintenance),
             capture_exit,
         })
     }
@@ -253,6 +302,10 @@ impl Replicator {
     /// retrying for up to `flush_timeout`.
     pub async fn shutdown(mut self, flush_timeout: Duration) -> Result<(), EngineError> {
         self.shared.request_stop();
+        // Compaction and retention can wait for the next run; the flush cannot.
+        if let Some(m) = self.maintenance.take() {
+            m.abort();
+        }
         let capture = self.capture.take();
         let captured = tokio::task::spawn_blocking(move || match capture {
             Some(h) => h
@@ -281,5 +334,8 @@ impl Replicator {
 impl Drop for Replicator {
     fn drop(&mut self) {
         self.shared.request_stop();
+        if let Some(m) = self.maintenance.take() {
+            m.abort();
+        }
     }
 }

@@ -4,17 +4,13 @@
 //! The base of the window is the newest snapshot created before its start; it
 //! and everything after it are kept, everything it supersedes is deleted. With no
 //! snapshot that old, nothing is deleted. The newest snapshot is therefore never
-//! deleted, and retention runs only after a snapshot upload, so an idle database
-//! costs no LIST requests.
+//! deleted. The maintenance task applies it to the in-memory manifest (see
+//! `maintain.rs`), so deciding costs no request.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tracing::{info, warn};
-
-use super::Stats;
-use crate::layout::{MAX_LEVEL, SNAPSHOT_LEVEL};
-use crate::replica::{RemoteFile, Replica};
+use crate::layout::SNAPSHOT_LEVEL;
+use crate::replica::RemoteFile;
 
 /// The files that retention deletes from `files` at time `now`.
 pub fn expired(files: &[RemoteFile], now: SystemTime, retention: Duration) -> Vec<RemoteFile> {
@@ -39,33 +35,6 @@ pub fn expired(files: &[RemoteFile], now: SystemTime, retention: Duration) -> Ve
         })
         .cloned()
         .collect()
-}
-
-pub async fn enforce(replica: &Replica, retention: Duration, stats: &Stats) {
-    let files = match replica.list_files(None).await {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(url = %replica.url(), error = %e, "retention skipped: listing failed");
-            return;
-        }
-    };
-    stats
-        .list_requests
-        .fetch_add(u64::from(MAX_LEVEL) + 1, Ordering::Relaxed);
-    let doomed = expired(&files, SystemTime::now(), retention);
-    if doomed.is_empty() {
-        return;
-    }
-    let keys: Vec<String> = doomed.iter().map(|f| f.key.clone()).collect();
-    match replica.client().delete_many(&keys).await {
-        Ok(()) => {
-            stats.delete_requests.fetch_add(1, Ordering::Relaxed);
-            info!(url = %replica.url(), files = keys.len(), "retention deleted expired files");
-        }
-        Err(e) => {
-            warn!(url = %replica.url(), error = %e, "retention failed to delete expired files")
-        }
-    }
 }
 
 #[cfg(test)]

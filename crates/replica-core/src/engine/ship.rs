@@ -1,33 +1,48 @@
 //! The shipper: uploads spooled LTX files in TXID order, at most one L0 upload per
 //! sync interval. Files that piled up (a burst, an outage) are merged into one L0
 //! object covering their whole TXID range, so catching up costs one request per
-//! interval rather than one per file.
+//! interval rather than one per file. While uploads fail, the pending L0 files are
+//! merged in the spool as well, so an outage grows the spool by the pages that
+//! changed, not by every commit.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
-use super::spool::{Pending, Spool};
+use super::manifest::Manifest;
+use super::spool::{self, Pending, Spool};
 use super::{EngineConfig, EngineError, Shared};
 use crate::layout::{FileId, SNAPSHOT_LEVEL, TxRange};
 use crate::ltx::{self, HEADER_SIZE, Header};
-use crate::replica::Replica;
+use crate::replica::{RemoteFile, Replica};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-pub async fn run(
-    spool: Spool,
-    replica: Replica,
-    cfg: EngineConfig,
-    shared: Arc<Shared>,
-) -> Result<(), EngineError> {
+pub struct Shipper {
+    pub spool: Spool,
+    pub replica: Replica,
+    pub cfg: EngineConfig,
+    pub shared: Arc<Shared>,
+    pub manifest: Arc<Mutex<Manifest>>,
+}
+
+pub async fn run(s: Shipper) -> Result<(), EngineError> {
+    let Shipper {
+        spool,
+        replica,
+        cfg,
+        shared,
+        manifest: _,
+    } = &s;
     let mut backoff = Duration::from_millis(250);
     let mut last_upload: Option<Instant> = None;
     let mut failing = false;
+    let mut over_limit = false;
     loop {
         let capture_done = shared.capture_done.load(Ordering::Acquire);
         let stopping = shared.stop.load(Ordering::Acquire);
@@ -35,8 +50,17 @@ pub async fn run(
         // An L0 the replica already covers was uploaded by a run that died before
         // removing it; uploading it again would only add an overlapping object.
         let uploaded = shared.stats.uploaded_txid.load(Ordering::Relaxed);
+        let newest_snapshot = pending
+            .iter()
+            .filter(|p| p.id.level == SNAPSHOT_LEVEL)
+            .map(|p| p.id.range.max)
+            .max();
+        let contained = spool::contained(&pending);
         for p in pending.extract_if(.., |p| {
-            p.id.level != SNAPSHOT_LEVEL && p.id.range.max <= uploaded
+            (p.id.level != SNAPSHOT_LEVEL && p.id.range.max <= uploaded)
+                // A newer snapshot makes an older, unsent one useless.
+                || (p.id.level == SNAPSHOT_LEVEL && Some(p.id.range.max) < newest_snapshot)
+                || contained.contains(p)
         }) {
             spool.remove(&p)?;
         }
@@ -61,11 +85,15 @@ pub async fn run(
                 continue;
             }
         }
-        match upload_next(&spool, &replica, &pending, &cfg, &shared).await {
+        match upload_next(&s, &pending).await {
             Ok(()) => {
                 if failing {
                     info!(url = %replica.url(), "uploads recovered");
                     failing = false;
+                }
+                if over_limit && spool.pending_bytes() <= cfg.spool_limit {
+                    info!(dir = %spool.dir().display(), "spool back under its limit");
+                    over_limit = false;
                 }
                 backoff = Duration::from_millis(250);
                 last_upload = Some(Instant::now());
@@ -74,6 +102,14 @@ pub async fn run(
                 shared.stats.upload_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(url = %replica.url(), error = %e, retry_in_ms = backoff.as_millis() as u64, spooled_files = pending.len(), "upload failed; keeping files in the spool");
                 failing = true;
+                if let Err(e) = consolidate(spool, &pending).await {
+                    warn!(dir = %spool.dir().display(), error = %e, "could not merge spooled files");
+                }
+                let bytes = spool.pending_bytes();
+                if bytes > cfg.spool_limit && !over_limit {
+                    warn!(dir = %spool.dir().display(), spool_bytes = bytes, limit = cfg.spool_limit, url = %replica.url(), "spool is over its limit because uploads keep failing; captured changes are kept (merged) until the store is reachable");
+                    over_limit = true;
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -97,31 +133,109 @@ fn timestamp(h: &Header) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(h.timestamp_ms.max(0) as u64)
 }
 
-/// Uploads the next snapshot, or the leading run of L0 files merged into one object.
-async fn upload_next(
-    spool: &Spool,
-    replica: &Replica,
-    pending: &[Pending],
-    cfg: &EngineConfig,
-    shared: &Shared,
-) -> Result<(), EngineError> {
+/// The leading run of contiguous L0 files, at most `max_bytes` (but at least one).
+fn leading_run(pending: &[Pending], max_bytes: u64) -> Vec<&Pending> {
     let first = &pending[0];
     let mut group: Vec<&Pending> = vec![first];
-    if first.id.level != SNAPSHOT_LEVEL {
-        let mut bytes = std::fs::metadata(&first.path).map(|m| m.len()).unwrap_or(0);
-        for p in &pending[1..] {
-            let last = group[group.len() - 1];
-            if p.id.level == SNAPSHOT_LEVEL || p.id.range.min != last.id.range.max + 1 {
-                break;
-            }
-            bytes += std::fs::metadata(&p.path).map(|m| m.len()).unwrap_or(0);
-            if bytes > cfg.max_upload_bytes {
-                break;
-            }
-            group.push(p);
+    if first.id.level == SNAPSHOT_LEVEL {
+        return group;
+    }
+    let mut bytes = file_len(&first.path);
+    for p in &pending[1..] {
+        let last = group[group.len() - 1];
+        if p.id.level == SNAPSHOT_LEVEL || p.id.range.min != last.id.range.max + 1 {
+            break;
+        }
+        bytes += file_len(&p.path);
+        if bytes > max_bytes {
+            break;
+        }
+        group.push(p);
+    }
+    group
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Merges `inputs` (contiguous LTX files, oldest first) into a new spool temp file.
+async fn merge(spool: &Spool, inputs: Vec<PathBuf>) -> Result<(PathBuf, Header), EngineError> {
+    let out = spool.tmp_path("merge");
+    let out2 = out.clone();
+    let header = tokio::task::spawn_blocking(move || -> Result<Header, EngineError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| EngineError::Io { path, source }
+        };
+        let mut readers = Vec::new();
+        for p in &inputs {
+            readers.push(BufReader::new(File::open(p).map_err(io(p))?));
+        }
+        let w = BufWriter::new(File::create(&out2).map_err(io(&out2))?);
+        let (w, header, _) = ltx::compact(readers, w).map_err(|source| EngineError::Ltx {
+            path: out2.clone(),
+            source,
+        })?;
+        w.into_inner()
+            .map_err(|e| io(&out2)(e.into_error()))?
+            .sync_all()
+            .map_err(io(&out2))?;
+        Ok(header)
+    })
+    .await
+    .map_err(|e| EngineError::Thread("merge", e.to_string()))?;
+    match header {
+        Ok(h) => Ok((out, h)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&out);
+            Err(e)
         }
     }
+}
 
+/// During an outage, merges the leading pending L0 files in place once the files
+/// behind the first one weigh as much as it does (or are many): every byte is then
+/// rewritten a bounded number of times, and the spool holds roughly one image of
+/// the changed pages instead of one file per sync.
+async fn consolidate(spool: &Spool, pending: &[Pending]) -> Result<(), EngineError> {
+    let group = leading_run(pending, u64::MAX);
+    if group.len() < 2 {
+        return Ok(());
+    }
+    let head = file_len(&group[0].path);
+    let rest: u64 = group[1..].iter().map(|p| file_len(&p.path)).sum();
+    if rest < head && group.len() <= 64 {
+        return Ok(());
+    }
+    let (merged, header) = merge(spool, group.iter().map(|p| p.path.clone()).collect()).await?;
+    let id = FileId {
+        level: 0,
+        range: TxRange {
+            min: header.min_txid,
+            max: header.max_txid,
+        },
+    };
+    let inputs: Vec<Pending> = group.into_iter().cloned().collect();
+    if let Err(e) = spool.replace_pending(&merged, id, &inputs) {
+        let _ = std::fs::remove_file(&merged);
+        return Err(e.into());
+    }
+    debug!(file = %id, inputs = inputs.len(), "merged spooled files during an outage");
+    Ok(())
+}
+
+/// Uploads the next snapshot, or the leading run of L0 files merged into one object.
+async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError> {
+    let Shipper {
+        spool,
+        replica,
+        cfg,
+        shared,
+        manifest,
+    } = s;
+    let first = &pending[0];
+    let group = leading_run(pending, cfg.max_upload_bytes);
     let (id, path, header, merged) = if group.len() == 1 {
         (
             first.id,
@@ -130,29 +244,7 @@ async fn upload_next(
             false,
         )
     } else {
-        let inputs: Vec<_> = group.iter().map(|p| p.path.clone()).collect();
-        let out = spool.tmp_path("merge");
-        let out2 = out.clone();
-        let header = tokio::task::spawn_blocking(move || -> Result<Header, EngineError> {
-            let io = |path: &std::path::Path| {
-                let path = path.to_path_buf();
-                move |source| EngineError::Io { path, source }
-            };
-            let mut readers = Vec::new();
-            for p in &inputs {
-                readers.push(BufReader::new(File::open(p).map_err(io(p))?));
-            }
-            let w = BufWriter::new(File::create(&out2).map_err(io(&out2))?);
-            let (w, header, _) =
-                ltx::compact(readers, w).map_err(|e| io(&out2)(std::io::Error::other(e)))?;
-            w.into_inner()
-                .map_err(|e| io(&out2)(e.into_error()))?
-                .sync_all()
-                .map_err(io(&out2))?;
-            Ok(header)
-        })
-        .await
-        .map_err(|e| EngineError::Thread("merge", e.to_string()))??;
+        let (out, header) = merge(spool, group.iter().map(|p| p.path.clone()).collect()).await?;
         let id = FileId {
             level: 0,
             range: TxRange {
@@ -163,24 +255,42 @@ async fn upload_next(
         (id, out, header, true)
     };
 
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let result = replica.upload(id, &path, timestamp(&header)).await;
-    if merged {
-        let _ = std::fs::remove_file(&path);
+    let size = file_len(&path);
+    let created = timestamp(&header);
+    let result = replica.upload(id, &path, created).await;
+    if let Err(e) = result {
+        if merged {
+            let _ = std::fs::remove_file(&path);
+        }
+        return Err(e.into());
     }
-    result?;
     shared.stats.uploads.fetch_add(1, Ordering::Relaxed);
     shared.stats.upload_bytes.fetch_add(size, Ordering::Relaxed);
     shared
         .stats
         .uploaded_txid
         .fetch_max(id.range.max, Ordering::Relaxed);
+    manifest
+        .lock()
+        .map_err(|_| EngineError::Thread("shipper", "manifest lock poisoned".into()))?
+        .insert(RemoteFile {
+            id,
+            key: replica.key(id),
+            size,
+            created: Some(created),
+        });
+    // L0 files stay as local copies until compaction has merged them into L1.
+    let keep = id.level == 0 && !cfg.levels.is_empty();
+    if keep {
+        spool.keep_shipped(&path, id)?;
+    } else if merged {
+        let _ = std::fs::remove_file(&path);
+    }
     for p in group {
-        spool.remove(p)?;
+        if !(keep && !merged && p.path == path) {
+            spool.remove(p)?;
+        }
     }
     debug!(file = %id, bytes = size, "uploaded");
-    if id.level == SNAPSHOT_LEVEL {
-        super::retention::enforce(replica, cfg.retention, &shared.stats).await;
-    }
     Ok(())
 }

@@ -274,12 +274,83 @@ impl Spool {
         Ok(out)
     }
 
+    /// Puts `merged` (a complete, synced LTX file covering every input) in place of
+    /// `inputs`. A crash between the rename and the removals leaves inputs that the
+    /// merged file contains; [`contained`] finds them.
+    pub fn replace_pending(
+        &self,
+        merged: &Path,
+        id: FileId,
+        inputs: &[Pending],
+    ) -> Result<Pending, SpoolError> {
+        let dest = self.pending_path(id);
+        fs::rename(merged, &dest).map_err(io(&dest))?;
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent).map_err(io(parent))?;
+        }
+        for p in inputs.iter().filter(|p| p.path != dest) {
+            self.remove(p)?;
+        }
+        Ok(Pending { id, path: dest })
+    }
+
+    fn shipped_path(&self, id: FileId) -> PathBuf {
+        self.dir
+            .join("shipped")
+            .join(id.level.to_string())
+            .join(crate::layout::file_name(id.range))
+    }
+
+    /// Keeps an uploaded file (moved from `path`) as a local copy for compaction, so
+    /// merging L0 into L1 needs no GET. Only a cache: a missing copy is downloaded.
+    pub fn keep_shipped(&self, path: &Path, id: FileId) -> Result<(), SpoolError> {
+        let dest = self.shipped_path(id);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        fs::rename(path, &dest).map_err(io(&dest))
+    }
+
+    /// The local copy of an uploaded file, if there is one.
+    pub fn shipped(&self, id: FileId) -> Option<PathBuf> {
+        let p = self.shipped_path(id);
+        p.is_file().then_some(p)
+    }
+
+    /// The local copies of uploaded files of `level`.
+    pub fn shipped_files(&self, level: u8) -> Vec<FileId> {
+        let dir = self.dir.join("shipped").join(level.to_string());
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(parse_file_name))
+            .map(|range| FileId { level, range })
+            .collect()
+    }
+
+    pub fn remove_shipped(&self, id: FileId) {
+        let _ = fs::remove_file(self.shipped_path(id));
+    }
+
     pub fn remove(&self, p: &Pending) -> Result<(), SpoolError> {
         match fs::remove_file(&p.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(&p.path)(e)),
         }
+    }
+
+    /// Whether a file of `level` waits for upload (one directory read).
+    pub fn has_pending(&self, level: u8) -> bool {
+        fs::read_dir(self.dir.join("pending").join(level.to_string()))
+            .map(|mut d| {
+                d.any(|e| {
+                    e.is_ok_and(|e| e.file_name().to_str().and_then(parse_file_name).is_some())
+                })
+            })
+            .unwrap_or(false)
     }
 
     /// Bytes waiting for upload.
@@ -293,6 +364,24 @@ impl Spool {
             })
             .unwrap_or(0)
     }
+}
+
+/// Pending L0 files whose range another pending L0 file covers (left by a crash in
+/// the middle of [`Spool::replace_pending`]).
+pub fn contained(pending: &[Pending]) -> Vec<Pending> {
+    pending
+        .iter()
+        .filter(|p| {
+            p.id.level == 0
+                && pending.iter().any(|q| {
+                    q.id.level == 0
+                        && q.id != p.id
+                        && q.id.range.min <= p.id.range.min
+                        && q.id.range.max >= p.id.range.max
+                })
+        })
+        .cloned()
+        .collect()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
