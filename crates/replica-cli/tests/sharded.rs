@@ -130,6 +130,12 @@ fn sidecar_passes_the_exit_code_and_restores_every_shard_on_boot() {
             std::fs::remove_file(&p).expect("wiping data");
         }
     }
+    let snapshots = || {
+        std::fs::read_dir(d.replica().join("shard_0/ltx/9"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    let snapshots_before = snapshots();
     let o = d.replicate(&cfg, &d.service("check", 4, ""));
     assert_eq!(
         o.code(),
@@ -137,6 +143,20 @@ fn sidecar_passes_the_exit_code_and_restores_every_shard_on_boot() {
         "the service must see every row it committed\n{o}"
     );
     assert!(o.stdout.contains("missing 0"), "{o}");
+    // A restored shard is the replica's head: replication resumes without uploading
+    // it again as a snapshot.
+    assert_eq!(
+        o.stderr
+            .matches("resuming replication of a restored database")
+            .count(),
+        4,
+        "{o}"
+    );
+    assert_eq!(
+        snapshots(),
+        snapshots_before,
+        "a restored shard was snapshotted again"
+    );
     assert_eq!(
         std::fs::metadata(&kept).expect("shard 2").ino(),
         kept_ino,

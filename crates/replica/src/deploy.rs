@@ -212,6 +212,8 @@ impl Deployment {
         let template = RestoreOptions {
             if_db_not_exists: true,
             if_replica_exists: true,
+            // Replication starts right after: no snapshot of what was just downloaded.
+            seed_spool: true,
             ..RestoreOptions::new(PathBuf::new())
         };
         self.restore(&[], template).await

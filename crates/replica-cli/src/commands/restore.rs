@@ -26,6 +26,8 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         },
         if_db_not_exists: a.if_db_not_exists,
         if_replica_exists: a.if_replica_exists,
+        // A one-off restore leaves no spool behind; the deployment's boot restore does.
+        seed_spool: false,
     };
     // `-o` means one database from one URL, whatever REPLICA_CONFIG says.
     match (&a.output, &a.config) {

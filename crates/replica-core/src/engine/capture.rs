@@ -206,6 +206,23 @@ impl Capturer {
             _ => None,
         };
 
+        // A database that `restore` wrote and nothing touched since: it is exactly the
+        // replica's head, and the next WAL generation continues it.
+        if let (Some(s), None) = (state, header)
+            && chain_ok
+            && pending.is_empty()
+            && s.txid == remote_max
+            && s.page_size == self.page_size
+            && self
+                .db_file
+                .metadata()
+                .is_ok_and(|m| s.describes_unchanged(&m))
+        {
+            info!(db = %self.db_path.display(), txid = format!("{:016x}", s.txid), "resuming replication of a restored database");
+            self.txid = s.txid;
+            return Ok(());
+        }
+
         if let (Some(pos), Some(h), Some(s)) = (resumable, header, state) {
             // Re-walk the generation up to the saved position: it rebuilds the page
             // index and proves, through the chained checksums, that the WAL still holds
@@ -538,6 +555,8 @@ impl Capturer {
                 page_size: self.page_size,
                 db_dev: self.db_id.0,
                 db_ino: self.db_id.1,
+                db_len: None,
+                db_mtime_ns: None,
             },
             durability,
         )?;

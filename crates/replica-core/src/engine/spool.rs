@@ -26,6 +26,44 @@ pub struct SpoolState {
     /// Identity of the database file: a replaced file is a new history.
     pub db_dev: u64,
     pub db_ino: u64,
+    /// With no WAL position (a database written by `restore`): the file's size and
+    /// modification time, which prove it unchanged since.
+    #[serde(default)]
+    pub db_len: Option<u64>,
+    #[serde(default)]
+    pub db_mtime_ns: Option<i64>,
+}
+
+impl SpoolState {
+    /// The state of a database file that holds exactly the replica's TXID `txid`.
+    pub fn for_file(txid: u64, page_size: u32, meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            txid,
+            position: None,
+            page_size,
+            db_dev: meta.dev(),
+            db_ino: meta.ino(),
+            db_len: Some(meta.len()),
+            db_mtime_ns: Some(mtime_ns(meta)),
+        }
+    }
+
+    /// Whether `meta` is still the unchanged file [`Self::for_file`] described.
+    pub fn describes_unchanged(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.position.is_none()
+            && (self.db_dev, self.db_ino) == (meta.dev(), meta.ino())
+            && self.db_len == Some(meta.len())
+            && self.db_mtime_ns == Some(mtime_ns(meta))
+    }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -41,6 +41,9 @@ pub struct RestoreOptions {
     pub if_db_not_exists: bool,
     /// A replica with no files is a no-op instead of an error.
     pub if_replica_exists: bool,
+    /// After a restore of the latest state, record in the database's spool that the
+    /// file is the replica's head, so replication resumes without a new snapshot.
+    pub seed_spool: bool,
 }
 
 impl RestoreOptions {
@@ -52,6 +55,7 @@ impl RestoreOptions {
             integrity: IntegrityCheck::Quick,
             if_db_not_exists: false,
             if_replica_exists: false,
+            seed_spool: false,
         }
     }
 }
@@ -193,12 +197,36 @@ pub async fn restore(
         .and_then(|d| d.sync_all())
         .map_err(io_err(&parent))?;
     drop(work);
+    if opts.seed_spool && opts.target == Target::Latest {
+        seed_spool(out, txid)?;
+    }
     debug!(path = %out.display(), txid = format!("{txid:016x}"), "restored");
     Ok(RestoreOutcome::Restored {
         txid,
         files: chain.len(),
         bytes_downloaded,
     })
+}
+
+/// Records that `db` holds exactly TXID `txid` of its replica (see
+/// [`RestoreOptions::seed_spool`]).
+fn seed_spool(db: &Path, txid: u64) -> Result<(), RestoreError> {
+    use crate::engine::{Durability, Spool, SpoolState};
+    let mut header = [0u8; 18];
+    let meta = File::open(db)
+        .and_then(|mut f| {
+            std::io::Read::read_exact(&mut f, &mut header)?;
+            f.metadata()
+        })
+        .map_err(io_err(db))?;
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        n => u32::from(n),
+    };
+    let state = SpoolState::for_file(txid, page_size, &meta);
+    Spool::open(db)
+        .and_then(|s| s.save_state(&state, Durability::Now))
+        .map_err(|e| RestoreError::Task(format!("recording the restored state: {e}")))
 }
 
 fn sidecar(db: &Path, suffix: &str) -> PathBuf {
