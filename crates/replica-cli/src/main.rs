@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cli.verbose, cli.quiet);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,6 +38,29 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", exit::render(&e));
             ExitCode::from(exit::code_of(&e))
+        }
+    }
+}
+
+/// Each replicated database holds about eight descriptors (the database, WAL and
+/// shared memory of two SQLite connections, plus our own); containers often start
+/// with a soft limit of 1024 and a much higher hard one, so take the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::debug!(soft = lim.rlim_cur, "could not raise the open-file limit");
+            }
         }
     }
 }
