@@ -164,6 +164,8 @@ pub struct Shared {
     stop_lock: Mutex<bool>,
     stop_cv: Condvar,
     ship: Notify,
+    /// Set by capture when the sync interval says the spool should be shipped now.
+    ship_due: AtomicBool,
     capture_done: AtomicBool,
     pub stats: Stats,
     last_snapshot_txid: AtomicU64,

@@ -71,19 +71,18 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
             let _ = tokio::time::timeout(Duration::from_secs(1), shared.ship.notified()).await;
             continue;
         }
-        // Pace L0 uploads to one per interval; a flush at shutdown does not wait.
-        if let Some(t) = last_upload {
-            let next = t + cfg.sync_interval;
-            let now = Instant::now();
-            if !stopping && next > now && pending[0].id.level != SNAPSHOT_LEVEL {
-                let _ = tokio::time::timeout(next - now, async {
-                    while !shared.stop.load(Ordering::Acquire) {
-                        shared.ship.notified().await;
-                    }
-                })
-                .await;
-                continue;
-            }
+        // Capture says when an interval's worth is ready (at most once per interval,
+        // at once after a quiet one); files cut early wait for it, so a busy database
+        // still costs one upload per interval. A snapshot, a flush at shutdown, or an
+        // interval without that signal (capture busy) do not wait.
+        let due = shared.ship_due.swap(false, Ordering::AcqRel)
+            || stopping
+            || pending[0].id.level == SNAPSHOT_LEVEL
+            || last_upload.is_none_or(|t| t.elapsed() >= cfg.sync_interval)
+            || failing;
+        if !due {
+            let _ = tokio::time::timeout(cfg.sync_interval, shared.ship.notified()).await;
+            continue;
         }
         match upload_next(&s, &pending).await {
             Ok(()) => {
