@@ -62,8 +62,11 @@ const RATE: u32 = 200;
 const ROUND_EVERY: Duration = Duration::from_secs(60);
 /// A replicator run lasts this long (seconds) before it is stopped...
 const RUN_SECS: (u64, u64) = (30, 180);
-/// ...and stays down this long (milliseconds) while the writer goes on.
-const DOWN_MS: (u64, u64) = (200, 10_000);
+/// ...and stays down this long (milliseconds) while the writer goes on: half the time
+/// briefly, so that the next run often finds the WAL as it was and resumes from the
+/// spool, otherwise long enough for the application's checkpoints to reset the WAL.
+const DOWN_MS_SHORT: (u64, u64) = (100, 1_000);
+const DOWN_MS_LONG: (u64, u64) = (1_000, 10_000);
 /// The WAL is checkpointed by the replicator every 1000 pages (~4 MB) and by the
 /// application now and then; 64 MiB means checkpoints have stopped working.
 const MAX_WAL: u64 = 64 << 20;
@@ -350,7 +353,12 @@ impl Soak {
             if stop_at.is_some_and(|t| now >= t) && self.rep.is_running() {
                 stop_at = None;
                 self.stop_replicator()?;
-                start_at = Some(Instant::now() + Duration::from_millis(self.rng.range(DOWN_MS)));
+                let down = if self.rng.range((0, 1)) == 0 {
+                    DOWN_MS_SHORT
+                } else {
+                    DOWN_MS_LONG
+                };
+                start_at = Some(Instant::now() + Duration::from_millis(self.rng.range(down)));
             }
             if start_at.is_some_and(|t| now >= t) && !self.rep.is_running() {
                 start_at = None;
@@ -769,7 +777,7 @@ impl Soak {
         let elapsed = self.started.elapsed().as_secs_f64();
         let mut s = format!("\n==> soak summary (seed {})\n", self.opts.seed);
         let mut row = |name: &str, value: String| {
-            let _ = writeln!(s, "{name:<18}{value}");
+            let _ = writeln!(s, "{name:<20}{value}");
         };
 
         row(
@@ -888,7 +896,7 @@ impl Soak {
         if !t.failures.is_empty() || interrupted {
             let _ = writeln!(
                 s,
-                "{:<18}{} (logs/, restores/, journal.bin, soak.db)",
+                "{:<20}{} (logs/, restores/, journal.bin, soak.db)",
                 "kept",
                 self.dir.display()
             );

@@ -147,7 +147,9 @@ impl Replicator {
                 &format!("{}s", SNAPSHOT_INTERVAL.as_secs()),
             ])
             .args(["--retention", &format!("{}s", RETENTION.as_secs())])
-            .env("REPLICA_LOG", "info");
+            .env("REPLICA_LOG", "info")
+            // Plain text in the log files (tracing colours stderr even when it is a file).
+            .env("NO_COLOR", "1");
         if self.features.levels {
             cmd.args(["--levels", LEVELS])
                 .args(["--l0-retention", &format!("{}s", L0_RETENTION.as_secs())]);
