@@ -28,26 +28,30 @@ use crate::{litestream, paths, util};
 use check::{Checker, Verdict, secs};
 use journal::Commits;
 use procs::{Proc, Signal};
-use replicator::{Ended, Features, LAG_BOUND, RETENTION, Replicator};
+use replicator::{Ended, Features, LAG_BOUND, Replicator};
 
 pub const HELP: &str = "
 Runs the application (a Python sqlite3 writer, ~200 commits/s: inserts, updates,
-deletes, sometimes large transactions, and its own PASSIVE/FULL/RESTART/TRUNCATE
-checkpoints at random) against `replica replicate` to a file:// replica in a
-temporary directory, built first with `cargo build --release -p replica-cli`.
-The replicator is stopped every 30-180 s (3 in 4 times SIGKILL, else SIGTERM,
-which must exit 0 having flushed every commit) and restarted after up to 10 s.
+deletes, sometimes large transactions, its own PASSIVE/FULL/RESTART/TRUNCATE
+checkpoints at random, SQLite's autocheckpoint on and off) against `replica
+replicate` to a file:// replica in a temporary directory, built first with
+`cargo build --release -p replica-cli`. The replicator is stopped every 30-180 s
+(3 in 4 times SIGKILL, else SIGTERM, which must exit 0 having flushed every
+commit) and restarted after 0.1-10 s. If `replica replicate --help` lists
+--levels and --l0-retention, they are passed too.
 
 Every minute the latest state and a point in time inside the retention window
-are restored and must each be exactly the state after some commit: intact,
-no gap, no torn transaction, fresh enough (see LAG in the summary), never
-newer than the point in time. The WAL must stay under 64 MiB and the spool
-under the database size plus 128 MiB. At the end the writer stops, the
-replicator flushes (SIGTERM), and the restore must equal the database; so must
-Litestream 0.5.17's restore of the replica.
+are restored, and each must be exactly the state after some commit k: intact,
+no gap, no torn transaction; fresh (k includes every commit older than 5 s while
+a replicator is up); and, for the point in time, no commit that began after it.
+Retention is 5 minutes, or a quarter of the run if shorter (at least 1 minute),
+so that even a short soak deletes history. The WAL must stay under 64 MiB and
+the spool under the database size plus 128 MiB. At the end the writer stops,
+the replicator flushes (SIGTERM), and the restore must equal the database, as
+must Litestream 0.5.17's restore of the replica (skipped if it is unavailable).
 
 Prints a summary; exits 1 on any failure (the directory is then kept and its
-path printed), 130 if interrupted.
+path printed), 130 if interrupted (Ctrl-C stops the writer and the replicator).
 
 OPTIONS:
     --minutes N    how long to run (required)
@@ -226,10 +230,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     ));
     eprintln!("xtask: directory: {}", dir.display());
     eprintln!("xtask: replica:   {url}");
-    eprintln!("xtask: replicate: {}", features.describe());
+    let retention = replicator::retention_for(Duration::from_secs(opts.minutes * 60));
+    eprintln!("xtask: replicate: {}", features.describe(retention));
 
     let mut soak = Soak {
-        rep: Replicator::new(&bin, &db, &url, &dir.join("logs"), features),
+        rep: Replicator::new(&bin, &db, &url, &dir.join("logs"), features, retention),
         checker: Checker {
             bin,
             url,
@@ -623,7 +628,7 @@ impl Soak {
         // Not before the first replicator could have uploaded anything, nor so close to
         // the window's start that retention may be deleting its base right now.
         let lo = (first + 10_000_000_000)
-            .max(now.saturating_sub(RETENTION.as_nanos() as u64) + 15_000_000_000);
+            .max(now.saturating_sub(self.rep.retention.as_nanos() as u64) + 15_000_000_000);
         let hi = now.saturating_sub(5_000_000_000);
         if lo >= hi {
             return Ok(());
@@ -814,9 +819,10 @@ impl Soak {
         row(
             "app latency",
             format!(
-                "max transaction {} ms, max wait for BEGIN IMMEDIATE {} ms, {} stalls over 1 s",
+                "max transaction {} ms; BEGIN IMMEDIATE waited max {} ms, {} times over 50 ms; {} stalls over 1 s",
                 w("max_txn_ms"),
                 w("max_begin_wait_ms"),
+                w("begin_waits_over_50ms"),
                 w("late_resets")
             ),
         );

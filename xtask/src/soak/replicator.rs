@@ -12,10 +12,16 @@ use super::now_ns;
 use super::procs::{self, Proc, Signal};
 
 /// Intervals scaled down from the defaults (1s, 1h, 72h) so that a soak of minutes goes
-/// through many snapshots and retention passes.
+/// through many snapshots and retention passes (see [`retention_for`]).
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
-pub const RETENTION: Duration = Duration::from_secs(300);
+
+/// Retention for a soak of `run`: 5 minutes, but at most a quarter of the run (and at
+/// least a minute), so that even a short soak deletes history and restores points
+/// near the start of the window.
+pub fn retention_for(run: Duration) -> Duration {
+    (run / 4).clamp(Duration::from_secs(60), Duration::from_secs(300))
+}
 /// Compaction levels and how long L0 files stay, passed only to a `replica` whose help
 /// lists `--levels` and `--l0-retention`.
 const LEVELS: &str = "5s,20s,60s";
@@ -69,12 +75,12 @@ impl Features {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub fn describe(&self, retention: Duration) -> String {
         let base = format!(
             "--sync-interval {}s --snapshot-interval {}s --retention {}s",
             SYNC_INTERVAL.as_secs(),
             SNAPSHOT_INTERVAL.as_secs(),
-            RETENTION.as_secs()
+            retention.as_secs()
         );
         if self.levels {
             format!(
@@ -109,18 +115,27 @@ pub struct Replicator {
     url: String,
     logs: PathBuf,
     features: Features,
+    pub retention: Duration,
     current: Option<Proc>,
     pub runs: Vec<Run>,
 }
 
 impl Replicator {
-    pub fn new(bin: &Path, db: &Path, url: &str, logs: &Path, features: Features) -> Self {
+    pub fn new(
+        bin: &Path,
+        db: &Path,
+        url: &str,
+        logs: &Path,
+        features: Features,
+        retention: Duration,
+    ) -> Self {
         Replicator {
             bin: bin.to_path_buf(),
             db: db.to_path_buf(),
             url: url.to_string(),
             logs: logs.to_path_buf(),
             features,
+            retention,
             current: None,
             runs: Vec::new(),
         }
@@ -146,7 +161,7 @@ impl Replicator {
                 "--snapshot-interval",
                 &format!("{}s", SNAPSHOT_INTERVAL.as_secs()),
             ])
-            .args(["--retention", &format!("{}s", RETENTION.as_secs())])
+            .args(["--retention", &format!("{}s", self.retention.as_secs())])
             .env("REPLICA_LOG", "info")
             // Plain text in the log files (tracing colours stderr even when it is a file).
             .env("NO_COLOR", "1");

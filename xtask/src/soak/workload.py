@@ -176,7 +176,7 @@ def execute(cur, seed, ops, k):
 class Stats:
     def __init__(self, path):
         self.path = path
-        self.v = {"commits": 0, "rows": 0, "late_resets": 0, "max_txn_ms": 0.0, "max_begin_wait_ms": 0.0, "autockpt_on_s": 0.0}
+        self.v = {"commits": 0, "rows": 0, "late_resets": 0, "max_txn_ms": 0.0, "max_begin_wait_ms": 0.0, "begin_waits_over_50ms": 0, "autockpt_on_s": 0.0}
         for m in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             self.v[f"ckpt_{m}"] = 0
             self.v[f"ckpt_{m}_busy"] = 0
@@ -251,7 +251,9 @@ def write(a):
             t_begin = time.time_ns()
             m0 = time.monotonic()
             cur.execute("BEGIN IMMEDIATE")
-            stats.max("max_begin_wait_ms", (time.monotonic() - m0) * 1000)
+            wait_ms = (time.monotonic() - m0) * 1000
+            stats.max("max_begin_wait_ms", wait_ms)
+            stats.v["begin_waits_over_50ms"] += wait_ms > 50
             execute(cur, a.seed, ops, k)
             model.apply(ops, k)
             cur.execute(
