@@ -176,7 +176,11 @@ struct Soak {
     rep: Replicator,
     features: Features,
     checker: Checker,
-    rng: Rng,
+    /// The kill schedule: its own stream, so that it depends on the seed only, not on
+    /// how many restores happened in between.
+    kills: Rng,
+    /// Point-in-time targets.
+    targets: Rng,
     started: Instant,
     t: Tally,
     last_latest_k: u64,
@@ -244,7 +248,8 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             seed: opts.seed,
             dir: restores,
         },
-        rng: Rng(opts.seed ^ 0x50A4_50A4),
+        kills: Rng(opts.seed ^ 0x50A4_50A4),
+        targets: Rng(opts.seed ^ 0x7A26_E75C),
         opts,
         dir,
         db,
@@ -270,6 +275,9 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         w.kill();
     }
     soak.rep.kill();
+    if soak.t.final_levels.is_empty() {
+        soak.t.final_levels = soak.sample_replica();
+    }
     let interrupted = matches!(result, Ok(Outcome::Interrupted));
     if let Err(e) = &result {
         soak.t.failures.push(format!("aborted: {e:#}"));
@@ -333,7 +341,7 @@ impl Soak {
 
         let deadline = self.started + Duration::from_secs(self.opts.minutes * 60);
         let mut next_round = self.started + ROUND_EVERY;
-        let mut stop_at = Some(Instant::now() + Duration::from_secs(self.rng.range(RUN_SECS)));
+        let mut stop_at = Some(Instant::now() + Duration::from_secs(self.kills.range(RUN_SECS)));
         let mut start_at: Option<Instant> = None;
         loop {
             if procs::interrupted() {
@@ -358,12 +366,12 @@ impl Soak {
             if stop_at.is_some_and(|t| now >= t) && self.rep.is_running() {
                 stop_at = None;
                 self.stop_replicator()?;
-                let down = if self.rng.range((0, 1)) == 0 {
+                let down = if self.kills.range((0, 1)) == 0 {
                     DOWN_MS_SHORT
                 } else {
                     DOWN_MS_LONG
                 };
-                start_at = Some(Instant::now() + Duration::from_millis(self.rng.range(down)));
+                start_at = Some(Instant::now() + Duration::from_millis(self.kills.range(down)));
             }
             if start_at.is_some_and(|t| now >= t) && !self.rep.is_running() {
                 start_at = None;
@@ -374,7 +382,7 @@ impl Soak {
                     self.elapsed(),
                     self.rep.runs.len()
                 );
-                stop_at = Some(Instant::now() + Duration::from_secs(self.rng.range(RUN_SECS)));
+                stop_at = Some(Instant::now() + Duration::from_secs(self.kills.range(RUN_SECS)));
             }
             if now >= next_round && now + Duration::from_secs(20) < deadline {
                 self.round()?;
@@ -486,7 +494,7 @@ impl Soak {
     /// Stops the running replicator (SIGKILL 3 times in 4, else SIGTERM). After a
     /// SIGTERM it must have exited 0 with every commit made before the signal uploaded.
     fn stop_replicator(&mut self) -> Result<()> {
-        let sig = if self.rng.range((0, 3)) == 0 {
+        let sig = if self.kills.range((0, 3)) == 0 {
             Signal::Term
         } else {
             Signal::Kill
@@ -634,7 +642,7 @@ impl Soak {
             return Ok(());
         }
         // A whole millisecond, as LTX timestamps are.
-        let at = (lo + self.rng.next() % (hi - lo)) / 1_000_000 * 1_000_000;
+        let at = (lo + self.targets.next() % (hi - lo)) / 1_000_000 * 1_000_000;
         let Some(k) = self.restore_and_verify(&format!("pitr-{r:03}"), Some(at))? else {
             return Ok(());
         };
@@ -835,7 +843,7 @@ impl Soak {
         row(
             "replicator",
             format!(
-                "{} runs; stopped with {}; {} restarts; {unexpected} unexpected exits",
+                "{} runs; kills: {}; {} restarts; {unexpected} unexpected exits",
                 self.rep.runs.len(),
                 list(t.kills.iter().map(|(k, v)| format!("{v} {k}"))),
                 t.restarts
