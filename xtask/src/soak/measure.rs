@@ -31,6 +31,33 @@ pub fn dir_size(dir: &Path) -> (u64, u64) {
     (files, bytes)
 }
 
+/// The spool's bytes by what they are: `pending/` (captured, not yet uploaded),
+/// `shipped/` (uploaded L0 copies kept for compaction), and the rest (temporary files
+/// of merges and compactions, state).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Spool {
+    pub pending: u64,
+    pub shipped: u64,
+    pub other: u64,
+}
+
+impl Spool {
+    pub fn measure(dir: &Path) -> Spool {
+        let pending = dir_size(&dir.join("pending")).1;
+        let shipped = dir_size(&dir.join("shipped")).1;
+        let all = dir_size(dir).1;
+        Spool {
+            pending,
+            shipped,
+            other: all.saturating_sub(pending + shipped),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.pending + self.shipped + self.other
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Level {
     pub files: u64,

@@ -38,7 +38,7 @@ replicate` to a file:// replica in a temporary directory, built first with
 `cargo build --release -p replica-cli`. The replicator is stopped every 30-180 s
 (3 in 4 times SIGKILL, else SIGTERM, which must exit 0 having flushed every
 commit) and restarted after 0.1-10 s. If `replica replicate --help` lists
---levels and --l0-retention, they are passed too.
+--levels and --l0-retention, `--levels 5s,20s,60s --l0-retention 30s` is passed.
 
 Every minute the latest state and a point in time inside the retention window
 are restored, and each must be exactly the state after some commit k: intact,
@@ -153,7 +153,8 @@ struct Tally {
     /// How far a point-in-time restore was behind its target, inside an up period.
     max_pitr_lag_ns: u64,
     max_wal: u64,
-    max_spool: u64,
+    /// The spool at its largest.
+    max_spool: measure::Spool,
     max_db: u64,
     max_replica_files: u64,
     max_replica_bytes: u64,
@@ -198,11 +199,10 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     if !st.success() {
         bail!("cargo build --release -p replica-cli failed ({st})");
     }
-    let bin = target_dir().join("release").join("replica");
-    if !bin.is_file() {
-        bail!("built replica-cli, but {} does not exist", bin.display());
+    let built = target_dir().join("release").join("replica");
+    if !built.is_file() {
+        bail!("built replica-cli, but {} does not exist", built.display());
     }
-    let features = replicator::detect(&bin)?;
     let python = "python3".to_string();
     let ok = Command::new(&python)
         .args(["-c", "import sqlite3"])
@@ -215,8 +215,12 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 
     let dir =
         std::env::temp_dir().join(format!("replica-soak-{}-{}", opts.seed, std::process::id()));
-    std::fs::create_dir_all(dir.join("logs"))
-        .with_context(|| format!("creating {}", dir.display()))?;
+    for sub in ["logs", "bin", "restores"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    let bin = keep_binary(&built, &dir.join("bin"))?;
+    let features = replicator::detect(&bin)?;
     let workload = dir.join("workload.py");
     std::fs::write(&workload, WORKLOAD)
         .with_context(|| format!("writing {}", workload.display()))?;
@@ -225,8 +229,6 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let url = format!("file://{}", replica_root.display());
     let journal = dir.join("journal.bin");
     let restores = dir.join("restores");
-    std::fs::create_dir_all(&restores)
-        .with_context(|| format!("creating {}", restores.display()))?;
 
     util::step(&format!(
         "soak: {} min, seed {} (repeat with --seed {}), {RATE} commits/s",
@@ -302,6 +304,19 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         eprintln!("\nxtask: soak passed");
         ExitCode::SUCCESS
     })
+}
+
+/// The soak's own reference to the binary just built: a target directory shared with
+/// other checkouts may get another `replica` at the same path while the soak runs. A
+/// hard link keeps this build's file (cargo replaces, never rewrites, the output);
+/// a copy where links are impossible.
+fn keep_binary(built: &Path, dir: &Path) -> Result<PathBuf> {
+    let bin = dir.join("replica");
+    if std::fs::hard_link(built, &bin).is_err() {
+        std::fs::copy(built, &bin)
+            .with_context(|| format!("copying {} to {}", built.display(), bin.display()))?;
+    }
+    Ok(bin)
 }
 
 fn target_dir() -> PathBuf {
@@ -458,10 +473,13 @@ impl Soak {
     /// WAL, spool and database sizes, every tick (200 ms), so the maxima are real.
     fn sample(&mut self) {
         let wal = measure::file_len(&with_suffix(&self.db, "-wal"));
-        let (_, spool) = measure::dir_size(&self.spool_dir());
+        let parts = measure::Spool::measure(&self.spool_dir());
+        let spool = parts.total();
+        if spool > self.t.max_spool.total() {
+            self.t.max_spool = parts;
+        }
         let db = measure::file_len(&self.db);
         self.t.max_wal = self.t.max_wal.max(wal);
-        self.t.max_spool = self.t.max_spool.max(spool);
         self.t.max_db = self.t.max_db.max(db);
         if wal > MAX_WAL && !self.wal_failed {
             self.wal_failed = true;
@@ -621,7 +639,7 @@ impl Soak {
             line,
             " | wal max {:.1} MiB, spool max {:.1} MiB, replica {files} files",
             measure::mib(self.t.max_wal),
-            measure::mib(self.t.max_spool)
+            measure::mib(self.t.max_spool.total())
         );
         eprintln!("{line}");
         Ok(())
@@ -876,10 +894,13 @@ impl Soak {
         row(
             "max sizes",
             format!(
-                "WAL {:.1} MiB (bound {} MiB), spool {:.1} MiB, database {:.1} MiB, replica {} files / {:.1} MiB",
+                "WAL {:.1} MiB (bound {} MiB), spool {:.1} MiB ({:.1} pending, {:.1} shipped, {:.1} other), database {:.1} MiB, replica {} files / {:.1} MiB",
                 measure::mib(t.max_wal),
                 MAX_WAL >> 20,
-                measure::mib(t.max_spool),
+                measure::mib(t.max_spool.total()),
+                measure::mib(t.max_spool.pending),
+                measure::mib(t.max_spool.shipped),
+                measure::mib(t.max_spool.other),
                 measure::mib(t.max_db),
                 t.max_replica_files,
                 measure::mib(t.max_replica_bytes)

@@ -25,7 +25,7 @@ pub fn retention_for(run: Duration) -> Duration {
 /// Compaction levels and how long L0 files stay, passed only to a `replica` whose help
 /// lists `--levels` and `--l0-retention`.
 const LEVELS: &str = "5s,20s,60s";
-const LEVEL_MAX: Duration = Duration::from_secs(60);
+const LEVEL_1: Duration = Duration::from_secs(5);
 pub const L0_RETENTION: Duration = Duration::from_secs(30);
 
 /// How long a start may take before its first capture: opening, re-walking the WAL up
@@ -65,11 +65,14 @@ pub fn detect(bin: &Path) -> Result<Features> {
 }
 
 impl Features {
-    /// The restore granularity to expect at a point `age` in the past: L0 while L0
-    /// files are kept, else the coarsest compaction level on top.
+    /// How far before a point `age` in the past a restore to it may stop: as for the
+    /// latest state while L0 files are kept; past L0 retention, L1 files (kept for the
+    /// whole window, each stamped with its newest input's time) are the steps, so one
+    /// L1 interval more, and one again for a compaction that runs late on a busy
+    /// machine.
     pub fn pitr_bound(&self, age: Duration) -> Duration {
         if self.levels && age + Duration::from_secs(5) >= L0_RETENTION {
-            LAG_BOUND + LEVEL_MAX
+            LAG_BOUND + 2 * LEVEL_1
         } else {
             LAG_BOUND
         }
