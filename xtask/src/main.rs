@@ -9,6 +9,7 @@ mod emulators;
 mod lint;
 mod litestream;
 mod paths;
+mod soak;
 mod test;
 mod util;
 
@@ -49,6 +50,12 @@ const COMMANDS: &[Command] = &[
         usage: "lint [--fmt-only]",
         summary: "cargo fmt --check, then cargo clippy --workspace --all-targets -- -D warnings",
         run: lint::run,
+    },
+    Command {
+        name: "soak",
+        usage: "soak --minutes N [--seed S] [--keep]",
+        summary: "soak test: steady writes, app checkpoints, replicator kills/restarts, restores verified every minute",
+        run: soak::run,
     },
     Command {
         name: "ci",
@@ -96,6 +103,9 @@ fn command_help(c: &Command) -> String {
     }
     if c.name == "lint" {
         s.push_str(lint::HELP);
+    }
+    if c.name == "soak" {
+        s.push_str(soak::HELP);
     }
     s
 }
