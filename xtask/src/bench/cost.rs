@@ -2,11 +2,10 @@
 //! emulator (requests counted by the proxies, CPU and memory from /proc), and the
 //! 1,000-database scale run on `file://` (lag and memory).
 
-use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::env::{self, Backend, Ctx, Dest, ReplicaOpts, Tool};
 use super::lag::{self, Watcher};
@@ -140,7 +139,7 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
     }
     for set in sets {
         drop(set.dest);
-        fs::remove_dir_all(&set.dir).with_context(|| format!("removing {}", set.dir.display()))?;
+        ctx.done_with(&set.dir)?;
     }
 
     let pick = |tool: Tool, busy: bool| -> Measured {
@@ -315,7 +314,7 @@ pub fn scale(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
         cpu[i].push(100.0 * cpu_used / total);
         env::stop_tool(&mut p)?;
         drop(dest);
-        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        ctx.done_with(&dir)?;
     }
     let section = format!(
         "scale ({} databases in one process, 1 commit/s each, file://, lag over {:.0} s after {:.0} s warm-up)",

@@ -148,6 +148,8 @@ pub struct Ctx {
     pub moto_addr: SocketAddr,
     /// `replica replicate --help`, to pass newer engine flags only when they exist.
     pub replica_help: String,
+    /// `--keep-work`: leave each run's directory (databases, logs, lag data).
+    pub keep: bool,
     seq: Cell<u32>,
     _moto: Proc,
 }
@@ -174,6 +176,7 @@ impl Ctx {
             work,
             moto_addr,
             replica_help: String::from_utf8_lossy(&out.stdout).into_owned(),
+            keep: false,
             seq: Cell::new(0),
             _moto: moto,
         })
@@ -190,6 +193,14 @@ impl Ctx {
         let d = self.work.join(format!("{n:03}-{name}"));
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         Ok(d)
+    }
+
+    /// Removes a finished run's directory (large databases), unless `--keep-work`.
+    pub fn done_with(&self, dir: &Path) -> Result<()> {
+        if self.keep {
+            return Ok(());
+        }
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
     }
 
     /// Wipes the emulator's state (every bucket) between scenarios, to bound its memory.

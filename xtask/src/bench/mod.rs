@@ -440,7 +440,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     if !writer.exists() {
         bail!("{} is missing", writer.display());
     }
-    let ctx = Ctx::new(
+    let mut ctx = Ctx::new(
         s.clone(),
         replica,
         ls,
@@ -449,6 +449,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         moto,
         moto_addr,
     )?;
+    ctx.keep = o.keep_work;
 
     let mut report = Report {
         title: format!(

@@ -257,7 +257,7 @@ pub fn restore(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
         .values(ours_x, theirs_x)
         .target("≤ 2× the floor", |v| v <= 2.0),
     ];
-    fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    ctx.done_with(&dir)?;
     let note = format!(
         "Restore data set: one database filled with random 1000-byte rows, replicated by `replica` \
          ({desc}) while a writer updated 4 random rows {rate:.0} times a second, {churn_secs:.0} s until the replica \
@@ -413,7 +413,7 @@ fn boot_once(ctx: &Ctx, backend: Backend) -> Result<(Samples, Samples)> {
         }
     }
     drop(dest);
-    fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    ctx.done_with(&dir)?;
     Ok((ours, theirs))
 }
 

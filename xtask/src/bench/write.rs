@@ -2,7 +2,6 @@
 //! one fresh database per run, with no replicator, with `replica`, or with Litestream.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,12 +109,12 @@ impl Single {
         Ok(lag::compute(&commits, &apps, 0, end))
     }
 
-    fn finish(mut self) -> Result<()> {
+    fn finish(mut self, ctx: &Ctx) -> Result<()> {
         if let Some(p) = self.proc.as_mut() {
             env::stop_tool(p)?;
         }
         drop(self.dest.take());
-        fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+        ctx.done_with(&self.dir)
     }
 }
 
@@ -154,7 +153,7 @@ fn flat_once(ctx: &Ctx, tool: Option<Tool>, backend: Backend) -> Result<f64> {
         "xtask bench: flat out, {}: {per_sec:.0} commits/s",
         label(tool, backend)
     );
-    run.finish()?;
+    run.finish(ctx)?;
     Ok(per_sec)
 }
 
@@ -262,7 +261,7 @@ fn paced_once(ctx: &Ctx, tool: Option<Tool>, backend: Backend) -> Result<Paced> 
             l.missing
         ))
     );
-    run.finish()?;
+    run.finish(ctx)?;
     Ok(r)
 }
 
@@ -432,7 +431,7 @@ pub fn sparse(ctx: &Ctx) -> Result<Vec<Row>> {
                     l.min_gap_ms.map_or("—".into(), |g| format!("{g:.0} ms")),
                     l.missing
                 );
-                run.finish()?;
+                run.finish(ctx)?;
             }
         }
     }
