@@ -119,7 +119,8 @@ struct Shared {
     stop: AtomicBool,
     capture: AtomicBool,
     log: Mutex<Vec<Request>>,
-    conns: Mutex<Vec<TcpStream>>,
+    /// Open client connections, to end them when the proxy stops.
+    conns: Mutex<HashMap<u64, TcpStream>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,19 +143,20 @@ impl Proxy {
             stop: AtomicBool::new(false),
             capture: AtomicBool::new(false),
             log: Mutex::new(Vec::new()),
-            conns: Mutex::new(Vec::new()),
+            conns: Mutex::new(HashMap::new()),
         });
         let sh = shared.clone();
         let accept = std::thread::Builder::new()
             .name(format!("proxy-{port}"))
             .spawn(move || {
-                for conn in listener.incoming() {
+                for (id, conn) in listener.incoming().enumerate() {
                     if sh.stop.load(Ordering::Acquire) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
+                    let id = id as u64;
                     if let Ok(c) = conn.try_clone() {
-                        lock(&sh.conns).push(c);
+                        lock(&sh.conns).insert(id, c);
                     }
                     let sh = sh.clone();
                     let _ =
@@ -162,6 +164,7 @@ impl Proxy {
                             .name("proxy-conn".into())
                             .spawn(move || {
                                 let _ = serve(conn, &sh);
+                                lock(&sh.conns).remove(&id);
                             });
                 }
             })
@@ -197,7 +200,7 @@ impl Drop for Proxy {
         self.shared.stop.store(true, Ordering::Release);
         // Wake the accept loop, and end connections still open.
         let _ = TcpStream::connect(("127.0.0.1", self.port));
-        for c in lock(&self.shared.conns).drain(..) {
+        for (_, c) in lock(&self.shared.conns).drain() {
             let _ = c.shutdown(Shutdown::Both);
         }
         if let Some(h) = self.accept.take() {
