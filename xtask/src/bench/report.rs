@@ -65,6 +65,8 @@ pub enum Unit {
     Percent,
     /// A plain number with two decimals.
     Number,
+    /// A factor, `1.23×`.
+    Times,
 }
 
 impl Unit {
@@ -78,6 +80,7 @@ impl Unit {
             Unit::Count => "count",
             Unit::Percent => "%",
             Unit::Number => "",
+            Unit::Times => "×",
         }
     }
 
@@ -97,6 +100,7 @@ impl Unit {
             Unit::Count => group(v.round()),
             Unit::Percent => format!("{v:.1}%"),
             Unit::Number => format!("{v:.2}"),
+            Unit::Times => format!("{v:.2}×"),
         }
     }
 }
@@ -191,6 +195,10 @@ impl Row {
     }
 
     fn ratio(&self) -> Option<f64> {
+        // A shared baseline shown in both columns has no ratio.
+        if self.replica.0 == self.litestream.0 {
+            return None;
+        }
         match (self.replica.median(), self.litestream.median()) {
             (Some(r), Some(l)) if l != 0.0 => Some(r / l),
             _ => None,

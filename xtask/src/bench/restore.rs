@@ -252,7 +252,7 @@ pub fn restore(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
             &section,
             &format!("restore time ÷ floor (cp + fsync: {fl:.2} s)"),
             "file",
-            Unit::Number,
+            Unit::Times,
         )
         .values(ours_x, theirs_x)
         .target("≤ 2× the floor", |v| v <= 2.0),

@@ -343,7 +343,7 @@ pub fn paced(ctx: &Ctx) -> Result<Vec<Row>> {
                 &section,
                 "commit latency p99 ÷ no replicator",
                 b.name(),
-                Unit::Number,
+                Unit::Times,
             )
             .values(
                 get(&rel99, Tool::Replica, b),
