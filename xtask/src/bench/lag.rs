@@ -79,12 +79,6 @@ pub struct Appearance {
     pub decode_error: bool,
 }
 
-struct Seen {
-    db: usize,
-    path: PathBuf,
-    at_ns: i64,
-}
-
 /// Polls `ltx/0` directories of `file://` replicas.
 #[derive(Debug)]
 pub struct Watcher {
@@ -142,7 +136,7 @@ impl Watcher {
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
         seen.into_iter()
-            .map(|(db, path, at_ns)| decode_file(&Seen { db, path, at_ns }))
+            .map(|(db, path, at_ns)| decode_file(db, &path, at_ns))
             .collect()
     }
 }
@@ -167,13 +161,13 @@ fn names(dir: &Path) -> HashSet<String> {
     }
 }
 
-fn decode_file(s: &Seen) -> Appearance {
-    let r = fs::read(&s.path)
+fn decode_file(db: usize, path: &Path, at_ns: i64) -> Appearance {
+    let r = fs::read(path)
         .map_err(anyhow::Error::from)
         .and_then(|b| ltxscan::max_counter(&b));
     Appearance {
-        db: s.db,
-        at_ns: s.at_ns,
+        db,
+        at_ns,
         max_k: r.as_ref().ok().copied().flatten(),
         decode_error: r.is_err(),
     }
