@@ -42,7 +42,9 @@ fn remove(path: &Path) -> Result<()> {
 }
 
 /// Scaled engine flags for the data set, passed only if this `replica` has them
-/// (compaction levels and L0 retention are being added to the engine).
+/// (compaction levels and L0 retention arrived with the compaction work): replica's
+/// own defaults, `--levels 30s,5m,1h --l0-retention 1h`, sped up like the sync
+/// interval, so the replica holds what an hour at the defaults would leave.
 fn scaled_opts(ctx: &Ctx) -> (ReplicaOpts, String) {
     let mut args = vec!["--sync-interval".to_string(), format!("{GEN_SYNC_MS}ms")];
     let mut desc = format!("sync interval {GEN_SYNC_MS} ms");
@@ -53,8 +55,8 @@ fn scaled_opts(ctx: &Ctx) -> (ReplicaOpts, String) {
         args.extend(["--levels".into(), levels]);
     }
     if ctx.replica_has_flag("--l0-retention") {
-        let r = scale(300);
-        desc.push_str(&format!(", --l0-retention {r} (5m scaled)"));
+        let r = scale(3600);
+        desc.push_str(&format!(", --l0-retention {r} (1h scaled)"));
         args.extend(["--l0-retention".into(), r]);
     }
     (ReplicaOpts { args }, desc)
