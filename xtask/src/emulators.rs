@@ -489,6 +489,12 @@ fn ensure_moto(d: &Dirs) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The moto server binary, installed into `<cache>/emulators/moto` if needed (for
+/// `cargo xtask bench`, which runs a private instance).
+pub fn moto_server() -> Result<PathBuf> {
+    ensure_moto(&Dirs::new()?)
+}
+
 fn ensure_azurite(d: &Dirs) -> Result<PathBuf> {
     let dir = d.root.join("azurite");
     let bin = dir.join("node_modules").join(".bin").join("azurite-blob");

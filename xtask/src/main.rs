@@ -4,6 +4,7 @@
 //! adding a command (e.g. `emulators`, `bench`) means adding a module and one
 //! table entry.
 
+mod bench;
 mod ci;
 mod emulators;
 mod lint;
@@ -44,6 +45,12 @@ const COMMANDS: &[Command] = &[
         usage: "emulators up|down|status|env [s3|azure|gcs|sftp...]",
         summary: "install, start, stop or list the local S3/Azure/GCS/SFTP emulators the tests use",
         run: emulators::run,
+    },
+    Command {
+        name: "bench",
+        usage: "bench [--quick] [--only SCENARIOS] [--out DIR] [--keep-work]",
+        summary: "replica vs Litestream 0.5.17 on identical workloads; writes bench/results.{md,json}",
+        run: bench::run,
     },
     Command {
         name: "lint",
@@ -100,6 +107,9 @@ fn command_help(c: &Command) -> String {
     }
     if c.name == "emulators" {
         s.push_str(emulators::HELP);
+    }
+    if c.name == "bench" {
+        s.push_str(bench::HELP);
     }
     if c.name == "lint" {
         s.push_str(lint::HELP);

@@ -1,0 +1,338 @@
+//! Running cost with many databases in one process: idle and busy sets on the S3
+//! emulator (requests counted by the proxies, CPU and memory from /proc), and the
+//! 1,000-database scale run on `file://` (lag and memory).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::env::{self, Backend, Ctx, Dest, ReplicaOpts, Tool};
+use super::lag::{self, Watcher};
+use super::proc::{self, Proc};
+use super::proxy::{Counts, Kind};
+use super::report::{Row, Samples, Unit, percentile};
+
+struct Set {
+    tool: Tool,
+    busy: bool,
+    dir: PathBuf,
+    dbs: Vec<PathBuf>,
+    dest: Dest,
+    proc: Proc,
+    start_idx: usize,
+    cpu0: f64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Measured {
+    counts: Counts,
+    cpu: f64,
+    rss: u64,
+}
+
+/// Idle and busy sets, both tools, all four at once: each has its own bucket and
+/// proxy, so the counts are separate, and CPU and memory are per process. Running
+/// them together halves the wall time; an idle replicator's CPU time barely depends
+/// on what else runs.
+pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
+    let s = &ctx.s;
+    ctx.reset_s3()?;
+    let mut sets = Vec::new();
+    for busy in [false, true] {
+        for tool in [Tool::Replica, Tool::Litestream] {
+            let dir = ctx.dir(&format!(
+                "{}-{}",
+                if busy { "busy" } else { "idle" },
+                tool.name()
+            ))?;
+            let dbs = env::create_dbs(ctx, &dir, s.cost_dbs, 1000)?;
+            let dest = Dest::new(ctx, Backend::S3, &dir)?;
+            let proc = env::start_tool(ctx, tool, &dbs, &dest, &dir, &ReplicaOpts::default())?;
+            sets.push(Set {
+                tool,
+                busy,
+                dir,
+                dbs,
+                dest,
+                proc,
+                start_idx: 0,
+                cpu0: 0.0,
+            });
+        }
+    }
+    for set in sets.iter_mut() {
+        env::wait_ready(&mut set.proc, &set.dest, &set.dbs, Duration::from_secs(300))?;
+    }
+    // Let the initial uploads finish before the window opens.
+    proc::sleep(Duration::from_secs(5))?;
+    let mut writers = Vec::new();
+    for set in sets.iter_mut() {
+        set.start_idx = set.dest.proxy.as_ref().map_or(0, |p| p.len());
+        set.cpu0 = set.proc.cpu_seconds()?;
+    }
+    let t0 = Instant::now();
+    for set in sets.iter().filter(|s| s.busy) {
+        let list = set.dir.join("dbs.txt");
+        let log = set.dir.join("writer.log");
+        writers.push(ctx.writer_spawn(
+            "writer.py multi",
+            &[
+                "multi",
+                &list.display().to_string(),
+                "--rate",
+                &s.busy_rate.to_string(),
+                "--seconds",
+                &s.cost_secs.to_string(),
+                "--times",
+                &set.dir.join("times.txt").display().to_string(),
+            ],
+            &log,
+        )?);
+    }
+    eprintln!(
+        "xtask bench: idle and busy sets running for {:.0}s ({} databases each)",
+        s.cost_secs, s.cost_dbs
+    );
+    while t0.elapsed().as_secs_f64() < s.cost_secs {
+        proc::sleep(Duration::from_secs(1))?;
+        for set in sets.iter_mut() {
+            set.proc.ensure_running()?;
+        }
+    }
+    let window = t0.elapsed().as_secs_f64();
+    let mut results = Vec::new();
+    for set in sets.iter() {
+        let reqs = set
+            .dest
+            .proxy
+            .as_ref()
+            .map(|p| p.requests())
+            .unwrap_or_default();
+        let counts = Counts::of(reqs.get(set.start_idx..).unwrap_or(&[]));
+        let m = Measured {
+            counts,
+            cpu: set.proc.cpu_seconds()? - set.cpu0,
+            rss: set.proc.peak_rss()?,
+        };
+        eprintln!(
+            "xtask bench: {} {}: {} requests (PUT {}, LIST {}, GET {}), {:.2} CPU s, peak RSS {} MiB",
+            if set.busy { "busy" } else { "idle" },
+            set.tool.name(),
+            m.counts.total,
+            m.counts.get(Kind::Put),
+            m.counts.get(Kind::List),
+            m.counts.get(Kind::Get),
+            m.cpu,
+            m.rss >> 20
+        );
+        results.push((set.tool, set.busy, m));
+    }
+    for w in writers.iter_mut() {
+        let st = w.wait(Duration::from_secs(120))?;
+        if !st.success() {
+            anyhow::bail!("the busy writer failed ({st}):\n{}", w.log_tail());
+        }
+    }
+    for set in sets.iter_mut() {
+        env::stop_tool(&mut set.proc)?;
+    }
+    for set in sets {
+        drop(set.dest);
+        ctx.done_with(&set.dir)?;
+    }
+
+    let pick = |tool: Tool, busy: bool| -> Measured {
+        results
+            .iter()
+            .find(|(t, b, _)| *t == tool && *b == busy)
+            .map(|(_, _, m)| m.clone())
+            .unwrap_or_default()
+    };
+    let per_db_hour = |n: u64| n as f64 / s.cost_dbs as f64 / (window / 3600.0);
+    let mins = window / 60.0;
+    let mut rows = Vec::new();
+    for busy in [false, true] {
+        let (r, l) = (pick(Tool::Replica, busy), pick(Tool::Litestream, busy));
+        let section = if busy {
+            format!(
+                "busy cost ({} databases × {} commits/s, {mins:.1} min, one process per tool)",
+                s.cost_dbs, s.busy_rate
+            )
+        } else {
+            format!(
+                "idle cost ({} idle databases, {mins:.1} min, one process per tool)",
+                s.cost_dbs
+            )
+        };
+        let v = |f: &dyn Fn(&Measured) -> f64| (Samples::one(f(&r)), Samples::one(f(&l)));
+        let row = |metric: &str, unit: Unit, f: &dyn Fn(&Measured) -> f64| {
+            let (a, b) = v(f);
+            Row::info(&section, metric, "s3", unit).values(a, b)
+        };
+        if busy {
+            for k in [Kind::Put, Kind::List, Kind::Get] {
+                rows.push(row(&format!("{} requests", k.name()), Unit::Count, &|m| {
+                    m.counts.get(k) as f64
+                }));
+            }
+            rows.push(row(
+                "other requests (HEAD, DELETE, POST)",
+                Unit::Count,
+                &|m| {
+                    (m.counts.total
+                        - m.counts.get(Kind::Put)
+                        - m.counts.get(Kind::List)
+                        - m.counts.get(Kind::Get)) as f64
+                },
+            ));
+            rows.push(
+                row("all requests", Unit::Count, &|m| m.counts.total as f64)
+                    .target_below_litestream("fewer requests than Litestream"),
+            );
+            rows.push(row("requests per database per hour", Unit::Number, &|m| {
+                per_db_hour(m.counts.total)
+            }));
+            rows.push(row("bytes uploaded (request bodies)", Unit::Bytes, &|m| {
+                m.counts.bytes_up as f64
+            }));
+            rows.push(row("CPU seconds", Unit::Seconds, &|m| m.cpu));
+            rows.push(row("peak RSS", Unit::Bytes, &|m| m.rss as f64));
+        } else {
+            rows.push(
+                row("object-store requests", Unit::Count, &|m| {
+                    m.counts.total as f64
+                })
+                .target("0 requests", |v| v == 0.0),
+            );
+            rows.push(row("requests per database per hour", Unit::Number, &|m| {
+                per_db_hour(m.counts.total)
+            }));
+            rows.push(
+                row("CPU seconds", Unit::Seconds, &|m| m.cpu)
+                    .target_below_litestream("less CPU than Litestream"),
+            );
+            rows.push(
+                row("peak RSS", Unit::Bytes, &|m| m.rss as f64)
+                    .target_below_litestream("less memory than Litestream"),
+            );
+        }
+    }
+    let note = format!(
+        "Idle and busy cost: the four replicator processes (idle and busy × replica and Litestream) run \
+         at the same time, each with its own bucket on one moto server and its own counting proxy. The \
+         window opens 5 s after every database's first upload and lasts {window:.0} s; requests are \
+         those the proxy answered in the window; CPU is utime+stime from /proc/<pid>/stat over the \
+         window; peak RSS is VmHWM (whole process lifetime, including the initial snapshots)."
+    );
+    Ok((rows, vec![note]))
+}
+
+/// `scale_dbs` databases in one process at one commit per second each (file://).
+pub fn scale(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
+    let s = &ctx.s;
+    let (mut p50, mut p99, mut rss, mut cpu) = (
+        [Samples::default(), Samples::default()],
+        [Samples::default(), Samples::default()],
+        [Samples::default(), Samples::default()],
+        [Samples::default(), Samples::default()],
+    );
+    let mut notes = Vec::new();
+    for tool in Tool::order(0) {
+        let i = usize::from(tool == Tool::Litestream);
+        let dir = ctx.dir(&format!("scale-{}", tool.name()))?;
+        let t0 = Instant::now();
+        let dbs = env::create_dbs(ctx, &dir, s.scale_dbs, 10)?;
+        let dest = Dest::new(ctx, Backend::File, &dir)?;
+        let mut p = env::start_tool(ctx, tool, &dbs, &dest, &dir, &ReplicaOpts::default())?;
+        env::wait_ready(
+            &mut p,
+            &dest,
+            &dbs,
+            Duration::from_secs(120 + s.scale_dbs as u64 / 2),
+        )?;
+        eprintln!(
+            "xtask bench: scale, {}: {} databases replicating after {:.1}s",
+            tool.name(),
+            s.scale_dbs,
+            t0.elapsed().as_secs_f64()
+        );
+        let dirs = dbs.iter().map(|d| dest.l0_dir(&env::stem(d))).collect();
+        let watcher = Watcher::start(dirs, Duration::from_millis(25))?;
+        let list = dir.join("dbs.txt");
+        let times = dir.join("times.txt");
+        let from = lag::now_ns() + (s.scale_warmup_secs * 1e9) as i64;
+        let cpu0 = p.cpu_seconds()?;
+        let total = s.scale_warmup_secs + s.scale_secs;
+        let out = ctx.writer_run(
+            &dir,
+            &[
+                "multi",
+                &list.display().to_string(),
+                "--rate",
+                "1",
+                "--seconds",
+                &total.to_string(),
+                "--times",
+                &times.display().to_string(),
+            ],
+            Duration::from_secs_f64(total + 300.0),
+        )?;
+        proc::sleep(s.lag_grace)?;
+        p.ensure_running()?;
+        let end = lag::now_ns();
+        let cpu_used = p.cpu_seconds()? - cpu0;
+        let apps = watcher.finish();
+        lag::write_objects(&dir, &apps)?;
+        let commits = lag::read_commits(&times)?;
+        let l = lag::compute(&commits, &apps, from, end);
+        let (a, b) = (
+            percentile(&l.lags_ms, 50.0).unwrap_or(0.0),
+            percentile(&l.lags_ms, 99.0).unwrap_or(0.0),
+        );
+        let peak = p.peak_rss()?;
+        let late = out["late"].as_u64().unwrap_or(0);
+        eprintln!(
+            "xtask bench: scale, {}: lag p50 {a:.0} ms, p99 {b:.0} ms over {} commits ({} missing), peak RSS {} MiB, {:.0}% CPU; writer late {late} times",
+            tool.name(),
+            l.lags_ms.len(),
+            l.missing,
+            peak >> 20,
+            100.0 * cpu_used / total
+        );
+        if l.missing > 0 || late > 0 {
+            notes.push(format!(
+                "Scale, {}: {} commits never appeared within {}s of the last commit (counted with their lag up to then); the writer fell >50 ms behind its schedule {late} times.",
+                tool.name(),
+                l.missing,
+                s.lag_grace.as_secs()
+            ));
+        }
+        p50[i].push(a);
+        p99[i].push(b);
+        rss[i].push(peak as f64);
+        cpu[i].push(100.0 * cpu_used / total);
+        env::stop_tool(&mut p)?;
+        drop(dest);
+        ctx.done_with(&dir)?;
+    }
+    let section = format!(
+        "scale ({} databases in one process, 1 commit/s each, file://, lag over {:.0} s after {:.0} s warm-up)",
+        s.scale_dbs, s.scale_secs, s.scale_warmup_secs
+    );
+    let [r50, l50] = p50;
+    let [r99, l99] = p99;
+    let [rr, lr] = rss;
+    let [rc, lc] = cpu;
+    let rows = vec![
+        Row::info(&section, "lag p50", "file", Unit::Millis).values(r50, l50),
+        Row::info(&section, "lag p99", "file", Unit::Millis)
+            .values(r99, l99)
+            .target("≤ 2 s", |v| v <= 2000.0),
+        Row::info(&section, "peak RSS", "file", Unit::Bytes)
+            .values(rr, lr)
+            .target("≤ 200 MiB", |v| v <= 200.0 * 1024.0 * 1024.0),
+        Row::info(&section, "CPU, % of one core", "file", Unit::Percent).values(rc, lc),
+    ];
+    Ok((rows, notes))
+}
