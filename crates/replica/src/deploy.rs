@@ -23,7 +23,10 @@ use crate::config::{Config, ConfigError, Database};
 pub const SHARDS_KEY: &str = "replica-shards.json";
 
 /// Restores run at most this many at once.
-const RESTORE_PARALLELISM: usize = 4;
+/// Restores in flight at once: downloads overlap with decoding and writing.
+const RESTORE_PARALLELISM: usize = 8;
+/// Replicator starts in flight at once (each lists its replica).
+const START_PARALLELISM: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -278,9 +281,10 @@ impl Deployment {
         if !self.config.enabled {
             return Err(DeployError::Disabled(self.config.file.clone()));
         }
-        let mut running = Running {
-            replicators: Vec::new(),
-        };
+        // Started together: each start lists its replica once, and a thousand
+        // sequential listings would keep the service waiting.
+        let sem = Arc::new(Semaphore::new(START_PARALLELISM));
+        let mut tasks = Vec::new();
         for db in &self.config.databases {
             if let Some(dir) = db.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|source| DeployError::Engine {
@@ -292,17 +296,35 @@ impl Deployment {
                 })?;
             }
             let replica = self.open(&db.url).await?;
-            match Replicator::start(&db.path, replica, self.engine_config()).await {
-                Ok(r) => running.replicators.push(r),
-                Err(source) => {
-                    // Stop what already runs; the error is what matters.
-                    let _ = running.shutdown(Duration::from_secs(10)).await;
-                    return Err(DeployError::Engine {
-                        db: db.path.clone(),
-                        source,
+            let (path, cfg, sem) = (db.path.clone(), self.engine_config(), sem.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let r = Replicator::start(&path, replica, cfg).await;
+                (path, r)
+            }));
+        }
+        let mut running = Running {
+            replicators: Vec::new(),
+        };
+        let mut first_err = None;
+        for t in tasks {
+            match t.await {
+                Ok((_, Ok(r))) => running.replicators.push(r),
+                Ok((db, Err(source))) => {
+                    first_err.get_or_insert(DeployError::Engine { db, source });
+                }
+                Err(e) => {
+                    first_err.get_or_insert(DeployError::Engine {
+                        db: PathBuf::from("?"),
+                        source: EngineError::Thread("start", e.to_string()),
                     });
                 }
             }
+        }
+        if let Some(e) = first_err {
+            // Stop what already runs; the error is what matters.
+            let _ = running.shutdown(Duration::from_secs(10)).await;
+            return Err(e);
         }
         self.record_shards().await?;
         Ok(running)

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::spool::{Durability, Spool, SpoolState};
 use super::sqlite::Connections;
+use super::watch::{IDLE_WAIT, WalWatch};
 use super::{EngineConfig, EngineError, Shared};
 use crate::layout::SNAPSHOT_LEVEL;
 use crate::ltx::{self, FLAG_NO_CHECKSUM, Header, LtxError};
@@ -97,6 +98,8 @@ pub struct Capturer {
     /// Set when the path names another file than `db_file`; cleared by [`Self::reopen`].
     replaced: bool,
     missing_logged: bool,
+    /// The WAL's `stat` differed at the last tick (drives the polling fallback).
+    wal_stat_moved: bool,
 }
 
 fn now_ms() -> i64 {
@@ -171,6 +174,7 @@ impl Capturer {
             last_full_check: now,
             replaced: false,
             missing_logged: false,
+            wal_stat_moved: false,
         };
         c.resume(remote_max)?;
         Ok(c)
@@ -287,13 +291,17 @@ impl Capturer {
         if let Some(reason) = self.snapshot_due.take() {
             self.snapshot(reason)?;
         }
+        let mut watch = WalWatch::new(&self.wal_path);
+        let mut last_tick = Instant::now();
+        let mut last_change = last_tick;
         loop {
             let stopping = self.shared.stop.load(Ordering::Acquire);
             self.tick(stopping)?;
             if stopping {
                 break;
             }
-            self.shared.wait_stop(self.cfg.poll_interval);
+            last_tick = Instant::now();
+            self.wait_for_change(&mut watch, last_tick, &mut last_change);
         }
         if let Some(conns) = self.conns.take() {
             conns.close(&self.db_path)?;
@@ -304,6 +312,43 @@ impl Capturer {
         self.spool.sync(&pending)?;
         info!(db = %self.db_path.display(), txid = format!("{:016x}", self.txid), "capture stopped");
         Ok(())
+    }
+
+    /// Sleeps until the WAL changes (or may have), a deadline of ours comes, or a
+    /// stop is requested; never wakes more often than `poll_interval`, so a busy writer
+    /// is read in batches.
+    fn wait_for_change(&self, watch: &mut WalWatch, last_tick: Instant, last_change: &mut Instant) {
+        let mut wait = IDLE_WAIT;
+        if !self.batch.is_empty() || self.unshipped {
+            let ship_at = self.last_ship + self.cfg.sync_interval;
+            wait = wait.min(ship_at.saturating_duration_since(Instant::now()));
+        }
+        if watch.is_active() {
+            if watch.wait(wait) {
+                *last_change = Instant::now();
+                let since = last_tick.elapsed();
+                if since < self.cfg.poll_interval {
+                    self.shared.wait_stop(self.cfg.poll_interval - since);
+                }
+            }
+        } else {
+            // Polling: fast while the WAL changes, slow once it has been quiet.
+            if self.last_wal_stat_changed() {
+                *last_change = Instant::now();
+            }
+            let quiet = last_change.elapsed() >= Duration::from_secs(1);
+            let poll = if quiet {
+                wait
+            } else {
+                wait.min(self.cfg.poll_interval)
+            };
+            self.shared.wait_stop(poll.max(Duration::from_millis(1)));
+        }
+    }
+
+    /// Whether the last tick saw the WAL's `stat` change (see [`Self::wal_changed`]).
+    fn last_wal_stat_changed(&self) -> bool {
+        self.wal_stat_moved
     }
 
     fn tick(&mut self, force: bool) -> Result<(), EngineError> {
@@ -366,6 +411,7 @@ impl Capturer {
             .ok()
             .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()));
         let now = Instant::now();
+        self.wal_stat_moved = st != self.last_wal_stat;
         if st != self.last_wal_stat
             || now.duration_since(self.last_full_check) >= Duration::from_secs(1)
         {

@@ -11,6 +11,11 @@ pub mod retention;
 mod ship;
 mod spool;
 mod sqlite;
+#[cfg(target_os = "linux")]
+mod watch;
+#[cfg(not(target_os = "linux"))]
+#[path = "watch_poll.rs"]
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
