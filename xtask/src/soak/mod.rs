@@ -228,6 +228,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let replica_root = dir.join("replica");
     let url = format!("file://{}", replica_root.display());
     let journal = dir.join("journal.bin");
+    let writer_stats = dir.join("writer.stats");
     let restores = dir.join("restores");
 
     util::step(&format!(
@@ -257,7 +258,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         db,
         replica_root,
         journal,
-        writer_stats: PathBuf::new(),
+        writer_stats,
         python,
         workload,
         writer: None,
@@ -269,7 +270,6 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         wal_failed: false,
         spool_failed: false,
     };
-    soak.writer_stats = soak.dir.join("writer.stats");
 
     let result = soak.run();
     // Whatever happened, no child outlives the soak.
