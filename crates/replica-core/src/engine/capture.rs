@@ -506,6 +506,7 @@ impl Capturer {
                 return Ok(false);
             }
         }
+        let followed_reset = !same_generation && self.generation.is_some() && self.batch.is_empty();
         if !same_generation {
             // While our read transaction is held, a reset can only follow a complete
             // backfill with nothing after our position: either our own checkpoint, or
@@ -533,6 +534,11 @@ impl Capturer {
             });
             self.cut = Some(WalPosition::start(&h));
             self.checkpoint_attempt_frames = 0;
+            if followed_reset && self.snapshot_due.is_none() {
+                // Record the new generation now rather than at the next cut: a crash in
+                // between could otherwise not prove continuity and would snapshot.
+                self.save_state(SPOOL_DURABILITY)?;
+            }
         }
         let from = self
             .batch
@@ -728,7 +734,10 @@ impl Capturer {
         let db_file = &self.db_file;
         let result =
             self.spool
-                .write_ltx(SNAPSHOT_LEVEL, header, SPOOL_DURABILITY, |enc| {
+                // A snapshot is the one large spool write: it is fsynced here, outside any
+                // lock, so that a later fsync by SQLite under our barrier (a checkpoint)
+                // does not have to push it out while the application waits.
+                .write_ltx(SNAPSHOT_LEVEL, header, Durability::Now, |enc| {
                     for pgno in 1..=commit {
                         if pgno == lock {
                             continue;

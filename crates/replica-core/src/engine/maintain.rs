@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::levels::next_boundary;
 use super::manifest::Manifest;
@@ -195,7 +195,8 @@ impl Maintenance {
                     .stats
                     .deleted_files
                     .fetch_add(keys.len() as u64, Ordering::Relaxed);
-                info!(url = %self.replica.url(), files = keys.len(), "retention deleted old files");
+                // Routine (every compaction interval once history ages out): debug.
+                debug!(url = %self.replica.url(), files = keys.len(), "retention deleted old files");
             }
             Err(e) => {
                 warn!(url = %self.replica.url(), error = %e, "retention could not delete old files; retrying later")
