@@ -386,7 +386,7 @@ fn general_notes(s: &Settings) -> Vec<String> {
          only (moto serves about 150–200 PUT/s, below 1,000 databases' one upload per second); idle and busy \
          cost are on S3, where requests can be counted."
             .to_string(),
-        "Boot restore: `replica replicate --config` (restore_on_boot, 16 shards, 4 restores in parallel) \
+        "Boot restore: `replica replicate --config` (restore_on_boot, 16 shards, 8 restores in parallel) \
          until its --exec service starts, against `litestream restore -config … -if-db-not-exists \
          -if-replica-exists <shard>` run for each shard in turn. Both read the same replica, written once by \
          `replica`; the service kills the sidecar as it starts, and anything the sidecar uploaded by then (snapshots of the restored shards) is deleted before the next run."
