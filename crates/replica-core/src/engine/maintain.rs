@@ -231,8 +231,11 @@ pub fn sources(m: &Manifest, level: u8) -> Vec<RemoteFile> {
 }
 
 /// Files that retention removes at `now`: everything the retention window no longer
-/// needs, and L0 files that L1 covers once they are older than `l0_retention` (never
-/// the newest L0, so the replica's head is always an L0 file).
+/// needs, and the L0 files of an L1 file once all of them are older than
+/// `l0_retention`. An L1 file's L0 files go together or not at all, so every L0 file
+/// left is a restore point (deleting them one by one by age would leave L0 files whose
+/// predecessors are gone, reachable by neither `--txid` nor `--timestamp`). The newest
+/// L0 file is never deleted, so the replica's head is always an L0 file.
 pub fn doomed(m: &Manifest, now: SystemTime, cfg: &EngineConfig) -> Vec<RemoteFile> {
     let mut out = super::retention::expired(&m.all(), now, cfg.retention);
     if cfg.levels.is_empty() {
@@ -241,15 +244,19 @@ pub fn doomed(m: &Manifest, now: SystemTime, cfg: &EngineConfig) -> Vec<RemoteFi
     let Some(cutoff) = now.checked_sub(cfg.l0_retention) else {
         return out;
     };
-    let l1 = m.max_txid(1);
     let newest = m.max_txid(0);
-    for f in m.level(0) {
-        if f.id.range.max <= l1
-            && f.id.range.max < newest
-            && f.created.is_some_and(|c| c < cutoff)
-            && !out.iter().any(|o| o.id == f.id)
-        {
-            out.push(f.clone());
+    for group in m.level(1) {
+        let members: Vec<&RemoteFile> = m.within(0, group.id.range).collect();
+        let aged = members
+            .iter()
+            .all(|f| f.id.range.max < newest && f.created.is_some_and(|c| c < cutoff));
+        if !aged {
+            continue;
+        }
+        for f in members {
+            if !out.iter().any(|o| o.id == f.id) {
+                out.push(f.clone());
+            }
         }
     }
     out
@@ -335,9 +342,10 @@ mod tests {
         let m = Manifest::new(files.clone());
         let now = UNIX_EPOCH + Duration::from_secs(160);
         let gone = doomed(&m, now, &cfg);
-        // Only L0 files covered by L1 and older than 60 s go.
-        assert!(gone.iter().all(|g| g.id.level == 0 && g.id.range.max < 60));
-        assert_eq!(gone.len(), 58);
+        // Only L0 files covered by L1 go, and only whole L1 groups older than 60 s:
+        // 2..=31 (all older), not 32..=61 (61 is younger).
+        assert!(gone.iter().all(|g| g.id.level == 0 && g.id.range.max <= 31));
+        assert_eq!(gone.len(), 30);
         let kept: Vec<_> = files
             .iter()
             .filter(|f| !gone.contains(f))
@@ -357,6 +365,11 @@ mod tests {
             } else {
                 assert!(before - after < 30, "t={t}: {after} vs {before}");
             }
+        }
+        // Every L0 file left is a restore point by TXID.
+        for f in kept.iter().filter(|f| f.id.level == 0) {
+            let p = plan(&kept, Target::Txid(f.id.range.max)).unwrap();
+            assert_eq!(p.last().unwrap().id.range.max, f.id.range.max);
         }
         // Without compaction levels, L0 is left to the retention window.
         let none = EngineConfig {

@@ -45,6 +45,23 @@ impl Manifest {
             .flat_map(|l| l.values())
     }
 
+    /// The files of `level` that lie inside `range`, in TXID order.
+    pub fn within(&self, level: u8, range: TxRange) -> impl Iterator<Item = &RemoteFile> {
+        let from = TxRange {
+            min: range.min,
+            max: range.min,
+        };
+        let to = TxRange {
+            min: range.max,
+            max: range.max,
+        };
+        self.levels
+            .get(usize::from(level))
+            .into_iter()
+            .flat_map(move |l| l.range(from..=to).map(|(_, f)| f))
+            .filter(move |f| f.id.range.max <= range.max)
+    }
+
     /// Highest TXID covered by `level`.
     pub fn max_txid(&self, level: u8) -> u64 {
         self.level(level).map(|f| f.id.range.max).max().unwrap_or(0)

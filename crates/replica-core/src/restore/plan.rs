@@ -35,8 +35,15 @@ pub enum PlanError {
         next_key: String,
         next_min: u64,
     },
-    #[error("TXID {want:016x} is not available: the replica reaches only {have:016x}")]
-    TxidNotAvailable { want: u64, have: u64 },
+    #[error("TXID {want:016x} is not available: {}", not_available(*.have, *.next))]
+    TxidNotAvailable {
+        want: u64,
+        /// The restore point below `want`.
+        have: u64,
+        /// The restore point above `want`, when history past it exists but at a coarser
+        /// granularity (its per-sync files were compacted and aged out).
+        next: Option<u64>,
+    },
 }
 
 /// Plans a restore. `files` is every LTX file in the replica, any order.
@@ -113,14 +120,29 @@ pub fn plan(files: &[RemoteFile], target: Target) -> Result<Vec<RemoteFile>, Pla
             }
         }
         Target::Txid(want) if current < want => {
+            let next = files
+                .iter()
+                .filter(|f| f.id.range.min <= current + 1 && f.id.range.max > current)
+                .map(|f| f.id.range.max)
+                .min();
             return Err(PlanError::TxidNotAvailable {
                 want,
                 have: current,
+                next,
             });
         }
         _ => {}
     }
     Ok(chain)
+}
+
+fn not_available(have: u64, next: Option<u64>) -> String {
+    match next {
+        Some(next) => format!(
+            "history this old is kept at compaction granularity; the nearest restore points are {have:016x} and {next:016x}"
+        ),
+        None => format!("the replica reaches only {have:016x}"),
+    }
 }
 
 #[cfg(test)]
@@ -202,8 +224,32 @@ mod tests {
         assert_eq!(ranges(&p), vec![(9, 1, 1), (0, 2, 2)]);
         assert!(matches!(
             plan(&files, Target::Txid(4)),
-            Err(PlanError::TxidNotAvailable { want: 4, have: 2 })
+            Err(PlanError::TxidNotAvailable {
+                want: 4,
+                have: 2,
+                next: None
+            })
         ));
+    }
+
+    #[test]
+    fn a_txid_inside_a_compacted_range_names_the_nearest_points() {
+        // L0 2..=4 were compacted into L1 and aged out; 5 is per-sync again.
+        let files = vec![f(9, 1, 1), f(1, 2, 4), f(0, 5, 5)];
+        let err = plan(&files, Target::Txid(3)).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::TxidNotAvailable {
+                want: 3,
+                have: 1,
+                next: Some(4)
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("nearest restore points are 0000000000000001 and 0000000000000004"),
+            "{err}"
+        );
     }
 
     #[test]
