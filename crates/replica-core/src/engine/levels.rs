@@ -1,5 +1,6 @@
 //! Compaction levels: level N (1..=8) merges the files of level N-1 every interval,
-//! at wall-clock multiples of it, as Litestream 0.5 does (defaults 30 s, 5 m, 1 h).
+//! at wall-clock multiples of it as Litestream 0.5 does (defaults 30 s, 5 m, 1 h),
+//! shifted by a per-database phase.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,15 +91,40 @@ impl Default for Levels {
     }
 }
 
-/// The first multiple of `interval` (since the Unix epoch) after `now`.
-pub fn next_boundary(now: SystemTime, interval: Duration) -> SystemTime {
+/// The first multiple of `interval` (since the Unix epoch), shifted by `phase`, after
+/// `now`.
+pub fn next_boundary(now: SystemTime, interval: Duration, phase: Duration) -> SystemTime {
+    let step = interval.as_millis().max(1);
+    let phase = phase.as_millis() % step;
     let since = now
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let step = interval.as_millis().max(1);
-    let next = (since / step + 1) * step;
+    let next = if since < phase {
+        phase
+    } else {
+        ((since - phase) / step + 1) * step + phase
+    };
     UNIX_EPOCH + Duration::from_millis(next as u64)
+}
+
+/// A database's fixed offset into the compaction intervals, below the shortest one:
+/// with every database compacting at the same wall-clock moment, a thousand of them
+/// merged and uploaded a thousand files in one burst every 30 s, and every upload
+/// queued behind it. Derived from `key` (the spool directory), so it is stable across
+/// restarts.
+pub fn phase_for(key: &[u8], levels: &Levels) -> Duration {
+    let Some((_, shortest)) = levels.iter().next() else {
+        return Duration::ZERO;
+    };
+    // FNV-1a: stable and spreads similar paths (`shard_1`, `shard_2`, ...) apart.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let step = shortest.as_millis().max(1) as u64;
+    Duration::from_millis(h % step)
 }
 
 #[cfg(test)]
@@ -124,16 +150,37 @@ mod tests {
     }
 
     #[test]
-    fn boundaries_are_wall_clock_multiples() {
+    fn boundaries_are_wall_clock_multiples_shifted_by_the_phase() {
+        let s = Duration::from_secs;
         let t = UNIX_EPOCH + Duration::from_millis(125_400);
+        assert_eq!(next_boundary(t, s(30), s(0)), UNIX_EPOCH + s(150));
+        let on = UNIX_EPOCH + s(150);
+        assert_eq!(next_boundary(on, s(30), s(0)), UNIX_EPOCH + s(180));
+        assert_eq!(next_boundary(t, s(30), s(7)), UNIX_EPOCH + s(127));
         assert_eq!(
-            next_boundary(t, Duration::from_secs(30)),
-            UNIX_EPOCH + Duration::from_secs(150)
+            next_boundary(UNIX_EPOCH + s(127), s(30), s(7)),
+            UNIX_EPOCH + s(157)
         );
-        let on = UNIX_EPOCH + Duration::from_secs(150);
-        assert_eq!(
-            next_boundary(on, Duration::from_secs(30)),
-            UNIX_EPOCH + Duration::from_secs(180)
+        // The same phase keeps higher levels on boundaries of the lower ones.
+        assert_eq!(next_boundary(t, s(300), s(7)), UNIX_EPOCH + s(307));
+    }
+
+    #[test]
+    fn phases_spread_databases_over_the_shortest_interval() {
+        let l = Levels::default();
+        let phases: Vec<Duration> = (0..1000)
+            .map(|i| phase_for(format!("/data/.shard_{i}.db-replica").as_bytes(), &l))
+            .collect();
+        assert!(phases.iter().all(|p| *p < Duration::from_secs(30)));
+        // Every second of the interval gets some, none gets a crowd.
+        let mut per_second = [0u32; 30];
+        for p in &phases {
+            per_second[p.as_secs() as usize] += 1;
+        }
+        assert!(
+            per_second.iter().all(|&n| (10..=70).contains(&n)),
+            "{per_second:?}"
         );
+        assert_eq!(phase_for(b"x", &Levels::NONE), Duration::ZERO);
     }
 }

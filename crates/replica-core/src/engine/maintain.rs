@@ -13,13 +13,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
-use super::levels::next_boundary;
+use super::levels::{next_boundary, phase_for};
 use super::manifest::Manifest;
 use super::spool::Spool;
 use super::{EngineConfig, EngineError, Shared};
 use crate::layout::{FileId, TxRange};
 use crate::ltx::{self, Header};
 use crate::replica::{RemoteFile, Replica};
+use std::os::unix::ffi::OsStrExt;
 
 /// How often retention looks at the manifest when no compaction level is faster.
 const RETENTION_TICK: Duration = Duration::from_secs(15);
@@ -36,11 +37,12 @@ impl Maintenance {
     pub async fn run(self) {
         self.drop_compacted_copies();
         let now = SystemTime::now();
+        let phase = phase_for(self.spool.dir().as_os_str().as_bytes(), &self.cfg.levels);
         let mut next: Vec<(u8, Duration, SystemTime)> = self
             .cfg
             .levels
             .iter()
-            .map(|(l, iv)| (l, iv, next_boundary(now, iv)))
+            .map(|(l, iv)| (l, iv, next_boundary(now, iv, phase)))
             .collect();
         let mut next_retention = now + RETENTION_TICK;
         loop {
@@ -65,7 +67,7 @@ impl Maintenance {
                     if let Err(e) = self.compact(*level).await {
                         warn!(url = %self.replica.url(), level = *level, error = %e, "compaction failed; retrying at the next interval");
                     }
-                    *at = next_boundary(now, *interval);
+                    *at = next_boundary(now, *interval, phase);
                 }
             }
             // In memory, so cheap enough to run on every wake.

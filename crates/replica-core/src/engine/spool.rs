@@ -6,8 +6,9 @@
 //! upload succeeded, so a crash or an outage never loses a captured transaction.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +97,13 @@ pub enum Durability {
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    /// Spent files in `free/`, reused for new ones (see [`Spool::recycle`]).
+    free: Arc<Mutex<Vec<PathBuf>>>,
 }
+
+/// How many spent files a spool keeps for reuse: an L1 interval's worth of L0 files
+/// at one sync a second, with room to spare.
+const FREE_FILES: usize = 64;
 
 /// A spooled file waiting for upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,18 +124,69 @@ impl Spool {
 
     pub fn open(db: &Path) -> Result<Self, SpoolError> {
         let dir = Self::dir_for(db);
-        for sub in [dir.join("pending"), dir.join("tmp")] {
+        for sub in ["pending/0", "pending/9", "shipped/0", "tmp", "free"] {
+            let sub = dir.join(sub);
             fs::create_dir_all(&sub).map_err(io(&sub))?;
         }
-        let spool = Self { dir };
         // Leftovers of an interrupted write are never valid files.
-        let tmp = spool.dir.join("tmp");
+        let tmp = dir.join("tmp");
         if let Ok(entries) = fs::read_dir(&tmp) {
             for e in entries.flatten() {
                 let _ = fs::remove_file(e.path());
             }
         }
-        Ok(spool)
+        // Spent files are reused whatever they hold: they are truncated first.
+        let free: Vec<PathBuf> = fs::read_dir(dir.join("free"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        Ok(Self {
+            dir,
+            free: Arc::new(Mutex::new(free)),
+        })
+    }
+
+    /// Disposes of a spooled file that is no longer needed: it joins the free files
+    /// (up to [`FREE_FILES`]) rather than being deleted. A spool creates and drops a
+    /// file per database per sync; reusing them saves an inode allocation and a free
+    /// each time, which is most of the filesystem work at a thousand databases (ext4
+    /// without a journal scans past every recently freed inode on each allocation).
+    fn recycle(&self, path: &Path) -> std::io::Result<()> {
+        let Ok(mut free) = self.free.lock() else {
+            return fs::remove_file(path);
+        };
+        if free.len() >= FREE_FILES {
+            drop(free);
+            return fs::remove_file(path);
+        }
+        let to = self
+            .dir
+            .join("free")
+            .join(format!("{:016x}", rand::random::<u64>()));
+        fs::rename(path, &to)?;
+        free.push(to);
+        Ok(())
+    }
+
+    /// A file to write a new spool file into: a free one, truncated, or a new one in
+    /// `tmp/`. Either way it is complete only once renamed into place.
+    fn scratch(&self, what: &str) -> Result<(PathBuf, File), SpoolError> {
+        let reuse = self.free.lock().ok().and_then(|mut f| f.pop());
+        if let Some(path) = reuse {
+            match fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+            {
+                Ok(f) => return Ok((path, f)),
+                // Gone or unusable: fall back to a new file.
+                Err(_) => {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        let path = self.tmp_path(what);
+        let f = File::create(&path).map_err(io(&path))?;
+        Ok((path, f))
     }
 
     pub fn dir(&self) -> &Path {
@@ -136,33 +194,68 @@ impl Spool {
     }
 
     fn state_path(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The state file of earlier versions (plain JSON, replaced by rename).
+    fn legacy_state_path(&self) -> PathBuf {
         self.dir.join("state.json")
     }
 
     pub fn load_state(&self) -> Option<SpoolState> {
-        let bytes = fs::read(self.state_path()).ok()?;
-        match serde_json::from_slice(&bytes) {
+        let path = self.state_path();
+        let parsed = match fs::read(&path) {
+            Ok(bytes) => decode_state(&bytes),
+            Err(_) => {
+                let legacy = self.legacy_state_path();
+                let bytes = fs::read(&legacy).ok()?;
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+            }
+        };
+        match parsed {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(path = %self.state_path().display(), error = %e, "ignoring unreadable spool state");
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable spool state");
                 None
             }
         }
     }
 
-    /// Replaces the saved state. With `durability: Deferred` the new file is not yet
-    /// fsynced; [`Self::sync`] makes it durable.
+    /// Saves the state in place. Capture saves it every sync, so it is not written to
+    /// a new file and renamed: that allocates and frees an inode per database per
+    /// second, which at a thousand databases made inode allocation the replicator's
+    /// largest cost. A checksum covers the body instead; a state torn by a power loss
+    /// fails it and is ignored (a snapshot follows). With `durability: Deferred` it is
+    /// not fsynced; [`Self::sync`] makes it durable.
     pub fn save_state(&self, state: &SpoolState, durability: Durability) -> Result<(), SpoolError> {
         let path = self.state_path();
-        let tmp = self.tmp_path("state");
-        let body = serde_json::to_vec(state).map_err(|e| SpoolError::Io {
-            path: path.clone(),
-            source: e.into(),
-        })?;
-        write_file(&tmp, &body, durability == Durability::Now).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        let body = encode_state(state).map_err(io(&path))?;
+        let (f, created) = match fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => (f, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(io(&path))?,
+                true,
+            ),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        std::os::unix::fs::FileExt::write_all_at(&f, &body, 0).map_err(io(&path))?;
         if durability == Durability::Now {
-            sync_dir(&self.dir).map_err(io(&self.dir))?;
+            f.sync_all().map_err(io(&path))?;
+        }
+        if created {
+            match fs::remove_file(self.legacy_state_path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&self.legacy_state_path())(e)),
+            }
+            if durability == Durability::Now {
+                sync_dir(&self.dir).map_err(io(&self.dir))?;
+            }
         }
         Ok(())
     }
@@ -197,9 +290,8 @@ impl Spool {
                 max: header.max_txid,
             },
         };
-        let tmp = self.tmp_path("ltx");
+        let (tmp, file) = self.scratch("ltx")?;
         let result = (|| {
-            let file = File::create(&tmp).map_err(io(&tmp))?;
             let ltx = |source| SpoolError::Ltx {
                 path: tmp.clone(),
                 source,
@@ -216,10 +308,7 @@ impl Spool {
                 file.sync_all().map_err(io(&tmp))?;
             }
             let dest = self.pending_path(id);
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            fs::rename(&tmp, &dest).map_err(io(&dest))?;
+            rename_into(&tmp, &dest)?;
             if let (Durability::Now, Some(parent)) = (durability, dest.parent()) {
                 sync_dir(parent).map_err(io(parent))?;
             }
@@ -342,11 +431,7 @@ impl Spool {
     /// Keeps an uploaded file (moved from `path`) as a local copy for compaction, so
     /// merging L0 into L1 needs no GET. Only a cache: a missing copy is downloaded.
     pub fn keep_shipped(&self, path: &Path, id: FileId) -> Result<(), SpoolError> {
-        let dest = self.shipped_path(id);
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        fs::rename(path, &dest).map_err(io(&dest))
+        rename_into(path, &self.shipped_path(id))
     }
 
     /// The local copy of an uploaded file, if there is one.
@@ -369,11 +454,11 @@ impl Spool {
     }
 
     pub fn remove_shipped(&self, id: FileId) {
-        let _ = fs::remove_file(self.shipped_path(id));
+        let _ = self.recycle(&self.shipped_path(id));
     }
 
     pub fn remove(&self, p: &Pending) -> Result<(), SpoolError> {
-        match fs::remove_file(&p.path) {
+        match self.recycle(&p.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(&p.path)(e)),
@@ -429,12 +514,160 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-fn write_file(path: &Path, body: &[u8], sync: bool) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(body)?;
-    if sync { f.sync_all() } else { Ok(()) }
+/// `<crc64 of body, 16 hex> <body length, 8 hex>\n<JSON body>`; whatever follows the
+/// body is what an earlier, longer state left there.
+fn encode_state(state: &SpoolState) -> std::io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(state)?;
+    let mut out = format!("{:016x} {:08x}\n", crate::ltx::crc64(&json), json.len()).into_bytes();
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+fn decode_state(bytes: &[u8]) -> Result<SpoolState, String> {
+    const HEAD: usize = 26;
+    let head = bytes
+        .get(..HEAD)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("shorter than its header")?;
+    let crc = u64::from_str_radix(&head[..16], 16).map_err(|_| "bad checksum field")?;
+    let len = usize::from_str_radix(&head[17..25], 16).map_err(|_| "bad length field")?;
+    let body = bytes
+        .get(HEAD..HEAD + len)
+        .ok_or("shorter than its stated length")?;
+    if crate::ltx::crc64(body) != crc {
+        return Err("checksum mismatch (torn write)".into());
+    }
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+/// Renames `from` to `to`, creating `to`'s directory if it is missing (the common
+/// directories exist from [`Spool::open`], so this is one syscall).
+fn rename_into(from: &Path, to: &Path) -> Result<(), SpoolError> {
+    match fs::rename(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => {
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            fs::rename(from, to).map_err(io(to))
+        }
+        r => r.map_err(io(to)),
+    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(txid: u64, position: Option<WalPosition>) -> SpoolState {
+        SpoolState {
+            txid,
+            position,
+            page_size: 4096,
+            db_dev: 1,
+            db_ino: 2,
+            db_len: None,
+            db_mtime_ns: None,
+        }
+    }
+
+    #[test]
+    fn state_is_saved_in_place_and_a_torn_one_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("app.db")).unwrap();
+        assert_eq!(spool.load_state(), None);
+        let long = state(
+            u64::MAX,
+            Some(WalPosition {
+                salt1: u32::MAX,
+                salt2: u32::MAX,
+                offset: u64::MAX,
+                checksum: (u32::MAX, u32::MAX),
+            }),
+        );
+        spool.save_state(&long, Durability::Now).unwrap();
+        assert_eq!(spool.load_state(), Some(long));
+        // A shorter state over a longer one: the old tail stays and is not read.
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = ino(&spool.state_path());
+        let short = state(7, None);
+        spool.save_state(&short, Durability::Deferred).unwrap();
+        assert_eq!(spool.load_state(), Some(short));
+        assert_eq!(ino(&spool.state_path()), before, "rewritten, not replaced");
+
+        // A torn write (new header, part of the old body): checksum mismatch, ignored.
+        let mut bytes = fs::read(spool.state_path()).unwrap();
+        bytes[26 + 5] ^= 0x01;
+        fs::write(spool.state_path(), &bytes).unwrap();
+        assert_eq!(spool.load_state(), None);
+    }
+
+    fn write_l0(spool: &Spool, txid: u64, pages: u32) -> Pending {
+        let header = Header {
+            flags: crate::ltx::FLAG_NO_CHECKSUM,
+            page_size: 512,
+            commit: pages,
+            min_txid: txid,
+            max_txid: txid,
+            timestamp_ms: 1_700_000_000_000,
+            ..Header::default()
+        };
+        spool
+            .write_ltx(0, header, Durability::Deferred, |enc| {
+                for pgno in 1..=pages {
+                    enc.write_page(pgno, &[pgno as u8; 512])?;
+                }
+                Ok(())
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn spent_files_are_reused_not_deleted() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("app.db")).unwrap();
+        let big = write_l0(&spool, 2, 40);
+        let ino = fs::metadata(&big.path).unwrap().ino();
+        spool.keep_shipped(&big.path, big.id).unwrap();
+        spool.remove_shipped(big.id);
+        assert!(spool.shipped(big.id).is_none());
+        // The next file takes the spent inode, and holds only its own, smaller content.
+        let small = write_l0(&spool, 3, 1);
+        assert_eq!(fs::metadata(&small.path).unwrap().ino(), ino);
+        assert!(spool.verify(&small));
+        assert_eq!(spool.pending().unwrap(), vec![small.clone()]);
+        // A reopened spool reuses what was left in free/.
+        spool.remove(&small).unwrap();
+        let again = Spool::open(&dir.path().join("app.db")).unwrap();
+        let third = write_l0(&again, 4, 2);
+        assert_eq!(fs::metadata(&third.path).unwrap().ino(), ino);
+        assert!(again.verify(&third));
+        // The pool is bounded: past it, spent files are deleted.
+        let many: Vec<Pending> = (5..5 + FREE_FILES as u64 + 10)
+            .map(|t| write_l0(&again, t, 1))
+            .collect();
+        for p in &many {
+            again.remove(p).unwrap();
+        }
+        assert_eq!(
+            fs::read_dir(again.dir.join("free")).unwrap().count(),
+            FREE_FILES
+        );
+    }
+
+    #[test]
+    fn a_legacy_json_state_is_read_then_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("app.db")).unwrap();
+        let s = state(3, None);
+        fs::write(spool.legacy_state_path(), serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(spool.load_state(), Some(s));
+        spool.save_state(&state(4, None), Durability::Now).unwrap();
+        assert!(!spool.legacy_state_path().exists());
+        assert_eq!(spool.load_state(), Some(state(4, None)));
+    }
 }
