@@ -10,7 +10,7 @@ mod manifest;
 pub mod retention;
 mod ship;
 mod spool;
-mod sqlite;
+pub(crate) mod sqlite;
 #[cfg(target_os = "linux")]
 mod watch;
 #[cfg(not(target_os = "linux"))]

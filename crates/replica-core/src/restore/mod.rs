@@ -459,6 +459,9 @@ async fn check_integrity(db: &Path, level: IntegrityCheck) -> Result<(), Restore
         // immutable=1: the file is a complete image with no WAL, and opening it must
         // not create -wal/-shm files beside it.
         let uri = format!("file:{}?immutable=1", path.display());
+        // The first connection of the process initializes SQLite; the replicator's
+        // memory setting must come before it.
+        crate::engine::sqlite::no_bulk_page_cache();
         let conn = rusqlite::Connection::open_with_flags(
             uri,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
