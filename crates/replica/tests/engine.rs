@@ -1,7 +1,7 @@
 //! The engine over time, in process, against a real `file://` replica and real
 //! SQLite connections: what an idle database costs, how many snapshots a busy one
 //! takes, and how long a writer can be stalled while a large snapshot is taken and
-//! uploaded.
+//! uploaded; and a restore whose snapshot download breaks halfway.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -287,4 +287,125 @@ async fn a_restored_database_resumes_without_a_snapshot() {
         .await
         .expect("final restore");
     assert_eq!(count(&out), 80);
+}
+
+/// A file backend whose GETs fail after `limit` bytes, as a dropped connection would.
+#[derive(Debug)]
+struct BreakingGets {
+    inner: Arc<dyn replica_core::client::ReplicaClient>,
+    limit: usize,
+}
+
+#[async_trait::async_trait]
+impl replica_core::client::ReplicaClient for BreakingGets {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn redacted_url(&self) -> String {
+        self.inner.redacted_url()
+    }
+    fn capabilities(&self) -> replica_core::client::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        body: replica_core::client::Payload,
+        opts: &replica_core::client::PutOptions,
+    ) -> Result<(), replica_core::error::StoreError> {
+        self.inner.put(key, body, opts).await
+    }
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<replica_core::client::ByteStream, replica_core::error::StoreError> {
+        use tokio::io::AsyncReadExt;
+        let mut body = Vec::new();
+        self.inner
+            .get(key, range)
+            .await?
+            .read_to_end(&mut body)
+            .await
+            .expect("read test object");
+        body.truncate(self.limit);
+        let broken = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        Ok(Box::pin(tokio::io::AsyncReadExt::chain(
+            std::io::Cursor::new(body),
+            Failing(Some(broken)),
+        )))
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<replica_core::client::ObjectInfo, replica_core::error::StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<replica_core::client::ObjectInfo>, replica_core::error::StoreError> {
+        self.inner.list(prefix, start_after).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), replica_core::error::StoreError> {
+        self.inner.delete_many(keys).await
+    }
+}
+
+struct Failing(Option<std::io::Error>);
+
+impl tokio::io::AsyncRead for Failing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(match self.0.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        })
+    }
+}
+
+/// The snapshot is applied as it streams in; a stream that breaks halfway is a store
+/// error naming the object, and leaves nothing at the output path or beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_stream_that_breaks_fails_the_restore_cleanly() {
+    use replica_core::restore::{self, RestoreError, RestoreOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("app.db");
+    let replica_dir = dir.path().join("replica");
+    let conn = open_db(&db);
+    conn.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2000)
+         INSERT INTO t(v) SELECT randomblob(1000) FROM c;",
+    )
+    .expect("seed");
+    let r = start(&db, &replica_dir, EngineConfig::default()).await;
+    // Shutdown uploads everything captured, the snapshot included.
+    r.shutdown(Duration::from_secs(30)).await.expect("shutdown");
+    drop(conn);
+
+    let url = format!("file://{}", replica_dir.display());
+    let inner = replica::backends().open(&url).await.expect("backend");
+    let replica = Replica::new(Arc::new(BreakingGets {
+        inner,
+        limit: 1 << 20,
+    }));
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).expect("out dir");
+    let out = out_dir.join("restored.db");
+    let err = restore::restore(&replica, &RestoreOptions::new(&out))
+        .await
+        .expect_err("a broken download must fail the restore");
+    assert!(matches!(err, RestoreError::Store(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(".ltx") && msg.contains("connection reset"), "{msg}");
+    assert_eq!(
+        std::fs::read_dir(&out_dir).expect("list").count(),
+        0,
+        "a failed restore left files behind"
+    );
 }

@@ -1,5 +1,7 @@
 //! Restore: plan a chain of LTX files, download them in parallel, apply them in TXID
-//! order to a temporary file, check it, and only then link it into place.
+//! order to a temporary file, check it, and only then link it into place. The chain's
+//! first file (the snapshot: most of the bytes) is applied as it streams in, so a
+//! restore writes the database once instead of the snapshot twice.
 //!
 //! The output path is never written until the database is complete and checked, and
 //! an existing file is never replaced: the final step is a hard link, which fails if
@@ -8,7 +10,7 @@
 mod plan;
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -285,7 +287,7 @@ async fn apply_chain(
     let sem = Arc::new(Semaphore::new(parallelism));
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
     let mut downloads: Vec<JoinHandle<Result<u64, RestoreError>>> = Vec::new();
-    for (i, f) in chain.iter().enumerate() {
+    for (i, f) in chain.iter().enumerate().skip(1) {
         let sem = sem.clone();
         let client = replica.client().clone();
         let f = f.clone();
@@ -316,8 +318,19 @@ async fn apply_chain(
     let mut page_size = None;
     let mut result = Ok(());
     let mut awaited = 0;
-    for (i, (f, dl)) in chain.iter().zip(downloads.iter_mut()).enumerate() {
-        awaited = i + 1;
+    if let Some(base) = chain.first() {
+        match stream_base(replica, base, &db, &db_path).await {
+            Ok((bytes, ps)) => {
+                total += bytes;
+                page_size = Some(ps);
+            }
+            Err(e) => result = Err(e),
+        }
+    }
+    let rest = if result.is_ok() { &chain[1..] } else { &[][..] };
+    for (i, (f, dl)) in rest.iter().zip(downloads.iter_mut()).enumerate() {
+        let i = i + 1;
+        awaited = i;
         let bytes = match dl.await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
@@ -330,11 +343,17 @@ async fn apply_chain(
             }
         };
         total += bytes;
-        let (db, f2, path) = (db.clone(), f.clone(), work.download_path(i));
-        let applied = tokio::task::spawn_blocking(move || apply_file(&db, &f2, &path, page_size))
-            .await
-            .map_err(|e| RestoreError::Task(e.to_string()))
-            .and_then(|r| r);
+        let (db, f2, path, db_path) = (
+            db.clone(),
+            f.clone(),
+            work.download_path(i),
+            db_path.clone(),
+        );
+        let applied =
+            tokio::task::spawn_blocking(move || apply_file(&db, &db_path, &f2, &path, page_size))
+                .await
+                .map_err(|e| RestoreError::Task(e.to_string()))
+                .and_then(|r| r);
         match applied {
             Ok(ps) => page_size = Some(ps),
             Err(e) => {
@@ -356,6 +375,63 @@ async fn apply_chain(
     result?;
     db.sync_all().map_err(io_err(&db_path))?;
     Ok(total)
+}
+
+/// Applies the chain's first file straight from its GET: a blocking thread decodes
+/// what an async read hands it, so the snapshot never touches the disk twice.
+async fn stream_base(
+    replica: &Replica,
+    f: &RemoteFile,
+    db: &Arc<File>,
+    db_path: &Path,
+) -> Result<(u64, u32), RestoreError> {
+    let stream = replica.client().get(&f.key, None).await?;
+    let reader = StreamReader {
+        handle: tokio::runtime::Handle::current(),
+        stream,
+        bytes: 0,
+        error: None,
+    };
+    let (db, f, db_path) = (db.clone(), f.clone(), db_path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::with_capacity(1 << 20, reader);
+        let applied = apply_ltx(&db, &db_path, &f, &mut reader, None);
+        let reader = reader.into_inner();
+        match (applied, reader.error) {
+            // A broken stream surfaces in the decoder; report it as the GET it was.
+            (Err(_), Some(e)) => Err(StoreError::from_io(crate::error::Op::Get, &f.key, e).into()),
+            (applied, _) => applied.map(|ps| (reader.bytes, ps)),
+        }
+    })
+    .await
+    .map_err(|e| RestoreError::Task(e.to_string()))?
+}
+
+/// A blocking `Read` over an object's byte stream, for use on the blocking pool.
+struct StreamReader {
+    handle: tokio::runtime::Handle,
+    stream: crate::client::ByteStream,
+    bytes: u64,
+    error: Option<std::io::Error>,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let r = self
+            .handle
+            .block_on(tokio::io::AsyncReadExt::read(&mut self.stream, buf));
+        match r {
+            Ok(n) => {
+                self.bytes += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                self.error = Some(e);
+                Err(copy)
+            }
+        }
+    }
 }
 
 async fn download(
@@ -380,20 +456,42 @@ async fn download(
     Ok(n)
 }
 
-/// Applies one LTX file: writes its pages, then sets the database length to the
-/// file's commit size. Returns the page size.
+/// Applies one downloaded LTX file, then removes the download. Returns the page size.
 fn apply_file(
     db: &File,
+    db_path: &Path,
     f: &RemoteFile,
     path: &Path,
+    page_size: Option<u32>,
+) -> Result<u32, RestoreError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let ps = apply_ltx(
+        db,
+        db_path,
+        f,
+        BufReader::with_capacity(1 << 20, file),
+        page_size,
+    )?;
+    // The download is no longer needed; free the space early on big restores.
+    let _ = std::fs::remove_file(path);
+    Ok(ps)
+}
+
+/// Applies one LTX file read from `src` to `db` (at `db_path`): writes its pages, then
+/// sets the database length to the file's commit size. Returns the page size.
+fn apply_ltx(
+    db: &File,
+    db_path: &Path,
+    f: &RemoteFile,
+    src: impl Read,
     page_size: Option<u32>,
 ) -> Result<u32, RestoreError> {
     let corrupt = |source| RestoreError::Corrupt {
         key: f.key.clone(),
         source,
     };
-    let file = File::open(path).map_err(io_err(path))?;
-    let mut dec = Decoder::new(BufReader::with_capacity(1 << 20, file)).map_err(corrupt)?;
+    let path = db_path;
+    let mut dec = Decoder::new(src).map_err(corrupt)?;
     let h = *dec.header();
     if h.min_txid != f.id.range.min || h.max_txid != f.id.range.max {
         return Err(RestoreError::Mismatch {
@@ -440,8 +538,6 @@ fn apply_file(
     flush(&mut run, run_start)?;
     dec.finish().map_err(corrupt)?;
     db.set_len(u64::from(h.commit) * ps).map_err(io_err(path))?;
-    // The download is no longer needed; free the space early on big restores.
-    let _ = std::fs::remove_file(path);
     Ok(h.page_size)
 }
 
