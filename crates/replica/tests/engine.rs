@@ -402,7 +402,10 @@ async fn a_snapshot_stream_that_breaks_fails_the_restore_cleanly() {
         .expect_err("a broken download must fail the restore");
     assert!(matches!(err, RestoreError::Store(_)), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains(".ltx") && msg.contains("connection reset"), "{msg}");
+    assert!(
+        msg.contains(".ltx") && msg.contains("connection reset"),
+        "{msg}"
+    );
     assert_eq!(
         std::fs::read_dir(&out_dir).expect("list").count(),
         0,

@@ -296,8 +296,11 @@ impl Spool {
                 path: tmp.clone(),
                 source,
             };
+            // 64 KiB: large enough that a snapshot is written in few syscalls, small
+            // enough that a thousand databases cutting files at once (at start, every
+            // one takes a snapshot) do not add up to hundreds of MiB.
             let mut enc =
-                Encoder::new(BufWriter::with_capacity(256 << 10, file), header).map_err(ltx)?;
+                Encoder::new(BufWriter::with_capacity(64 << 10, file), header).map_err(ltx)?;
             write_pages(&mut enc).map_err(ltx)?;
             let (w, _) = enc.finish().map_err(ltx)?;
             let file = w.into_inner().map_err(|e| SpoolError::Io {

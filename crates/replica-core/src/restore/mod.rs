@@ -395,7 +395,7 @@ async fn stream_base(
     let (db, f, db_path) = (db.clone(), f.clone(), db_path.to_path_buf());
     tokio::task::spawn_blocking(move || {
         let mut reader = BufReader::with_capacity(1 << 20, reader);
-        let applied = apply_ltx(&db, &db_path, &f, &mut reader, None);
+        let applied = apply_ltx(&db, &db_path, &f, &mut reader, None, true);
         let reader = reader.into_inner();
         match (applied, reader.error) {
             // A broken stream surfaces in the decoder; report it as the GET it was.
@@ -471,6 +471,7 @@ fn apply_file(
         f,
         BufReader::with_capacity(1 << 20, file),
         page_size,
+        false,
     )?;
     // The download is no longer needed; free the space early on big restores.
     let _ = std::fs::remove_file(path);
@@ -479,18 +480,20 @@ fn apply_file(
 
 /// Applies one LTX file read from `src` to `db` (at `db_path`): writes its pages, then
 /// sets the database length to the file's commit size. Returns the page size.
+/// `pipelined` writes on a second thread (worth it for a snapshot, not for a small
+/// file).
 fn apply_ltx(
     db: &File,
     db_path: &Path,
     f: &RemoteFile,
     src: impl Read,
     page_size: Option<u32>,
+    pipelined: bool,
 ) -> Result<u32, RestoreError> {
     let corrupt = |source| RestoreError::Corrupt {
         key: f.key.clone(),
         source,
     };
-    let path = db_path;
     let mut dec = Decoder::new(src).map_err(corrupt)?;
     let h = *dec.header();
     if h.min_txid != f.id.range.min || h.max_txid != f.id.range.max {
@@ -509,35 +512,81 @@ fn apply_ltx(
         });
     }
     let ps = u64::from(h.page_size);
-    let mut buf = vec![0u8; h.page_size as usize];
+    let page = h.page_size as usize;
     // Runs of consecutive pages (a snapshot is one long run) go out as writes of up to
-    // 4 MiB rather than one pwrite per page.
-    let run_cap = (4 << 20) / h.page_size as usize;
-    let mut run: Vec<u8> = Vec::with_capacity(run_cap * h.page_size as usize);
-    let mut run_start = 0u32;
-    let mut run_len = 0u32;
-    let flush = |run: &mut Vec<u8>, start: u32| -> Result<(), RestoreError> {
+    // 4 MiB rather than one pwrite per page. Pages are decoded straight into the run.
+    let run_bytes = ((4 << 20) / page).max(1) * page;
+    let write_err = |e: std::io::Error| io_err(db_path)(e);
+    // `sink` writes a full run and hands back an empty buffer to fill next.
+    let decode = |sink: &mut dyn FnMut(u64, Vec<u8>) -> Result<Vec<u8>, RestoreError>| {
+        let mut run: Vec<u8> = Vec::with_capacity(run_bytes);
+        let mut carry: Vec<u8> = Vec::with_capacity(page);
+        let mut run_start = 0u32;
+        loop {
+            let len = run.len();
+            run.resize(len + page, 0);
+            let Some(pgno) = dec.next_page(&mut run[len..]).map_err(corrupt)? else {
+                run.truncate(len);
+                break;
+            };
+            let continues = len > 0 && pgno == run_start + (len / page) as u32;
+            if len == 0 {
+                run_start = pgno;
+            } else if !continues || len + page > run_bytes {
+                // The page just decoded starts the next run.
+                carry.clear();
+                carry.extend_from_slice(&run[len..]);
+                run.truncate(len);
+                run = sink((u64::from(run_start) - 1) * ps, run)?;
+                run.extend_from_slice(&carry);
+                run_start = pgno;
+            }
+        }
         if !run.is_empty() {
-            db.write_all_at(run, (u64::from(start) - 1) * ps)
-                .map_err(io_err(path))?;
-            run.clear();
+            sink((u64::from(run_start) - 1) * ps, run)?;
         }
-        Ok(())
+        dec.finish().map_err(corrupt)?;
+        Ok::<(), RestoreError>(())
     };
-    while let Some(pgno) = dec.next_page(&mut buf).map_err(corrupt)? {
-        if run_len > 0 && (pgno != run_start + run_len || run_len as usize >= run_cap) {
-            flush(&mut run, run_start)?;
-            run_len = 0;
-        }
-        if run_len == 0 {
-            run_start = pgno;
-        }
-        run.extend_from_slice(&buf);
-        run_len += 1;
+    if pipelined {
+        // Decoding (LZ4, CRC-64) and the kernel's copy into the page cache each take
+        // about a core-second per GiB; on two threads they overlap.
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(2);
+            // Written buffers come back, so the decoder never faults in fresh memory.
+            let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let writer = scope.spawn(move || -> std::io::Result<()> {
+                for (offset, mut run) in rx {
+                    db.write_all_at(&run, offset)?;
+                    run.clear();
+                    let _ = back_tx.send(run);
+                }
+                Ok(())
+            });
+            let decoded = decode(&mut |offset, run: Vec<u8>| {
+                tx.send((offset, run))
+                    .map_err(|_| RestoreError::Task("the restore writer stopped".into()))?;
+                Ok(back_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(run_bytes)))
+            });
+            drop(tx);
+            let written = writer
+                .join()
+                .map_err(|_| RestoreError::Task("the restore writer panicked".into()))?;
+            // A write error stops the writer, which makes the decoder's send fail:
+            // report the cause.
+            written.map_err(write_err)?;
+            decoded
+        })?;
+    } else {
+        decode(&mut |offset, mut run: Vec<u8>| {
+            db.write_all_at(&run, offset).map_err(write_err)?;
+            run.clear();
+            Ok(run)
+        })?;
     }
-    flush(&mut run, run_start)?;
-    dec.finish().map_err(corrupt)?;
-    db.set_len(u64::from(h.commit) * ps).map_err(io_err(path))?;
+    db.set_len(u64::from(h.commit) * ps).map_err(write_err)?;
     Ok(h.page_size)
 }
 
