@@ -21,6 +21,9 @@ use std::time::Duration;
 /// request waits for the thread.
 pub const IDLE_WAIT: Duration = Duration::from_millis(250);
 
+/// How long the reader lets events accumulate after each read.
+const COALESCE: Duration = Duration::from_millis(2);
+
 const MASK: u32 = libc::IN_MODIFY | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF;
 
 /// What the reader thread tells one watch.
@@ -98,6 +101,10 @@ impl Hub {
                 continue;
             }
             self.dispatch(&buf[..len as usize]);
+            // A busy WAL is written thousands of times a second; let its events
+            // coalesce in the kernel's queue (identical unread events merge) instead of
+            // waking this thread for each. Capture batches for `poll_interval` anyway.
+            std::thread::sleep(COALESCE);
         }
     }
 
@@ -216,8 +223,13 @@ impl WalWatch {
         w
     }
 
-    /// Whether changes wake us (otherwise the caller polls).
-    pub fn is_active(&self) -> bool {
+    /// Whether changes wake us (otherwise the caller polls). A WAL that was deleted
+    /// (a TRUNCATE checkpoint by the last connection, a database replaced) is watched
+    /// again as soon as it exists, so a database polls only while it has no WAL.
+    pub fn is_active(&mut self) -> bool {
+        if self.wd.is_none() {
+            self.arm();
+        }
         self.wd.is_some()
     }
 
@@ -299,7 +311,7 @@ mod tests {
             std::fs::write(p, b"x").unwrap();
         }
         let mut watches: Vec<WalWatch> = paths.iter().map(|p| WalWatch::new(p)).collect();
-        assert!(watches.iter().all(WalWatch::is_active));
+        assert!(watches.iter_mut().all(|w| w.is_active()));
         for (p, w) in paths.iter().zip(&mut watches) {
             std::fs::OpenOptions::new()
                 .append(true)
@@ -323,9 +335,9 @@ mod tests {
         std::fs::remove_file(&paths[0]).unwrap();
         assert!(w.wait(Duration::from_secs(5)));
         assert!(!w.is_active() || !w.wait(Duration::from_millis(10)));
+        assert!(!w.is_active(), "no file, nothing to watch: the caller polls");
         std::fs::write(&paths[0], b"new").unwrap();
-        let _ = w.wait(Duration::from_millis(10)); // re-arms on the new file
-        assert!(w.is_active());
+        assert!(w.is_active(), "the recreated file is watched again");
         std::fs::OpenOptions::new()
             .append(true)
             .open(&paths[0])
