@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,6 @@ use super::{EngineConfig, EngineError, Shared};
 use crate::layout::{FileId, TxRange};
 use crate::ltx::{self, Header};
 use crate::replica::{RemoteFile, Replica};
-use std::os::unix::ffi::OsStrExt;
 
 /// How often retention looks at the manifest when no compaction level is faster.
 const RETENTION_TICK: Duration = Duration::from_secs(15);

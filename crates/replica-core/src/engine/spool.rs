@@ -517,25 +517,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-/// `<crc64 of body, 16 hex> <body length, 8 hex>\n<JSON body>`; whatever follows the
-/// body is what an earlier, longer state left there.
+/// Length of the state file's header line: `<crc64 of body, 16 hex> <body length,
+/// 8 hex>\n`.
+const STATE_HEAD: usize = 16 + 1 + 8 + 1;
+
+/// The header line, then the JSON body; whatever follows the body is what an earlier,
+/// longer state left there.
 fn encode_state(state: &SpoolState) -> std::io::Result<Vec<u8>> {
     let json = serde_json::to_vec(state)?;
     let mut out = format!("{:016x} {:08x}\n", crate::ltx::crc64(&json), json.len()).into_bytes();
+    debug_assert_eq!(out.len(), STATE_HEAD);
     out.extend_from_slice(&json);
     Ok(out)
 }
 
 fn decode_state(bytes: &[u8]) -> Result<SpoolState, String> {
-    const HEAD: usize = 26;
     let head = bytes
-        .get(..HEAD)
+        .get(..STATE_HEAD)
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("shorter than its header")?;
     let crc = u64::from_str_radix(&head[..16], 16).map_err(|_| "bad checksum field")?;
     let len = usize::from_str_radix(&head[17..25], 16).map_err(|_| "bad length field")?;
     let body = bytes
-        .get(HEAD..HEAD + len)
+        .get(STATE_HEAD..STATE_HEAD + len)
         .ok_or("shorter than its stated length")?;
     if crate::ltx::crc64(body) != crc {
         return Err("checksum mismatch (torn write)".into());
@@ -603,7 +607,7 @@ mod tests {
 
         // A torn write (new header, part of the old body): checksum mismatch, ignored.
         let mut bytes = fs::read(spool.state_path()).unwrap();
-        bytes[26 + 5] ^= 0x01;
+        bytes[STATE_HEAD + 5] ^= 0x01;
         fs::write(spool.state_path(), &bytes).unwrap();
         assert_eq!(spool.load_state(), None);
     }

@@ -110,9 +110,9 @@ fn open(path: &Path, busy: Duration) -> Result<Connection, EngineError> {
         .map_err(sql_err(path))?;
     // Neither connection reads tables (pages come from the WAL and the file), so the
     // default 2 MiB page cache would only cost memory: a thousand databases in one
-    // process hold two thousand connections. Even 64 KiB each (SQLite preallocates
-    // the cache's pages in bulk) was 200 MiB of a 1,000-database process (heaptrack);
-    // 16 KiB holds the few pages a schema read and a checkpoint touch.
+    // process hold two thousand connections. 16 KiB holds the few pages a schema read
+    // and a checkpoint touch. (The bulk preallocation that made these caches 200 MiB
+    // at a thousand databases happens before this pragma; see `no_bulk_page_cache`.)
     conn.execute_batch("PRAGMA cache_size=-16")
         .map_err(sql_err(path))?;
     // If we are the last connection to close, keep -wal so that the next start can

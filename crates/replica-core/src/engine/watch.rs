@@ -244,10 +244,7 @@ impl WalWatch {
 
     /// Sleeps until the WAL changes or `timeout` passes; returns whether it changed.
     pub fn wait(&mut self, timeout: Duration) -> bool {
-        if self.wd.is_none() {
-            self.arm();
-        }
-        if self.wd.is_none() {
+        if !self.is_active() {
             std::thread::sleep(timeout);
             return false;
         }
@@ -335,7 +332,10 @@ mod tests {
         std::fs::remove_file(&paths[0]).unwrap();
         assert!(w.wait(Duration::from_secs(5)));
         assert!(!w.is_active() || !w.wait(Duration::from_millis(10)));
-        assert!(!w.is_active(), "no file, nothing to watch: the caller polls");
+        assert!(
+            !w.is_active(),
+            "no file, nothing to watch: the caller polls"
+        );
         std::fs::write(&paths[0], b"new").unwrap();
         assert!(w.is_active(), "the recreated file is watched again");
         std::fs::OpenOptions::new()

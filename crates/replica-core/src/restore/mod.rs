@@ -529,10 +529,9 @@ fn apply_ltx(
                 run.truncate(len);
                 break;
             };
-            let continues = len > 0 && pgno == run_start + (len / page) as u32;
             if len == 0 {
                 run_start = pgno;
-            } else if !continues || len + page > run_bytes {
+            } else if pgno != run_start + (len / page) as u32 || len + page > run_bytes {
                 // The page just decoded starts the next run.
                 carry.clear();
                 carry.extend_from_slice(&run[len..]);
