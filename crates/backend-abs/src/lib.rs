@@ -33,7 +33,6 @@
 
 mod config;
 pub mod sas;
-mod timestamp;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -55,9 +54,11 @@ use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use replica_core::client::{
-    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
+    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
 };
 use replica_core::error::{Op, StoreError};
+use replica_core::key::{Key, KeyPrefix};
+use replica_core::meta::{self, PutId};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tracing::debug;
@@ -77,9 +78,9 @@ const DELETE_CONCURRENCY: usize = 16;
 pub const SAS_LIFETIME: time::Duration = time::Duration::hours(1);
 
 /// Blob metadata holding the LTX creation time, as Litestream writes and reads it.
-pub const TIMESTAMP_METADATA: &str = "litestreamtimestamp";
+pub const TIMESTAMP_METADATA: &str = meta::TIMESTAMP_AZURE;
 /// Blob metadata holding a random token unique to one put call.
-pub const PUT_ID_METADATA: &str = "replicaputid";
+pub const PUT_ID_METADATA: &str = meta::PUT_ID_AZURE;
 
 /// How requests are authorised.
 #[derive(Clone)]
@@ -136,7 +137,7 @@ pub struct AbsClient {
     config: AbsConfig,
     /// `prefix/`, or empty for the container root.
     root: String,
-    url: String,
+    info: StoreInfo,
     auth: Auth,
 }
 
@@ -154,7 +155,9 @@ enum Auth {
 
 impl fmt::Debug for AbsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AbsClient").field("url", &self.url).finish()
+        f.debug_struct("AbsClient")
+            .field("url", &self.info.redacted_url)
+            .finish()
     }
 }
 
@@ -240,10 +243,20 @@ impl AbsClient {
         } else {
             format!("{}/", config.prefix)
         };
+        let info = StoreInfo::new(
+            "abs",
+            url,
+            Capabilities {
+                create_only: true,
+                ranged_get: true,
+                // Listing includes each blob's metadata.
+                list_has_ltx_time: true,
+            },
+        );
         Ok(Self {
             config,
             root,
-            url,
+            info,
             auth,
         })
     }
@@ -278,7 +291,7 @@ impl AbsClient {
                     .extend_pairs(sas::account_sas(account, key, start, expiry, https_only));
                 let c = BlobContainerClient::new(u, None, Some(sdk_options())).map_err(|e| {
                     StoreError::InvalidUrl {
-                        url: self.url.clone(),
+                        url: self.info.redacted_url.clone(),
                         reason: redact(&e.to_string()),
                     }
                 })?;
@@ -306,16 +319,14 @@ impl AbsClient {
             .map_err(|e| map_err(&e, op, key))?;
         let size = rsp.content_length().ok().flatten().unwrap_or(0);
         let meta = rsp.metadata().unwrap_or_default();
-        let created = meta
-            .get(TIMESTAMP_METADATA)
-            .and_then(|s| timestamp::parse(s))
-            .or_else(|| rsp.creation_time().ok().flatten().map(SystemTime::from))
-            .or_else(|| rsp.last_modified().ok().flatten().map(SystemTime::from));
         Ok((
             ObjectInfo {
                 key: key.to_owned(),
                 size,
-                created,
+                last_modified: rsp.last_modified().ok().flatten().map(SystemTime::from),
+                ltx_time: meta
+                    .get(TIMESTAMP_METADATA)
+                    .and_then(|s| meta::parse_timestamp(s)),
             },
             meta,
         ))
@@ -546,48 +557,14 @@ fn is_create_conflict(e: &azure_core::Error) -> bool {
         || (u16::from(s) == 409 && code == Some("BlobAlreadyExists")))
 }
 
-fn check_key(op: Op, key: &str) -> Result<(), StoreError> {
-    let problem = if key.is_empty() {
-        Some("it is empty")
-    } else if key.starts_with('/') {
-        Some("it is absolute; keys are relative to the replica root")
-    } else if key.split('/').any(str::is_empty) {
-        Some("it has an empty path segment")
-    } else if key.split('/').any(|s| s == "." || s == "..") {
-        Some("'.' and '..' segments are not allowed")
-    } else {
-        None
-    };
-    match problem {
-        Some(reason) => Err(StoreError::Other {
-            op,
-            key: key.to_owned(),
-            source: Box::new(AbsError(format!("invalid key: {reason}"))),
-        }),
-        None => Ok(()),
-    }
-}
-
 #[async_trait]
 impl ReplicaClient for AbsClient {
-    fn kind(&self) -> &'static str {
-        "abs"
+    fn info(&self) -> &StoreInfo {
+        &self.info
     }
 
-    fn redacted_url(&self) -> String {
-        self.url.clone()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            create_only: true,
-            ranged_get: true,
-            list_has_created: true,
-        }
-    }
-
-    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
-        check_key(Op::Put, key)?;
+    async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+        let key = key.as_str();
         let local = |d: String| StoreError::Other {
             op: Op::Put,
             key: key.to_owned(),
@@ -596,9 +573,9 @@ impl ReplicaClient for AbsClient {
         let size = payload_size(&body).await.map_err(local)?;
         let mut metadata = HashMap::new();
         if let Some(t) = opts.timestamp {
-            metadata.insert(TIMESTAMP_METADATA.to_owned(), timestamp::format(t));
+            metadata.insert(TIMESTAMP_METADATA.to_owned(), meta::format_timestamp(t));
         }
-        let put_id = format!("{:032x}", rand::random::<u128>());
+        let put_id = PutId::random().as_str().to_owned();
         if opts.mode == PutMode::CreateOnly {
             metadata.insert(PUT_ID_METADATA.to_owned(), put_id.clone());
         }
@@ -638,8 +615,8 @@ impl ReplicaClient for AbsClient {
         Ok(())
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        check_key(Op::Get, key)?;
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+        let key = key.as_str();
         if let Some(r) = &range {
             if r.start > r.end {
                 return Err(StoreError::Other {
@@ -699,30 +676,21 @@ impl ReplicaClient for AbsClient {
         }
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        check_key(Op::Head, key)?;
+    async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError> {
         self.head_info(key, Op::Head).await.map(|(i, _)| i)
     }
 
     async fn list(
         &self,
-        prefix: &str,
+        prefix: &KeyPrefix,
         start_after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, StoreError> {
+        let prefix = prefix.as_str();
         let err_key = if prefix.is_empty() {
             "<replica root>"
         } else {
             prefix
         };
-        if prefix.starts_with('/') {
-            return Err(StoreError::Other {
-                op: Op::List,
-                key: err_key.to_owned(),
-                source: Box::new(AbsError(
-                    "invalid prefix: it is absolute; keys are relative to the replica root".into(),
-                )),
-            });
-        }
         let c = self.container_client()?;
         let full_prefix = self.full_key(prefix);
         let opts = BlobContainerClientListBlobsOptions {
@@ -751,18 +719,17 @@ impl ReplicaClient for AbsClient {
                     continue;
                 }
                 let props = item.properties.as_ref();
-                let created = item
+                let ltx_time = item
                     .metadata
                     .as_ref()
                     .and_then(|m| m.values.as_ref())
                     .and_then(|v| v.get(TIMESTAMP_METADATA))
-                    .and_then(|s| timestamp::parse(s))
-                    .or_else(|| props.and_then(|p| p.creation_time).map(SystemTime::from))
-                    .or_else(|| props.and_then(|p| p.last_modified).map(SystemTime::from));
+                    .and_then(|s| meta::parse_timestamp(s));
                 out.push(ObjectInfo {
                     key: rel.to_owned(),
                     size: props.and_then(|p| p.content_length).unwrap_or(0),
-                    created,
+                    last_modified: props.and_then(|p| p.last_modified).map(SystemTime::from),
+                    ltx_time,
                 });
             }
         }
@@ -770,10 +737,7 @@ impl ReplicaClient for AbsClient {
         Ok(out)
     }
 
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        for key in keys {
-            check_key(Op::Delete, key)?;
-        }
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }

@@ -18,9 +18,10 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use replica_core::client::{
-    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
+    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
 };
 use replica_core::error::{Op, StoreError};
+use replica_core::key::{Key, KeyPrefix};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, warn};
 use url::Url;
@@ -29,7 +30,20 @@ use url::Url;
 #[derive(Debug, Clone)]
 pub struct FileClient {
     root: PathBuf,
-    url: String,
+    info: StoreInfo,
+}
+
+/// The mtime carries the LTX time (Litestream reads it back from there), so listings
+/// have it and there is no separate upload time.
+const CAPABILITIES: Capabilities = Capabilities {
+    create_only: true,
+    ranged_get: true,
+    list_has_ltx_time: true,
+};
+
+fn info(url: String) -> StoreInfo {
+    // File URLs cannot carry secrets (credentials are refused at parse time).
+    StoreInfo::new("file", url, CAPABILITIES)
 }
 
 impl FileClient {
@@ -40,7 +54,10 @@ impl FileClient {
             Ok(u) => u.to_string(),
             Err(()) => format!("file://{}", root.display()),
         };
-        Self { root, url }
+        Self {
+            root,
+            info: info(url),
+        }
     }
 
     /// Accepts `file:///absolute/path` (and `file://localhost/…`, which the URL parser
@@ -100,7 +117,7 @@ impl FileClient {
         }
         Ok(Self {
             root,
-            url: url.to_string(),
+            info: info(url.to_string()),
         })
     }
 
@@ -152,25 +169,11 @@ impl FromStr for FileClient {
 
 #[async_trait]
 impl ReplicaClient for FileClient {
-    fn kind(&self) -> &'static str {
-        "file"
+    fn info(&self) -> &StoreInfo {
+        &self.info
     }
 
-    fn redacted_url(&self) -> String {
-        // File URLs cannot carry secrets (credentials are refused at parse time).
-        self.url.clone()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            create_only: true,
-            ranged_get: true,
-            list_has_created: true,
-        }
-    }
-
-    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
-        check_key(Op::Put, key)?;
+    async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         let dest = self.path_of(key);
         let opts = opts.clone();
         let owned_key = key.to_owned();
@@ -178,21 +181,20 @@ impl ReplicaClient for FileClient {
             put_blocking(&owned_key, &dest, body, &opts)
         })
         .await?;
-        debug!(key, "put");
+        debug!(%key, "put");
         Ok(())
     }
 
     /// A `range` reaching past the end of the object yields the bytes that exist (none
     /// if it starts past the end), like a short read rather than an error; callers
     /// that need an exact length check what they received.
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        check_key(Op::Get, key)?;
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
         if let Some(r) = &range
             && r.start > r.end
         {
             return Err(StoreError::Other {
                 op: Op::Get,
-                key: key.to_owned(),
+                key: key.to_string(),
                 source: Box::new(io::Error::new(
                     ErrorKind::InvalidInput,
                     format!("invalid byte range {}..{}", r.start, r.end),
@@ -206,7 +208,7 @@ impl ReplicaClient for FileClient {
         // Opening a directory succeeds on Unix; it is not an object.
         if file.metadata().await.map_err(io_err)?.is_dir() {
             return Err(StoreError::NotFound {
-                key: key.to_owned(),
+                key: key.to_string(),
             });
         }
         match range {
@@ -220,19 +222,19 @@ impl ReplicaClient for FileClient {
         }
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        check_key(Op::Head, key)?;
+    async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError> {
         let path = self.path_of(key);
         let meta = blocking(Op::Head, key, move || Ok(fs::metadata(path)?)).await?;
         if !meta.is_file() {
             return Err(StoreError::NotFound {
-                key: key.to_owned(),
+                key: key.to_string(),
             });
         }
         Ok(ObjectInfo {
-            key: key.to_owned(),
+            key: key.to_string(),
             size: meta.len(),
-            created: meta.modified().ok(),
+            last_modified: None,
+            ltx_time: meta.modified().ok(),
         })
     }
 
@@ -242,10 +244,9 @@ impl ReplicaClient for FileClient {
     /// Names that are not UTF-8 cannot be keys and are skipped.
     async fn list(
         &self,
-        prefix: &str,
+        prefix: &KeyPrefix,
         start_after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, StoreError> {
-        check_prefix(prefix)?;
         let root = self.root.clone();
         let prefix_owned = prefix.to_owned();
         let start_after = start_after.map(str::to_owned);
@@ -258,11 +259,7 @@ impl ReplicaClient for FileClient {
         Ok(out)
     }
 
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        // Validate everything first so a bad key cannot leave a half-done delete.
-        for key in keys {
-            check_key(Op::Delete, key)?;
-        }
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
         let root = self.root.clone();
         let keys = keys.to_vec();
         tokio::task::spawn_blocking(move || delete_blocking(&root, &keys))
@@ -289,7 +286,7 @@ fn join_error(op: Op, key: &str, e: tokio::task::JoinError) -> StoreError {
     }
     StoreError::Other {
         op,
-        key: key.to_owned(),
+        key: key.to_string(),
         source: Box::new(e),
     }
 }
@@ -315,81 +312,13 @@ impl FsError {
             FsError::Store(e) => StoreError::from_io(op, key, e),
             FsError::Source(path, e) => StoreError::Other {
                 op,
-                key: key.to_owned(),
+                key: key.to_string(),
                 source: Box::new(io::Error::new(
                     e.kind(),
                     format!("reading payload file {}: {e}", path.display()),
                 )),
             },
         }
-    }
-}
-
-fn invalid_key(op: Op, key: &str, reason: &str) -> StoreError {
-    StoreError::Other {
-        op,
-        key: key.to_owned(),
-        source: Box::new(io::Error::new(
-            ErrorKind::InvalidInput,
-            format!("invalid key: {reason}"),
-        )),
-    }
-}
-
-/// Why a string cannot be a key (or the leading segments of one), if it cannot.
-fn segment_problem(seg: &str) -> Option<&'static str> {
-    if seg.is_empty() {
-        Some("it has an empty path segment ('//' or a trailing '/')")
-    } else if seg == "." || seg == ".." {
-        Some("'.' and '..' segments are not allowed")
-    } else if seg.starts_with('.') {
-        Some("segments starting with '.' are reserved for temporary files")
-    } else {
-        None
-    }
-}
-
-fn char_problem(s: &str) -> Option<&'static str> {
-    if s.starts_with('/') {
-        Some("it is absolute; keys are relative to the replica root")
-    } else if s.contains('\\') {
-        Some("backslashes are not allowed; keys use '/'")
-    } else if s.contains('\0') {
-        Some("NUL bytes are not allowed")
-    } else {
-        None
-    }
-}
-
-fn check_key(op: Op, key: &str) -> Result<(), StoreError> {
-    if key.is_empty() {
-        return Err(invalid_key(op, key, "it is empty"));
-    }
-    let problem = char_problem(key).or_else(|| key.split('/').find_map(segment_problem));
-    match problem {
-        Some(reason) => Err(invalid_key(op, key, reason)),
-        None => Ok(()),
-    }
-}
-
-/// A prefix is the leading part of some valid key: complete segments must be valid, and
-/// the final (possibly partial, possibly empty) one must not start with '.'.
-fn check_prefix(prefix: &str) -> Result<(), StoreError> {
-    let problem = char_problem(prefix).or_else(|| {
-        let (dirs, partial) = match prefix.rsplit_once('/') {
-            Some((dirs, partial)) => (Some(dirs), partial),
-            None => (None, prefix),
-        };
-        dirs.and_then(|d| d.split('/').find_map(segment_problem))
-            .or_else(|| {
-                partial
-                    .starts_with('.')
-                    .then_some("segments starting with '.' are reserved for temporary files")
-            })
-    });
-    match problem {
-        Some(reason) => Err(invalid_key(Op::List, prefix, reason)),
-        None => Ok(()),
     }
 }
 
@@ -603,16 +532,17 @@ fn walk(
         out.push(ObjectInfo {
             key,
             size: meta.len(),
-            created: meta.modified().ok(),
+            last_modified: None,
+            ltx_time: meta.modified().ok(),
         });
     }
     Ok(())
 }
 
-fn delete_blocking(root: &Path, keys: &[String]) -> Result<(), StoreError> {
+fn delete_blocking(root: &Path, keys: &[Key]) -> Result<(), StoreError> {
     let mut touched = std::collections::BTreeSet::new();
     for key in keys {
-        let path = root.join(key);
+        let path = root.join(key.as_str());
         match fs::remove_file(&path) {
             Ok(()) => {
                 if let Some(dir) = path.parent() {
@@ -621,7 +551,7 @@ fn delete_blocking(root: &Path, keys: &[String]) -> Result<(), StoreError> {
             }
             // A directory at the key is a key prefix, not an object: nothing to delete.
             Err(e) if is_absent(&e) || e.kind() == ErrorKind::IsADirectory => {}
-            Err(e) => return Err(StoreError::from_io(Op::Delete, key, e)),
+            Err(e) => return Err(StoreError::from_io(Op::Delete, key.as_str(), e)),
         }
     }
     for dir in touched {

@@ -29,7 +29,6 @@
 
 mod config;
 mod error;
-mod timestamp;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,10 +48,11 @@ use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
 use replica_core::client::{
-    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
+    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
 };
 use replica_core::error::{Op, StoreError};
-use replica_core::layout::LayoutStyle;
+use replica_core::key::{Key, KeyPrefix};
+use replica_core::meta::{self, PutId};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, warn};
 
@@ -67,9 +67,9 @@ pub const CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 /// Attempts per request (the first try plus retries).
 pub const MAX_ATTEMPTS: u32 = 5;
 /// Object metadata holding the LTX creation time, as Litestream writes and reads it.
-pub const TIMESTAMP_METADATA: &str = "litestream-timestamp";
+pub const TIMESTAMP_METADATA: &str = meta::TIMESTAMP;
 /// Object metadata holding a random token unique to one put call.
-pub const PUT_ID_METADATA: &str = "replica-put-id";
+pub const PUT_ID_METADATA: &str = meta::PUT_ID;
 /// Deletes in flight at once (the JSON API deletes one object per request).
 const DELETE_CONCURRENCY: usize = 16;
 const LIST_PAGE: i32 = 1000;
@@ -81,13 +81,15 @@ pub struct GcsClient {
     config: GcsConfig,
     /// `prefix/`, or empty for the bucket root.
     root: String,
-    url: String,
+    info: StoreInfo,
 }
 
 impl std::fmt::Debug for GcsClient {
     // The client is left out: it holds the token source.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GcsClient").field("url", &self.url).finish()
+        f.debug_struct("GcsClient")
+            .field("url", &self.info.redacted_url)
+            .finish()
     }
 }
 
@@ -143,12 +145,22 @@ impl GcsClient {
         } else {
             format!("{}/", config.prefix)
         };
-        let url = config.to_url_string();
+        // Credentials are refused at parse time and no option is secret.
+        let info = StoreInfo::new(
+            "gs",
+            config.to_url_string(),
+            Capabilities {
+                create_only: true,
+                ranged_get: true,
+                // The JSON list returns each object's metadata.
+                list_has_ltx_time: true,
+            },
+        );
         Self {
             client,
             config,
             root,
-            url,
+            info,
         }
     }
 
@@ -210,22 +222,23 @@ impl GcsClient {
         .await
     }
 
-    fn info(&self, key: &str, obj: &Object) -> ObjectInfo {
+    fn object_info(&self, key: &str, obj: &Object) -> ObjectInfo {
         let persisted = obj
             .metadata
             .as_ref()
             .and_then(|m| m.get(TIMESTAMP_METADATA))
             .and_then(|s| {
-                let t = timestamp::parse(s);
+                let t = meta::parse_timestamp(s);
                 if t.is_none() {
-                    warn!(key, value = %s, "unparsable {TIMESTAMP_METADATA} metadata; using the update time");
+                    warn!(key, value = %s, "unparsable {TIMESTAMP_METADATA} metadata; ignoring it");
                 }
                 t
             });
         ObjectInfo {
             key: key.to_owned(),
             size: u64::try_from(obj.size).unwrap_or(0),
-            created: persisted.or_else(|| obj.updated.or(obj.time_created).map(SystemTime::from)),
+            last_modified: obj.updated.or(obj.time_created).map(SystemTime::from),
+            ltx_time: persisted,
         }
     }
 
@@ -438,26 +451,8 @@ async fn read_range(path: &PathBuf, offset: u64, len: u64) -> std::io::Result<By
 
 #[async_trait]
 impl ReplicaClient for GcsClient {
-    fn kind(&self) -> &'static str {
-        "gcs"
-    }
-
-    fn redacted_url(&self) -> String {
-        // Credentials are refused at parse time and no option is secret.
-        self.url.clone()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            create_only: true,
-            ranged_get: true,
-            // The JSON list returns each object's metadata.
-            list_has_created: true,
-        }
-    }
-
-    fn layout_style(&self) -> LayoutStyle {
-        LayoutStyle::LtxDir
+    fn info(&self) -> &StoreInfo {
+        &self.info
     }
 
     /// # Idempotent create-only puts
@@ -468,8 +463,8 @@ impl ReplicaClient for GcsClient {
     /// lost race. So a create-only put carries a random 128-bit token in the
     /// `replica-put-id` metadata, and a 412 is checked by reading the object's metadata:
     /// our token means the put succeeded, anything else is [`StoreError::AlreadyExists`].
-    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
-        check_key(Op::Put, key)?;
+    async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+        let key = key.as_str();
         let size = match &body {
             Payload::Bytes(b) => b.len() as u64,
             Payload::File(path) => tokio::fs::metadata(path)
@@ -479,9 +474,9 @@ impl ReplicaClient for GcsClient {
         };
         let mut metadata = HashMap::new();
         if let Some(ts) = opts.timestamp {
-            metadata.insert(TIMESTAMP_METADATA.to_owned(), timestamp::format(ts));
+            metadata.insert(TIMESTAMP_METADATA.to_owned(), meta::format_timestamp(ts));
         }
-        let put_id = format!("{:032x}", rand::random::<u128>());
+        let put_id = PutId::random().as_str().to_owned();
         if opts.mode == PutMode::CreateOnly {
             metadata.insert(PUT_ID_METADATA.to_owned(), put_id.clone());
         }
@@ -511,8 +506,8 @@ impl ReplicaClient for GcsClient {
         Ok(())
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        check_key(Op::Get, key)?;
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+        let key = key.as_str();
         let gcs_range = match &range {
             None => GcsRange::default(),
             Some(r) if r.start > r.end => {
@@ -562,34 +557,26 @@ impl ReplicaClient for GcsClient {
         Ok(Box::pin(reader))
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        check_key(Op::Head, key)?;
+    async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError> {
+        let key = key.as_str();
         let obj = self
             .get_meta(key)
             .await
             .map_err(|f| self.fail(f, Op::Head, key))?;
-        Ok(self.info(key, &obj))
+        Ok(self.object_info(key, &obj))
     }
 
     async fn list(
         &self,
-        prefix: &str,
+        prefix: &KeyPrefix,
         start_after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, StoreError> {
+        let prefix = prefix.as_str();
         let err_key = if prefix.is_empty() {
             "<replica root>"
         } else {
             prefix
         };
-        if prefix.starts_with('/') {
-            return Err(self.fail(
-                Failure::other(
-                    "invalid prefix: it is absolute; keys are relative to the replica root",
-                ),
-                Op::List,
-                err_key,
-            ));
-        }
         let full_prefix = self.full_key(prefix);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -618,7 +605,7 @@ impl ReplicaClient for GcsClient {
                 if start_after.is_some_and(|a| rel <= a) {
                     continue;
                 }
-                out.push(self.info(rel, obj));
+                out.push(self.object_info(rel, obj));
             }
             match page.next_page_token {
                 Some(t) if !t.is_empty() => {
@@ -639,10 +626,7 @@ impl ReplicaClient for GcsClient {
     }
 
     /// One DELETE per key, [`DELETE_CONCURRENCY`] at a time; 404 is success.
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        for key in keys {
-            check_key(Op::Delete, key)?;
-        }
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
         let mut tasks = tokio::task::JoinSet::new();
         let mut first_err: Option<StoreError> = None;
         let mut pending = keys.iter();
@@ -663,7 +647,7 @@ impl ReplicaClient for GcsClient {
                     }
                     first_err.get_or_insert(StoreError::Other {
                         op: Op::Delete,
-                        key: keys.first().cloned().unwrap_or_default(),
+                        key: keys.first().map(Key::to_string).unwrap_or_default(),
                         source: Box::new(GcsError(join.to_string())),
                     });
                 }
@@ -677,43 +661,9 @@ impl ReplicaClient for GcsClient {
     }
 }
 
-/// Keys are relative, `/`-separated and normalised the way Litestream's `path.Join`
-/// would leave them, so an object we write is where Litestream looks for it.
-fn check_key(op: Op, key: &str) -> Result<(), StoreError> {
-    let problem = if key.is_empty() {
-        Some("it is empty")
-    } else if key.starts_with('/') {
-        Some("it is absolute; keys are relative to the replica root")
-    } else if key.split('/').any(str::is_empty) {
-        Some("it has an empty path segment ('//' or a trailing '/')")
-    } else if key.split('/').any(|s| s == "." || s == "..") {
-        Some("'.' and '..' segments are not allowed")
-    } else {
-        None
-    };
-    match problem {
-        Some(reason) => Err(StoreError::Other {
-            op,
-            key: key.to_owned(),
-            source: Box::new(GcsError(format!("invalid key: {reason}"))),
-        }),
-        None => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_checks() {
-        for k in ["ltx/0/0000000000000001-0000000000000001.ltx", "a", "a/b.c"] {
-            assert!(check_key(Op::Put, k).is_ok(), "{k}");
-        }
-        for k in ["", "/a", "a//b", "a/", "./a", "a/../b"] {
-            assert!(check_key(Op::Put, k).is_err(), "{k}");
-        }
-    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

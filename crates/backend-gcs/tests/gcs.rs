@@ -23,7 +23,7 @@ fn create_only() -> PutOptions {
 
 async fn read_all(c: &dyn ReplicaClient, key: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    c.get(key, None)
+    c.get(&k(&key), None)
         .await
         .unwrap_or_else(|e| panic!("get {key}: {e}"))
         .read_to_end(&mut out)
@@ -59,13 +59,13 @@ async fn url_forms_and_refusals() {
     // gs:// and gcs:// name the same place.
     let a = support::client_for(&format!("gs://{bucket}/same/root?endpoint={ep}")).await;
     let b = support::client_for(&format!("gcs://{bucket}/same//root/?endpoint={ep}")).await;
-    assert_eq!(a.kind(), "gcs");
+    assert_eq!(a.info().scheme, "gs");
     assert_eq!(
-        a.redacted_url(),
+        a.info().redacted_url,
         format!("gs://{bucket}/same/root?endpoint={ep}")
     );
     a.put(
-        "ltx/0/x.ltx",
+        &k("ltx/0/x.ltx"),
         Payload::Bytes(Bytes::from_static(b"hi")),
         &PutOptions::default(),
     )
@@ -110,7 +110,7 @@ async fn create_only_conflict_is_already_exists() {
     let c = support::fresh().await;
     let key = "ltx/0/0000000000000001-0000000000000001.ltx";
     c.put(
-        key,
+        &k(&key),
         Payload::Bytes(Bytes::from_static(b"first")),
         &create_only(),
     )
@@ -118,7 +118,7 @@ async fn create_only_conflict_is_already_exists() {
     .expect("first create-only put");
     match c
         .put(
-            key,
+            &k(&key),
             Payload::Bytes(Bytes::from_static(b"second")),
             &create_only(),
         )
@@ -136,7 +136,7 @@ async fn create_only_conflict_is_already_exists() {
         Some(32)
     );
     c.put(
-        key,
+        &k(&key),
         Payload::Bytes(Bytes::from_static(b"third")),
         &PutOptions::default(),
     )
@@ -159,7 +159,7 @@ async fn create_only_race_of_sixteen() {
                 barrier.wait().await;
                 let res = c
                     .put(
-                        &key,
+                        &k(&key),
                         Payload::Bytes(Bytes::from(body.clone())),
                         &create_only(),
                     )
@@ -193,7 +193,7 @@ async fn large_overwrite_goes_resumable() {
     let ts = UNIX_EPOCH + Duration::from_millis(1_795_504_735_120);
     let key = "ltx/9/0000000000000001-00000000000000ff.ltx";
     c.put(
-        key,
+        &k(&key),
         Payload::File(path.clone()),
         &PutOptions {
             mode: PutMode::Overwrite,
@@ -205,12 +205,12 @@ async fn large_overwrite_goes_resumable() {
     let got = read_all(&c, key).await;
     assert_eq!(got.len() as u64, len);
     assert!(got == data, "content differs");
-    let info = c.head(key).await.expect("head");
-    assert_eq!((info.size, info.created), (len, Some(ts)));
+    let info = c.head(&k(&key)).await.expect("head");
+    assert_eq!((info.size, info.ltx_time), (len, Some(ts)));
     // Overwrite a large object with another large one.
     let data2: Vec<u8> = data.iter().rev().copied().collect();
     std::fs::write(&path, &data2).expect("rewriting the payload");
-    c.put(key, Payload::File(path), &PutOptions::default())
+    c.put(&k(&key), Payload::File(path), &PutOptions::default())
         .await
         .expect("second large put");
     assert!(read_all(&c, key).await == data2, "content after overwrite");
@@ -222,7 +222,7 @@ async fn timestamp_metadata_as_litestream_writes_it() {
     let key = "ltx/0/0000000000000002-0000000000000002.ltx";
     let ts = UNIX_EPOCH + Duration::from_millis(1_795_504_735_990);
     c.put(
-        key,
+        &k(&key),
         Payload::Bytes(Bytes::from_static(b"x")),
         &PutOptions {
             mode: PutMode::CreateOnly,
@@ -239,11 +239,11 @@ async fn timestamp_metadata_as_litestream_writes_it() {
             .map(String::as_str),
         Some("2026-11-24T07:18:55.99Z")
     );
-    assert_eq!(c.head(key).await.expect("head").created, Some(ts));
-    let listed = c.list("ltx/", None).await.expect("list");
+    assert_eq!(c.head(&k(&key)).await.expect("head").ltx_time, Some(ts));
+    let listed = c.list(&p("ltx/"), None).await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(
-        listed[0].created,
+        listed[0].ltx_time,
         Some(ts),
         "list carries the metadata time"
     );
@@ -252,29 +252,44 @@ async fn timestamp_metadata_as_litestream_writes_it() {
 #[tokio::test]
 async fn not_found_mapping() {
     let c = support::fresh().await;
-    match c.head("ltx/0/missing.ltx").await {
+    match c.head(&k("ltx/0/missing.ltx")).await {
         Err(StoreError::NotFound { key }) => assert_eq!(key, "ltx/0/missing.ltx"),
         other => panic!("head: expected NotFound, got {other:?}"),
     }
-    match c.get("ltx/0/missing.ltx", None).await {
+    match c.get(&k("ltx/0/missing.ltx"), None).await {
         Err(StoreError::NotFound { key }) => assert_eq!(key, "ltx/0/missing.ltx"),
         Err(e) => panic!("get: expected NotFound, got {e}"),
         Ok(_) => panic!("get of a missing key succeeded"),
     }
-    match c.get("ltx/0/missing.ltx", Some(3..9)).await {
+    match c.get(&k("ltx/0/missing.ltx"), Some(3..9)).await {
         Err(StoreError::NotFound { .. }) => {}
         Err(e) => panic!("ranged get: expected NotFound, got {e}"),
         Ok(_) => panic!("ranged get of a missing key succeeded"),
     }
-    c.delete_many(&["ltx/0/missing.ltx".to_owned()])
+    c.delete_many(&ks(&["ltx/0/missing.ltx".to_owned()]))
         .await
         .expect("deleting a missing key");
     // A missing bucket is not an empty replica: list fails, and not as NotFound.
     let gone = support::client_at(&support::random_name("no-such-bucket"), "p").await;
-    match gone.list("", None).await {
+    match gone.list(&p(""), None).await {
         Err(StoreError::NotFound { .. }) | Ok(_) => {
             panic!("list of a missing bucket must fail, and not as NotFound")
         }
         Err(e) => assert!(!e.is_transient(), "{e}"),
     }
+}
+
+#[allow(dead_code)]
+fn k(s: impl AsRef<str>) -> replica_core::key::Key {
+    replica_core::key::Key::new(s.as_ref()).expect("valid test key")
+}
+
+#[allow(dead_code)]
+fn p(s: impl AsRef<str>) -> replica_core::key::KeyPrefix {
+    replica_core::key::KeyPrefix::new(s.as_ref()).expect("valid test prefix")
+}
+
+#[allow(dead_code)]
+fn ks<S: AsRef<str>>(v: &[S]) -> Vec<replica_core::key::Key> {
+    v.iter().map(k).collect()
 }

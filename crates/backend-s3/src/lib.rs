@@ -50,7 +50,6 @@
 
 mod config;
 mod error;
-mod timestamp;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -69,10 +68,12 @@ use aws_sdk_s3::types::{
 };
 use bytes::Bytes;
 use replica_core::client::{
-    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
+    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
 };
 use replica_core::error::{Op, StoreError};
+use replica_core::key::{Key, KeyPrefix};
 use replica_core::layout::LayoutStyle;
+use replica_core::meta::{self, PutId};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, warn};
 
@@ -92,9 +93,9 @@ const PART_CONCURRENCY: usize = 4;
 const DELETE_BATCH: usize = 1000;
 
 /// User metadata holding the LTX creation time, as Litestream writes and reads it.
-pub const TIMESTAMP_METADATA: &str = "litestream-timestamp";
+pub const TIMESTAMP_METADATA: &str = meta::TIMESTAMP;
 /// User metadata holding a random token unique to one put call; see `put`.
-pub const PUT_ID_METADATA: &str = "replica-put-id";
+pub const PUT_ID_METADATA: &str = meta::PUT_ID;
 
 /// SDK-level attempts per request (the first try plus retries, with exponential
 /// backoff) for throttling, 5xx, timeouts and connection failures.
@@ -107,13 +108,15 @@ pub struct S3Client {
     config: S3Config,
     /// `prefix/`, or empty for the bucket root.
     root: String,
-    url: String,
+    info: StoreInfo,
 }
 
 impl std::fmt::Debug for S3Client {
     // The SDK client is left out: its configuration holds the credentials provider.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Client").field("url", &self.url).finish()
+        f.debug_struct("S3Client")
+            .field("url", &self.info.redacted_url)
+            .finish()
     }
 }
 
@@ -188,12 +191,23 @@ impl S3Client {
         } else {
             format!("{}/", config.prefix)
         };
-        let url = config.to_url_string();
+        // Credentials are refused at parse time and no option is secret.
+        let mut info = StoreInfo::new(
+            "s3",
+            config.to_url_string(),
+            Capabilities {
+                create_only: true,
+                ranged_get: true,
+                // LIST reports LastModified; the LTX time is only in the metadata.
+                list_has_ltx_time: false,
+            },
+        );
+        info.layout = LayoutStyle::HexLevel;
         Self {
             client,
             config,
             root,
-            url,
+            info,
         }
     }
 
@@ -491,49 +505,30 @@ impl S3Client {
             .metadata()
             .and_then(|m| m.get(TIMESTAMP_METADATA))
             .and_then(|s| {
-                let t = timestamp::parse(s);
+                let t = meta::parse_timestamp(s);
                 if t.is_none() {
                     warn!(key, value = %s, "unparsable {TIMESTAMP_METADATA} metadata; using LastModified");
                 }
                 t
             });
-        let created = persisted.or_else(|| {
-            out.last_modified()
-                .and_then(|d| SystemTime::try_from(*d).ok())
-        });
         Ok(ObjectInfo {
             key: key.to_owned(),
             size: out
                 .content_length()
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0),
-            created,
+            last_modified: out
+                .last_modified()
+                .and_then(|d| SystemTime::try_from(*d).ok()),
+            ltx_time: persisted,
         })
     }
 }
 
 #[async_trait]
 impl ReplicaClient for S3Client {
-    fn kind(&self) -> &'static str {
-        "s3"
-    }
-
-    fn redacted_url(&self) -> String {
-        // Credentials are refused at parse time and no option is secret.
-        self.url.clone()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            create_only: true,
-            ranged_get: true,
-            // LIST reports LastModified; the persisted time is only in the metadata.
-            list_has_created: false,
-        }
-    }
-
-    fn layout_style(&self) -> LayoutStyle {
-        LayoutStyle::HexLevel
+    fn info(&self) -> &StoreInfo {
+        &self.info
     }
 
     /// # Idempotent create-only puts
@@ -549,20 +544,20 @@ impl ReplicaClient for S3Client {
     /// This holds for single and multipart puts alike (an ETag/MD5 comparison would
     /// not work for multipart, whose ETag is not an MD5 of the content). A 409 whose
     /// HEAD finds nothing means a concurrent create did not complete: `Transient`.
-    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
-        check_key(Op::Put, key)?;
+    async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+        let key = key.as_str();
         let full = self.full_key(key);
         let body = Body::new(body);
         let size = body.size().await.map_err(|f| self.fail(f, Op::Put, key))?;
         let mut metadata = HashMap::new();
         if let Some(ts) = opts.timestamp {
-            metadata.insert(TIMESTAMP_METADATA.to_owned(), timestamp::format(ts));
+            metadata.insert(TIMESTAMP_METADATA.to_owned(), meta::format_timestamp(ts));
         }
         let multipart = size > MULTIPART_THRESHOLD;
         // The token is needed to recognise our own write after a retry: for every
         // create-only put, and for multipart uploads (a retried completion may report
         // NoSuchUpload).
-        let put_id = format!("{:032x}", rand::random::<u128>());
+        let put_id = PutId::random().as_str().to_owned();
         if opts.mode == PutMode::CreateOnly || multipart {
             metadata.insert(PUT_ID_METADATA.to_owned(), put_id.clone());
         }
@@ -599,8 +594,8 @@ impl ReplicaClient for S3Client {
 
     /// A `range` reaching past the end yields the bytes that exist (none if it starts
     /// at or past the end), like the file backend.
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        check_key(Op::Get, key)?;
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+        let key = key.as_str();
         if let Some(r) = &range {
             if r.start > r.end {
                 return Err(self.fail(
@@ -658,25 +653,16 @@ impl ReplicaClient for S3Client {
         }
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        check_key(Op::Head, key)?;
+    async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError> {
         self.head_object(key).await
     }
 
     async fn list(
         &self,
-        prefix: &str,
+        prefix: &KeyPrefix,
         start_after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, StoreError> {
-        if prefix.starts_with('/') {
-            return Err(self.fail(
-                Failure::other(
-                    "invalid prefix: it is absolute; keys are relative to the replica root",
-                ),
-                Op::List,
-                prefix,
-            ));
-        }
+        let prefix = prefix.as_str();
         let full_prefix = self.full_key(prefix);
         let err_key = if prefix.is_empty() {
             "<replica root>"
@@ -713,9 +699,10 @@ impl ReplicaClient for S3Client {
                 out.push(ObjectInfo {
                     key: rel.to_owned(),
                     size: obj.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-                    created: obj
+                    last_modified: obj
                         .last_modified()
                         .and_then(|d| SystemTime::try_from(*d).ok()),
+                    ltx_time: None,
                 });
             }
             match page.next_continuation_token() {
@@ -741,10 +728,7 @@ impl ReplicaClient for S3Client {
     /// reported). S3 does not report missing keys; a store that reports `NoSuchKey` is
     /// ignored too. Other per-key failures make the call fail, naming the first failed
     /// key, the error code, and how many keys failed.
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        for key in keys {
-            check_key(Op::Delete, key)?;
-        }
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
         for batch in keys.chunks(DELETE_BATCH) {
             let objects = batch
                 .iter()
@@ -808,30 +792,6 @@ fn part_size(size: u64) -> u64 {
     const MIB: u64 = 1024 * 1024;
     let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
     needed.max(MIN_PART_SIZE)
-}
-
-/// Keys are relative, `/`-separated and normalised the way Litestream's `path.Join`
-/// would leave them, so an object we write is where Litestream looks for it.
-fn check_key(op: Op, key: &str) -> Result<(), StoreError> {
-    let problem = if key.is_empty() {
-        Some("it is empty")
-    } else if key.starts_with('/') {
-        Some("it is absolute; keys are relative to the replica root")
-    } else if key.split('/').any(str::is_empty) {
-        Some("it has an empty path segment ('//' or a trailing '/')")
-    } else if key.split('/').any(|s| s == "." || s == "..") {
-        Some("'.' and '..' segments are not allowed")
-    } else {
-        None
-    };
-    match problem {
-        Some(reason) => Err(StoreError::Other {
-            op,
-            key: key.to_owned(),
-            source: Box::new(S3Error(format!("invalid key: {reason}"))),
-        }),
-        None => Ok(()),
-    }
 }
 
 /// One put call: where, what, and how.
@@ -914,15 +874,5 @@ mod tests {
         assert_eq!(part_size(80_000 * MIB + 1), 9 * MIB);
         let huge = 5 * 1024 * 1024 * MIB;
         assert!(huge.div_ceil(part_size(huge)) <= MAX_PARTS);
-    }
-
-    #[test]
-    fn key_checks() {
-        for k in ["0000/0000000000000001-0000000000000001.ltx", "a", "a/b.c"] {
-            assert!(check_key(Op::Put, k).is_ok(), "{k}");
-        }
-        for k in ["", "/a", "a//b", "a/", "./a", "a/../b"] {
-            assert!(check_key(Op::Put, k).is_err(), "{k}");
-        }
     }
 }

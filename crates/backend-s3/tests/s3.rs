@@ -34,7 +34,7 @@ const MIB: usize = 1024 * 1024;
 
 async fn read_all(c: &S3Client, key: &str, range: Option<Range<u64>>) -> Vec<u8> {
     let mut r = c
-        .get(key, range.clone())
+        .get(&k(&key), range.clone())
         .await
         .unwrap_or_else(|e| panic!("get {key} {range:?}: {e}"));
     let mut buf = Vec::new();
@@ -51,7 +51,7 @@ fn opts(mode: PutMode) -> PutOptions {
 
 async fn put_bytes(c: &S3Client, key: &str, data: &[u8], mode: PutMode) -> Result<(), StoreError> {
     c.put(
-        key,
+        &k(&key),
         Payload::Bytes(Bytes::copy_from_slice(data)),
         &opts(mode),
     )
@@ -91,11 +91,11 @@ async fn open_uploads(c: &S3Client) -> usize {
 #[tokio::test]
 async fn basics() {
     let c = fresh().await;
-    assert_eq!(c.kind(), "s3");
-    assert_eq!(c.layout_style(), LayoutStyle::HexLevel);
-    let caps = c.capabilities();
-    assert!(caps.create_only && caps.ranged_get && !caps.list_has_created);
-    let url = c.redacted_url();
+    assert_eq!(c.info().scheme, "s3");
+    assert_eq!(c.info().layout, LayoutStyle::HexLevel);
+    let caps = c.info().capabilities;
+    assert!(caps.create_only && caps.ranged_get && !caps.list_has_ltx_time);
+    let url = c.info().redacted_url.clone();
     assert_eq!(
         url,
         format!(
@@ -117,7 +117,7 @@ async fn single_put_from_file() {
     let data = pattern(8 * MIB, 7);
     std::fs::write(&path, &data).expect("write");
     c.put(
-        "0000/file",
+        &k("0000/file"),
         Payload::File(path.clone()),
         &opts(PutMode::CreateOnly),
     )
@@ -140,8 +140,12 @@ async fn single_put_from_file() {
         "a multipart ETag {etag} for a single put"
     );
     assert!(matches!(
-        c.put("0000/file", Payload::File(path), &opts(PutMode::CreateOnly))
-            .await,
+        c.put(
+            &k("0000/file"),
+            Payload::File(path),
+            &opts(PutMode::CreateOnly)
+        )
+        .await,
         Err(StoreError::AlreadyExists { .. })
     ));
 }
@@ -155,7 +159,7 @@ async fn round_trip_with_timestamp_metadata() {
     let data = pattern(4321, 1);
     let before = SystemTime::now();
     c.put(
-        &key,
+        &k(&key),
         Payload::Bytes(Bytes::from(data.clone())),
         &PutOptions {
             mode: PutMode::Overwrite,
@@ -166,11 +170,11 @@ async fn round_trip_with_timestamp_metadata() {
     .expect("put");
     assert_eq!(read_all(&c, &key, None).await, data);
 
-    let info = c.head(&key).await.expect("head");
+    let info = c.head(&k(&key)).await.expect("head");
     assert_eq!(info.key, key);
     assert_eq!(info.size, 4321);
     assert_eq!(
-        info.created,
+        info.ltx_time,
         Some(UNIX_EPOCH + Duration::from_millis(1_795_504_735_993))
     );
 
@@ -191,27 +195,30 @@ async fn round_trip_with_timestamp_metadata() {
     // An overwrite put carries no put token.
     assert!(!meta.contains_key("replica-put-id"), "{meta:?}");
 
-    // LIST reports LastModified (the upload time), not the persisted timestamp.
-    let listed = c.list("", None).await.expect("list");
+    // LIST reports LastModified (the upload time) as such, and no LTX time: it is only
+    // in the metadata.
+    let listed = c.list(&p(""), None).await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].key, key);
     assert_eq!(listed[0].size, 4321);
-    let lm = listed[0].created.expect("LastModified");
+    assert_eq!(listed[0].ltx_time, None, "S3 listings carry no LTX time");
+    let lm = listed[0].last_modified.expect("LastModified");
     assert!(
         lm + Duration::from_secs(5) >= before,
         "LastModified {lm:?} before the upload at {before:?}"
     );
 
-    // Without a timestamp, head falls back to LastModified.
+    // Without a timestamp, head reports no LTX time, and LastModified as such.
     c.put(
-        "0000/plain",
+        &k("0000/plain"),
         Payload::Bytes(Bytes::from_static(b"x")),
         &PutOptions::default(),
     )
     .await
     .expect("put plain");
-    let plain = c.head("0000/plain").await.expect("head plain");
-    let created = plain.created.expect("created");
+    let plain = c.head(&k("0000/plain")).await.expect("head plain");
+    assert_eq!(plain.ltx_time, None);
+    let created = plain.last_modified.expect("LastModified");
     assert!(created + Duration::from_secs(5) >= before);
 
     // Timestamps written by other tools, with other precisions, parse too.
@@ -229,9 +236,9 @@ async fn round_trip_with_timestamp_metadata() {
             .send()
             .await
             .expect("raw put");
-        let info = c.head("0001/foreign").await.expect("head foreign");
+        let info = c.head(&k("0001/foreign")).await.expect("head foreign");
         assert_eq!(
-            info.created,
+            info.ltx_time,
             Some(UNIX_EPOCH + Duration::from_millis(ms)),
             "{value}"
         );
@@ -244,7 +251,7 @@ async fn empty_object_and_overwrite() {
     put_bytes(&c, "0000/k", b"", PutMode::Overwrite)
         .await
         .expect("put empty");
-    assert_eq!(c.head("0000/k").await.expect("head").size, 0);
+    assert_eq!(c.head(&k("0000/k")).await.expect("head").size, 0);
     assert!(read_all(&c, "0000/k", None).await.is_empty());
     put_bytes(&c, "0000/k", b"second", PutMode::Overwrite)
         .await
@@ -289,13 +296,13 @@ async fn ranged_get() {
     assert!(read_all(&c, "0009/snap", Some(7..7)).await.is_empty());
     // Inverted range is an error, not a panic.
     assert!(matches!(
-        c.get("0009/snap", Some(std::ops::Range { start: 9, end: 3 }))
+        c.get(&k("0009/snap"), Some(std::ops::Range { start: 9, end: 3 }))
             .await,
         Err(StoreError::Other { .. })
     ));
     // A missing object is NotFound with or without a range.
     for r in [None, Some(0..10), Some(3..3)] {
-        match c.get("0009/missing", r.clone()).await {
+        match c.get(&k("0009/missing"), r.clone()).await {
             Err(e) => assert!(e.is_not_found(), "{r:?}: {e}"),
             Ok(_) => panic!("{r:?}: got a missing object"),
         }
@@ -343,33 +350,49 @@ async fn list_pages_past_1000_and_start_after_and_delete_many() {
     put_many(&c, &keys).await;
     keys.sort();
 
-    let all = c.list("", None).await.expect("list all");
+    let all = c.list(&p(""), None).await.expect("list all");
     let got: Vec<&str> = all.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(got, keys.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(all.iter().all(|o| o.size == o.key.len() as u64));
 
-    let level0 = c.list("0000/", None).await.expect("list level 0");
+    let level0 = c.list(&p("0000/"), None).await.expect("list level 0");
     assert_eq!(level0.len(), 1100);
     assert!(level0.iter().all(|o| o.key.starts_with("0000/")));
 
     // start_after in the middle of the second page, and past everything.
     let after = ltx_key(0, 1050);
-    let tail = c.list("0000/", Some(&after)).await.expect("list tail");
+    let tail = c.list(&p("0000/"), Some(&after)).await.expect("list tail");
     assert_eq!(tail.len(), 50);
     assert_eq!(tail[0].key, ltx_key(0, 1051));
-    let tail = c.list("", Some(&ltx_key(0, 10))).await.expect("list tail");
+    let tail = c
+        .list(&p(""), Some(&ltx_key(0, 10)))
+        .await
+        .expect("list tail");
     assert_eq!(tail.len(), 1100 - 10 + 150);
-    assert!(c.list("", Some("zzzz")).await.expect("past end").is_empty());
+    assert!(
+        c.list(&p(""), Some("zzzz"))
+            .await
+            .expect("past end")
+            .is_empty()
+    );
     // start_after before the prefix.
     assert_eq!(
-        c.list("0001/", Some("0000/")).await.expect("level 1").len(),
+        c.list(&p("0001/"), Some("0000/"))
+            .await
+            .expect("level 1")
+            .len(),
         150
     );
-    assert!(c.list("0002/", None).await.expect("empty level").is_empty());
+    assert!(
+        c.list(&p("0002/"), None)
+            .await
+            .expect("empty level")
+            .is_empty()
+    );
 
     // The bucket root: keys relative to an empty prefix.
     let root_keys: Vec<String> = root
-        .list("db", None)
+        .list(&p("db"), None)
         .await
         .expect("root list")
         .into_iter()
@@ -384,14 +407,16 @@ async fn list_pages_past_1000_and_start_after_and_delete_many() {
     let mut doomed = keys.clone();
     doomed.extend((5000..5010).map(|n| ltx_key(0, n)));
     doomed.push("0009/never-existed".into());
-    c.delete_many(&doomed).await.expect("delete_many");
-    assert!(c.list("", None).await.expect("list after").is_empty());
+    c.delete_many(&ks(&doomed)).await.expect("delete_many");
+    assert!(c.list(&p(""), None).await.expect("list after").is_empty());
     // Deleting again (all missing) is fine, as is deleting nothing.
-    c.delete_many(&doomed[..1200]).await.expect("delete again");
+    c.delete_many(&ks(&doomed[..1200]))
+        .await
+        .expect("delete again");
     c.delete_many(&[]).await.expect("delete nothing");
     // The neighbours survived.
-    assert_eq!(sibling.list("", None).await.expect("sibling").len(), 1);
-    assert!(root.head("dbfile").await.is_ok());
+    assert_eq!(sibling.list(&p(""), None).await.expect("sibling").len(), 1);
+    assert!(root.head(&k("dbfile")).await.is_ok());
 }
 
 #[tokio::test]
@@ -464,12 +489,12 @@ async fn multipart_file_payload_and_create_only() {
         mode: PutMode::CreateOnly,
         timestamp: Some(ts),
     };
-    c.put(&key, Payload::File(path.clone()), &create)
+    c.put(&k(&key), Payload::File(path.clone()), &create)
         .await
         .expect("multipart put");
-    let info = c.head(&key).await.expect("head");
+    let info = c.head(&k(&key)).await.expect("head");
     assert_eq!(info.size, data.len() as u64);
-    assert_eq!(info.created, Some(ts));
+    assert_eq!(info.ltx_time, Some(ts));
     let got = read_all(&c, &key, None).await;
     assert!(got == data, "multipart content differs");
     // A range across the 8 MiB part boundary.
@@ -483,7 +508,7 @@ async fn multipart_file_payload_and_create_only() {
     // is untouched and the refused upload is aborted.
     let other = dir.path().join("other.ltx");
     std::fs::write(&other, pattern(9 * MIB, 4)).expect("write other");
-    match c.put(&key, Payload::File(other), &create).await {
+    match c.put(&k(&key), Payload::File(other), &create).await {
         Err(StoreError::AlreadyExists { .. }) => {}
         r => panic!("second create-only multipart put: {r:?}"),
     }
@@ -493,7 +518,7 @@ async fn multipart_file_payload_and_create_only() {
     // Multipart from bytes, overwrite.
     let bytes = pattern(9 * MIB + 1, 5);
     c.put(
-        &key,
+        &k(&key),
         Payload::Bytes(Bytes::from(bytes.clone())),
         &PutOptions::default(),
     )
@@ -504,7 +529,7 @@ async fn multipart_file_payload_and_create_only() {
     // A missing spool file is an error about the file, not a missing object.
     match c
         .put(
-            "0009/x",
+            &k("0009/x"),
             Payload::File(dir.path().join("nope")),
             &PutOptions::default(),
         )
@@ -522,21 +547,21 @@ async fn multipart_file_payload_and_create_only() {
 async fn not_found_mapping() {
     let c = fresh().await;
     assert!(
-        c.head("0000/missing")
+        c.head(&k("0000/missing"))
             .await
             .expect_err("head")
             .is_not_found()
     );
-    let get = c.get("0000/missing", None).await.err().expect("get");
+    let get = c.get(&k("0000/missing"), None).await.err().expect("get");
     assert!(get.is_not_found(), "{get}");
     assert!(get.to_string().contains("0000/missing"), "{get}");
 
     let emu = emulator();
     let gone = client_at(&emu.endpoint, &random_name("no-such-bucket"), "p").await;
-    let get = gone.get("0000/x", None).await.err().expect("get");
+    let get = gone.get(&k("0000/x"), None).await.err().expect("get");
     assert!(get.is_not_found(), "{get}");
     assert!(get.to_string().contains("does not exist"), "{get}");
-    let list = gone.list("", None).await.expect_err("list");
+    let list = gone.list(&p(""), None).await.expect_err("list");
     assert!(list.is_not_found(), "{list}");
     assert!(list.to_string().contains("does not exist"), "{list}");
     let put = put_bytes(&gone, "0000/x", b"x", PutMode::Overwrite)
@@ -545,7 +570,12 @@ async fn not_found_mapping() {
     assert!(put.is_not_found(), "{put}");
     assert!(put.to_string().contains("does not exist"), "{put}");
     // HEAD responses have no body, so a missing bucket looks like a missing key there.
-    assert!(gone.head("0000/x").await.expect_err("head").is_not_found());
+    assert!(
+        gone.head(&k("0000/x"))
+            .await
+            .expect_err("head")
+            .is_not_found()
+    );
 }
 
 #[tokio::test]
@@ -686,7 +716,7 @@ async fn create_only_survives_a_lost_response() {
     let data = pattern(9 * MIB, 6);
     proxy.armed.store(true, Ordering::SeqCst);
     c.put(
-        "0009/multi",
+        &k("0009/multi"),
         Payload::Bytes(Bytes::from(data.clone())),
         &opts(PutMode::CreateOnly),
     )
@@ -774,7 +804,7 @@ async fn secret_leak_child() {
     check("put, closed port", &e);
     check(
         "list, closed port",
-        &c.list("", None).await.expect_err("list"),
+        &c.list(&p(""), None).await.expect_err("list"),
     );
 
     // A missing bucket on the emulator, signed with the marker secret.
@@ -794,19 +824,19 @@ async fn secret_leak_child() {
         ),
         (
             "get, missing bucket",
-            c.get("0000/x", Some(0..4)).await.err().expect("get"),
+            c.get(&k("0000/x"), Some(0..4)).await.err().expect("get"),
         ),
         (
             "head, missing bucket",
-            c.head("0000/x").await.expect_err("head"),
+            c.head(&k("0000/x")).await.expect_err("head"),
         ),
         (
             "list, missing bucket",
-            c.list("", None).await.expect_err("list"),
+            c.list(&p(""), None).await.expect_err("list"),
         ),
         (
             "delete, missing bucket",
-            c.delete_many(&["0000/x".to_owned()])
+            c.delete_many(&ks(&["0000/x".to_owned()]))
                 .await
                 .expect_err("delete"),
         ),
@@ -821,4 +851,19 @@ async fn secret_leak_child() {
         .expect_err("credentials in URL");
     assert!(matches!(e, StoreError::InvalidUrl { .. }));
     check("credentials in URL", &e);
+}
+
+#[allow(dead_code)]
+fn k(s: impl AsRef<str>) -> replica_core::key::Key {
+    replica_core::key::Key::new(s.as_ref()).expect("valid test key")
+}
+
+#[allow(dead_code)]
+fn p(s: impl AsRef<str>) -> replica_core::key::KeyPrefix {
+    replica_core::key::KeyPrefix::new(s.as_ref()).expect("valid test prefix")
+}
+
+#[allow(dead_code)]
+fn ks<S: AsRef<str>>(v: &[S]) -> Vec<replica_core::key::Key> {
+    v.iter().map(k).collect()
 }

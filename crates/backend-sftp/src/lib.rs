@@ -55,9 +55,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use replica_core::client::{
-    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
+    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
 };
 use replica_core::error::{Op, StoreError};
+use replica_core::key::{Key, KeyPrefix};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
@@ -139,7 +140,7 @@ enum ConnectError {
 /// A replica on an SFTP server.
 pub struct SftpClient {
     cfg: Arc<SftpConfig>,
-    url: String,
+    info: StoreInfo,
     conn: Mutex<Option<Arc<Conn>>>,
     limit: Arc<Semaphore>,
 }
@@ -147,7 +148,7 @@ pub struct SftpClient {
 impl fmt::Debug for SftpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SftpClient")
-            .field("url", &self.url)
+            .field("url", &self.info.redacted_url)
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
     }
@@ -172,9 +173,21 @@ impl SftpClient {
     pub fn parse(url: &str) -> Result<SftpClient, StoreError> {
         let cfg = parse_url(url)?;
         let redacted = redact(&cfg);
+        // SFTP v3 file times are whole seconds; Litestream's SFTP replicas have the same
+        // resolution. The mtime carries the LTX time, so listings have it.
+        let mut info = StoreInfo::new(
+            "sftp",
+            redacted,
+            Capabilities {
+                create_only: true,
+                ranged_get: true,
+                list_has_ltx_time: true,
+            },
+        );
+        info.timestamp_precision = std::time::Duration::from_secs(1);
         Ok(SftpClient {
             cfg: Arc::new(cfg),
-            url: redacted,
+            info,
             conn: Mutex::new(None),
             limit: Arc::new(Semaphore::new(MAX_CONCURRENCY)),
         })
@@ -800,70 +813,6 @@ async fn authenticate(
 // ---------------------------------------------------------------------------------
 // Keys
 
-fn invalid_key(op: Op, key: &str, reason: &str) -> StoreError {
-    StoreError::Other {
-        op,
-        key: key.to_owned(),
-        source: Box::new(io::Error::new(
-            ErrorKind::InvalidInput,
-            format!("invalid key: {reason}"),
-        )),
-    }
-}
-
-fn bad_segment(seg: &str) -> Option<&'static str> {
-    if seg.is_empty() {
-        Some("it has an empty path segment ('//' or a trailing '/')")
-    } else if seg == "." || seg == ".." {
-        Some("'.' and '..' segments are not allowed")
-    } else if seg.starts_with('.') {
-        Some("segments starting with '.' are reserved for temporary files")
-    } else {
-        None
-    }
-}
-
-fn bad_chars(s: &str) -> Option<&'static str> {
-    if s.starts_with('/') {
-        Some("it is absolute; keys are relative to the replica root")
-    } else if s.contains('\\') {
-        Some("backslashes are not allowed; keys use '/'")
-    } else if s.contains('\0') {
-        Some("NUL bytes are not allowed")
-    } else {
-        None
-    }
-}
-
-fn check_key(op: Op, key: &str) -> Result<(), StoreError> {
-    if key.is_empty() {
-        return Err(invalid_key(op, key, "it is empty"));
-    }
-    match bad_chars(key).or_else(|| key.split('/').find_map(bad_segment)) {
-        Some(r) => Err(invalid_key(op, key, r)),
-        None => Ok(()),
-    }
-}
-
-fn check_prefix(prefix: &str) -> Result<(), StoreError> {
-    let problem = bad_chars(prefix).or_else(|| {
-        let (dirs, partial) = match prefix.rsplit_once('/') {
-            Some((d, p)) => (Some(d), p),
-            None => (None, prefix),
-        };
-        dirs.and_then(|d| d.split('/').find_map(bad_segment))
-            .or_else(|| {
-                partial
-                    .starts_with('.')
-                    .then_some("segments starting with '.' are reserved for temporary files")
-            })
-    });
-    match problem {
-        Some(r) => Err(invalid_key(Op::List, prefix, r)),
-        None => Ok(()),
-    }
-}
-
 fn unix_secs(t: SystemTime) -> u32 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
@@ -1224,7 +1173,8 @@ async fn walk(
         out.push(ObjectInfo {
             key,
             size: attrs.len(),
-            created: mtime_of(&attrs),
+            last_modified: None,
+            ltx_time: mtime_of(&attrs),
         });
     }
     Ok(())
@@ -1232,30 +1182,12 @@ async fn walk(
 
 #[async_trait]
 impl ReplicaClient for SftpClient {
-    fn kind(&self) -> &'static str {
-        "sftp"
+    fn info(&self) -> &StoreInfo {
+        &self.info
     }
 
-    fn redacted_url(&self) -> String {
-        self.url.clone()
-    }
-
-    /// SFTP v3 file times are whole seconds; Litestream's SFTP replicas have the same
-    /// resolution.
-    fn timestamp_precision(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(1)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            create_only: true,
-            ranged_get: true,
-            list_has_created: true,
-        }
-    }
-
-    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
-        check_key(Op::Put, key)?;
+    async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+        let key = key.as_str();
         let _permit = self.permit().await?;
         let dest = self.path_of(key);
         self.run(Op::Put, key, |c| put_once(c, key, &dest, &body, opts))
@@ -1264,8 +1196,8 @@ impl ReplicaClient for SftpClient {
         Ok(())
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        check_key(Op::Get, key)?;
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+        let key = key.as_str();
         if let Some(r) = &range
             && r.start > r.end
         {
@@ -1316,8 +1248,8 @@ impl ReplicaClient for SftpClient {
         }))
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        check_key(Op::Head, key)?;
+    async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError> {
+        let key = key.as_str();
         let _permit = self.permit().await?;
         let path = self.path_of(key);
         let attrs = self
@@ -1335,16 +1267,17 @@ impl ReplicaClient for SftpClient {
         Ok(ObjectInfo {
             key: key.to_owned(),
             size: attrs.len(),
-            created: mtime_of(&attrs),
+            last_modified: None,
+            ltx_time: mtime_of(&attrs),
         })
     }
 
     async fn list(
         &self,
-        prefix: &str,
+        prefix: &KeyPrefix,
         start_after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, StoreError> {
-        check_prefix(prefix)?;
+        let prefix = prefix.as_str();
         let _permit = self.permit().await?;
         let (dir_key, partial) = match prefix.rsplit_once('/') {
             Some((d, p)) => (format!("{d}/"), p),
@@ -1365,13 +1298,12 @@ impl ReplicaClient for SftpClient {
         Ok(out)
     }
 
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        for key in keys {
-            check_key(Op::Delete, key)?;
-        }
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
         let _permit = self.permit().await?;
-        let paths: Vec<(String, String)> =
-            keys.iter().map(|k| (k.clone(), self.path_of(k))).collect();
+        let paths: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (k.to_string(), self.path_of(k)))
+            .collect();
         for batch in paths.chunks(DELETES_IN_FLIGHT * 8) {
             let first = batch.first().map(|(k, _)| k.as_str()).unwrap_or("");
             self.run(Op::Delete, first, |c| async move {
@@ -1480,7 +1412,7 @@ mod tests {
     #[test]
     fn redacted_url_has_no_query() {
         let c = SftpClient::parse("sftp://u@h:2022/a%20b?key_path=/k").expect("parse");
-        assert_eq!(c.redacted_url(), "sftp://u@h:2022/a%20b");
+        assert_eq!(c.info().redacted_url, "sftp://u@h:2022/a%20b");
     }
 
     #[test]

@@ -18,15 +18,15 @@ fn key(name: &str) -> String {
 }
 
 async fn round_trip(c: &SftpClient) -> Result<(), StoreError> {
-    let k = key("probe");
+    let probe = key("probe");
     c.put(
-        &k,
+        &k(&probe),
         Payload::Bytes(Bytes::from_static(b"hello")),
         &PutOptions::default(),
     )
     .await?;
     let mut body = Vec::new();
-    c.get(&k, None)
+    c.get(&k(&probe), None)
         .await?
         .read_to_end(&mut body)
         .await
@@ -200,10 +200,10 @@ fn wrong_password_never_appears_in_errors() {
     let err = rt.block_on(async {
         let c = SftpClient::parse(&url).expect("parse");
         let e = c
-            .head("ltx/0/x.ltx")
+            .head(&k("ltx/0/x.ltx"))
             .await
             .expect_err("sshd refuses passwords");
-        (e, format!("{c:?} {}", c.redacted_url()))
+        (e, format!("{c:?} {}", c.info().redacted_url))
     });
     let text = format!("{} {:?} {}", err.0, err.0, err.1);
     assert!(!text.contains(&secret), "the password leaked: {text}");
@@ -268,8 +268,23 @@ async fn reconnects_after_the_connection_drops() {
     round_trip(&c).await.expect("first round trip");
     cut.send_modify(|n| *n += 1);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    c.head(&key("probe"))
+    c.head(&k(key("probe")))
         .await
         .expect("head after the drop reconnects");
     round_trip(&c).await.expect("round trip after the drop");
+}
+
+#[allow(dead_code)]
+fn k(s: impl AsRef<str>) -> replica_core::key::Key {
+    replica_core::key::Key::new(s.as_ref()).expect("valid test key")
+}
+
+#[allow(dead_code)]
+fn p(s: impl AsRef<str>) -> replica_core::key::KeyPrefix {
+    replica_core::key::KeyPrefix::new(s.as_ref()).expect("valid test prefix")
+}
+
+#[allow(dead_code)]
+fn ks<S: AsRef<str>>(v: &[S]) -> Vec<replica_core::key::Key> {
+    v.iter().map(k).collect()
 }

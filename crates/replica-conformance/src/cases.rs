@@ -15,7 +15,7 @@ use replica_core::client::{Capabilities, Payload, PutMode, ReplicaClient};
 use replica_core::error::StoreError;
 
 use crate::support::{
-    MIB, Store, assert_recent, create_only, describe, overwrite, pattern, payload, resume,
+    MIB, Store, assert_recent, create_only, describe, key, overwrite, pattern, payload, resume,
     stored_ms, unix_ms, verify_pattern, with_timestamp, write_pattern_file,
 };
 
@@ -80,6 +80,7 @@ pub const ALL: &[Case] = &[
     case("not_found", Needs::Nothing),
     case("missing_payload_file", Needs::Nothing),
     case("timestamp_round_trip", Needs::Nothing),
+    case("ltx_time_is_never_store_time", Needs::Nothing),
     case("create_only_existing", Needs::CreateOnly),
     case("create_only_race", Needs::CreateOnly),
     case("permission_denied", Needs::PermissionHook),
@@ -92,13 +93,13 @@ fn require(c: &dyn ReplicaClient, name: &str) {
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("internal: case {name} is missing from cases::ALL"));
     assert!(
-        case.needs.met_by(&c.capabilities()),
+        case.needs.met_by(&c.info().capabilities),
         "case {name} needs {}, which backend {} does not declare ({:?}). If that is \
          right, list it in conformance_suite! as `skip: {{ {name}: \"<reason>\" }}`; \
          cases are never skipped silently",
         case.needs.describe(),
-        c.kind(),
-        c.capabilities()
+        c.info().scheme,
+        c.info().capabilities
     );
 }
 
@@ -118,14 +119,20 @@ fn strings(v: &[&str]) -> Vec<String> {
 /// Put (bytes and file payloads), get, head, list and delete of a few objects.
 pub async fn round_trip(client: Arc<dyn ReplicaClient>) {
     let s = start(client, "round_trip").await;
-    assert!(!s.c.kind().is_empty(), "kind() is empty");
-    assert!(!s.c.redacted_url().is_empty(), "redacted_url() is empty");
+    assert!(!s.c.info().scheme.is_empty(), "info().scheme is empty");
+    assert!(
+        !s.c.info().redacted_url.is_empty(),
+        "info().redacted_url is empty"
+    );
 
     s.put_bytes(LTX_KEY, b"hello world").await;
     assert_eq!(s.get(LTX_KEY, None).await, b"hello world", "get after put");
     let info = s.head(LTX_KEY).await;
     assert_eq!(info.size, 11, "head size after put");
-    assert_recent(info.created, "head of an object put without a timestamp");
+    assert_recent(
+        info.ltx_time.or(info.last_modified),
+        "head of an object put without a timestamp",
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("spool");
@@ -138,9 +145,12 @@ pub async fn round_trip(client: Arc<dyn ReplicaClient>) {
     let listed = s.list("", None).await;
     let got: Vec<(&str, u64)> = listed.iter().map(|o| (o.key.as_str(), o.size)).collect();
     assert_eq!(got, [(LTX_KEY, 11), (file_key, 11)], "list after two puts");
-    if s.c.capabilities().list_has_created {
+    if s.c.info().capabilities.list_has_ltx_time {
         for info in &listed {
-            assert_recent(info.created, &format!("list entry {}", info.key));
+            assert_recent(
+                info.ltx_time.or(info.last_modified),
+                &format!("list entry {}", info.key),
+            );
         }
     }
 
@@ -197,7 +207,7 @@ pub async fn empty_object(client: Arc<dyn ReplicaClient>) {
     for key in ["empty/bytes", "empty/file"] {
         assert!(s.get(key, None).await.is_empty(), "get {key}");
         assert_eq!(s.head(key).await.size, 0, "head {key}");
-        if s.c.capabilities().ranged_get {
+        if s.c.info().capabilities.ranged_get {
             assert!(
                 s.get(key, Some(0..10)).await.is_empty(),
                 "{key} range 0..10"
@@ -240,7 +250,7 @@ pub async fn ranged_get(client: Arc<dyn ReplicaClient>) {
             got.len()
         );
     }
-    match s.c.get("missing", Some(0..10)).await {
+    match s.c.get(&key("missing"), Some(0..10)).await {
         Err(StoreError::NotFound { key }) => assert_eq!(key, "missing"),
         Err(e) => panic!(
             "ranged get of a missing key should be NotFound, got {}",
@@ -351,8 +361,11 @@ pub async fn list_by_prefix(client: Arc<dyn ReplicaClient>) {
             "list size of {}",
             info.key
         );
-        if s.c.capabilities().list_has_created {
-            assert_recent(info.created, &format!("list entry {}", info.key));
+        if s.c.info().capabilities.list_has_ltx_time {
+            assert_recent(
+                info.ltx_time.or(info.last_modified),
+                &format!("list entry {}", info.key),
+            );
         }
     }
     s.cleanup().await;
@@ -650,8 +663,8 @@ pub async fn large_object(client: Arc<dyn ReplicaClient>) {
     let info = s.head(key).await;
     assert_eq!(info.size, LARGE_LEN, "head size of the large object");
     assert_eq!(
-        info.created.map(unix_ms),
-        Some(stored_ms(s.c.timestamp_precision(), ts)),
+        info.ltx_time.map(unix_ms),
+        Some(stored_ms(s.c.info().timestamp_precision, ts)),
         "the timestamp of a large (possibly multipart) put"
     );
     let listed = s.list("", None).await;
@@ -659,7 +672,7 @@ pub async fn large_object(client: Arc<dyn ReplicaClient>) {
     assert_eq!(listed[0].size, LARGE_LEN, "list size of the large object");
     verify_pattern(&s, key, None, seed, 0..LARGE_LEN).await;
 
-    if s.c.capabilities().ranged_get {
+    if s.c.info().capabilities.ranged_get {
         let boundary = 8 * MIB;
         for r in [
             boundary - 10..boundary + 10,
@@ -690,7 +703,11 @@ pub async fn large_object_create_only(client: Arc<dyn ReplicaClient>) {
     let b = write_pattern_file(dir.path(), "b", second, LARGE_LEN - 1000);
     let key = "0009/0000000000000001-0000000000000800.ltx";
     s.put(key, Payload::File(a), &create_only()).await;
-    match s.c.put(key, Payload::File(b), &create_only()).await {
+    match s
+        .c
+        .put(&self::key(key), Payload::File(b), &create_only())
+        .await
+    {
         Err(StoreError::AlreadyExists { key: k }) => {
             assert_eq!(k, key, "AlreadyExists names another key")
         }
@@ -737,7 +754,7 @@ pub async fn prefix_isolation(first: Arc<dyn ReplicaClient>, second: Arc<dyn Rep
 /// that is only a "directory" of others); deleting and listing them is fine.
 pub async fn not_found(client: Arc<dyn ReplicaClient>) {
     let s = start(client, "not_found").await;
-    match s.c.get("nope", None).await {
+    match s.c.get(&key("nope"), None).await {
         Err(StoreError::NotFound { key }) => assert_eq!(key, "nope", "NotFound's key"),
         Err(e) => panic!(
             "get of a missing key: expected NotFound, got {}",
@@ -754,7 +771,7 @@ pub async fn not_found(client: Arc<dyn ReplicaClient>) {
         .await;
     s.assert_not_found("nf/dir/xx", "a key extending an object's")
         .await;
-    match s.c.get("nf/dir", None).await {
+    match s.c.get(&key("nf/dir"), None).await {
         Err(StoreError::NotFound { key }) => assert_eq!(key, "nf/dir", "NotFound's key"),
         Err(e) => panic!(
             "get of a 'directory' key: expected NotFound, got {}",
@@ -785,11 +802,15 @@ pub async fn missing_payload_file(client: Arc<dyn ReplicaClient>) {
     let src = dir.path().join("no-such-spool");
     let key = "ltx/0/0000000000000003-0000000000000003.ltx";
     let mut modes = vec![overwrite()];
-    if s.c.capabilities().create_only {
+    if s.c.info().capabilities.create_only {
         modes.push(create_only());
     }
     for opts in &modes {
-        match s.c.put(key, Payload::File(src.clone()), opts).await {
+        match s
+            .c
+            .put(&self::key(key), Payload::File(src.clone()), opts)
+            .await
+        {
             Ok(()) => panic!("put from a missing file ({:?}) succeeded", opts.mode),
             Err(e) => {
                 assert!(
@@ -812,7 +833,7 @@ pub async fn missing_payload_file(client: Arc<dyn ReplicaClient>) {
         s.keys("", None).await.is_empty(),
         "a failed put left objects"
     );
-    if s.c.capabilities().create_only {
+    if s.c.info().capabilities.create_only {
         // A failed create-only put must not leave the key reserved.
         s.put(key, payload(b"ok"), &create_only()).await;
         assert_eq!(s.get(key, None).await, b"ok");
@@ -826,7 +847,7 @@ pub async fn missing_payload_file(client: Arc<dyn ReplicaClient>) {
 /// does not keep the old time.
 pub async fn timestamp_round_trip(client: Arc<dyn ReplicaClient>) {
     let s = start(client, "timestamp_round_trip").await;
-    let caps = s.c.capabilities();
+    let caps = s.c.info().capabilities;
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("spool");
     std::fs::write(&src, b"from a file").expect("write payload file");
@@ -861,23 +882,23 @@ pub async fn timestamp_round_trip(client: Arc<dyn ReplicaClient>) {
     expect[0].1 = t3;
 
     for (key, ts) in &expect {
-        let created = s.head(key).await.created;
+        let created = s.head(key).await.ltx_time;
         assert_eq!(
             created.map(unix_ms),
-            Some(stored_ms(s.c.timestamp_precision(), *ts)),
+            Some(stored_ms(s.c.info().timestamp_precision, *ts)),
             "head {key}: created {created:?}, put with timestamp {ts:?}"
         );
     }
-    if caps.list_has_created {
+    if caps.list_has_ltx_time {
         let listed = s.list("ts/", None).await;
         assert_eq!(listed.len(), expect.len(), "list: {listed:?}");
         for (info, (key, ts)) in listed.iter().zip(&expect) {
             assert_eq!(&info.key, key);
             assert_eq!(
-                info.created.map(unix_ms),
-                Some(stored_ms(s.c.timestamp_precision(), *ts)),
+                info.ltx_time.map(unix_ms),
+                Some(stored_ms(s.c.info().timestamp_precision, *ts)),
                 "list entry {key}: created {:?}, put with timestamp {ts:?}",
-                info.created
+                info.ltx_time
             );
         }
     }
@@ -885,9 +906,79 @@ pub async fn timestamp_round_trip(client: Arc<dyn ReplicaClient>) {
     // Without a timestamp the store's own time is reported, not the previous one.
     s.put_bytes("ts/0", b"no timestamp").await;
     assert_recent(
-        s.head("ts/0").await.created,
+        {
+            let i = s.head("ts/0").await;
+            i.ltx_time.or(i.last_modified)
+        },
         "head after overwriting a timestamped object without a timestamp",
     );
+    s.cleanup().await;
+}
+
+/// The LTX time and the store's own time are different facts: point-in-time restore
+/// plans on the first, so a backend must never report its upload time as the LTX time
+/// (an S3 listing that did so made `--timestamp` restores stop at upload times). Objects
+/// are put with LTX times long past; every `head` and `list` entry reports exactly
+/// that time as `ltx_time` (or none, where the listing cannot carry it), and a
+/// `last_modified`, when given, is the store's recent clock.
+pub async fn ltx_time_is_never_store_time(client: Arc<dyn ReplicaClient>) {
+    let s = start(client, "ltx_time_is_never_store_time").await;
+    let info = s.c.info().clone();
+    let precision = info.timestamp_precision;
+    let past = UNIX_EPOCH + Duration::from_millis(1_000_000_000_123);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("spool");
+    std::fs::write(&src, b"from a file").expect("write payload file");
+    let puts = [
+        (
+            "ltx/0/0000000000000001-0000000000000001.ltx",
+            payload(b"bytes"),
+        ),
+        (
+            "ltx/1/0000000000000001-0000000000000002.ltx",
+            Payload::File(src),
+        ),
+    ];
+    for (i, (k, body)) in puts.into_iter().enumerate() {
+        let at = past + Duration::from_secs(i as u64);
+        s.put(k, body, &with_timestamp(PutMode::Overwrite, at))
+            .await;
+    }
+    let expect = |i: usize| stored_ms(precision, past + Duration::from_secs(i as u64));
+    for (i, entry) in s.list("", None).await.iter().enumerate() {
+        match entry.ltx_time {
+            Some(t) => assert_eq!(
+                unix_ms(t),
+                expect(i),
+                "list entry {}: ltx_time {t:?} is not the LTX time it was put with",
+                entry.key
+            ),
+            None => assert!(
+                !info.capabilities.list_has_ltx_time,
+                "list entry {}: no ltx_time, but the backend declares list_has_ltx_time",
+                entry.key
+            ),
+        }
+        if entry.last_modified.is_some() {
+            assert_recent(
+                entry.last_modified,
+                &format!("list entry {} last_modified", entry.key),
+            );
+        }
+        let head = s.head(&entry.key).await;
+        assert_eq!(
+            head.ltx_time.map(unix_ms),
+            Some(expect(i)),
+            "head {}: ltx_time is not the LTX time it was put with",
+            entry.key
+        );
+        if head.last_modified.is_some() {
+            assert_recent(
+                head.last_modified,
+                &format!("head {} last_modified", entry.key),
+            );
+        }
+    }
     s.cleanup().await;
 }
 
@@ -901,7 +992,7 @@ pub async fn create_only_existing(client: Arc<dyn ReplicaClient>) {
     std::fs::write(&src, b"from a file").expect("write payload file");
 
     let refused = async |body: Payload, keep: &[u8], what: &str| {
-        match s.c.put(key, body, &create_only()).await {
+        match s.c.put(&self::key(key), body, &create_only()).await {
             Err(StoreError::AlreadyExists { key: k }) => {
                 assert_eq!(k, key, "{what}: AlreadyExists names another key")
             }
@@ -951,7 +1042,9 @@ pub async fn create_only_race(client: Arc<dyn ReplicaClient>) {
             tasks.push(tokio::spawn(async move {
                 let body = format!("round {round} racer {i};").repeat(1000 + i);
                 barrier.wait().await;
-                let res = c.put(&key, payload(body.as_bytes()), &create_only()).await;
+                let res = c
+                    .put(&self::key(&key), payload(body.as_bytes()), &create_only())
+                    .await;
                 (body, res)
             }));
         }
@@ -999,26 +1092,27 @@ pub async fn permission_denied(client: Arc<dyn ReplicaClient>) {
     require(&*client, "permission_denied");
     let key = LTX_KEY;
     let prefix = "ltx/0/";
+    let (k, p) = (self::key(key), crate::support::prefix(prefix));
     let mut outcomes: Vec<(String, &str, Option<StoreError>)> = Vec::new();
     outcomes.push((
         "put".into(),
         key,
-        client.put(key, payload(b"x"), &overwrite()).await.err(),
+        client.put(&k, payload(b"x"), &overwrite()).await.err(),
     ));
-    if client.capabilities().create_only {
+    if client.info().capabilities.create_only {
         outcomes.push((
             "create-only put".into(),
             key,
-            client.put(key, payload(b"x"), &create_only()).await.err(),
+            client.put(&k, payload(b"x"), &create_only()).await.err(),
         ));
     }
-    outcomes.push(("get".into(), key, client.get(key, None).await.err()));
-    outcomes.push(("head".into(), key, client.head(key).await.err()));
-    outcomes.push(("list".into(), prefix, client.list(prefix, None).await.err()));
+    outcomes.push(("get".into(), key, client.get(&k, None).await.err()));
+    outcomes.push(("head".into(), key, client.head(&k).await.err()));
+    outcomes.push(("list".into(), prefix, client.list(&p, None).await.err()));
     outcomes.push((
         "delete_many".into(),
         key,
-        client.delete_many(&[key.to_owned()]).await.err(),
+        client.delete_many(std::slice::from_ref(&k)).await.err(),
     ));
 
     let mut problems = Vec::new();

@@ -55,7 +55,7 @@
 //! - `head`/`get` of a missing key fail with [`StoreError::NotFound`] naming the key;
 //!   `delete_many` of missing keys succeeds.
 //! - A put's timestamp comes back from `head` (and from `list` if
-//!   [`Capabilities::list_has_created`]) exact to the millisecond.
+//!   [`Capabilities::list_has_ltx_time`]) exact to the millisecond.
 //! - Errors name the key (or list prefix) they concern.
 //! - Permission failures ([`cases::permission_denied`]) are
 //!   [`StoreError::PermissionDenied`], or [`StoreError::Other`] where the store cannot
@@ -66,7 +66,7 @@
 //! [`StoreError::NotFound`]: replica_core::error::StoreError::NotFound
 //! [`StoreError::PermissionDenied`]: replica_core::error::StoreError::PermissionDenied
 //! [`StoreError::Other`]: replica_core::error::StoreError::Other
-//! [`Capabilities::list_has_created`]: replica_core::client::Capabilities::list_has_created
+//! [`Capabilities::list_has_ltx_time`]: replica_core::client::Capabilities::list_has_ltx_time
 
 use std::fmt;
 use std::future::Future;
@@ -75,11 +75,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use replica_core::client::{
-    ByteStream, Capabilities, ObjectInfo, Payload, PutOptions, ReplicaClient,
-};
+use replica_core::client::{ByteStream, ObjectInfo, Payload, PutOptions, ReplicaClient, StoreInfo};
 use replica_core::error::StoreError;
-use replica_core::layout::LayoutStyle;
+use replica_core::key::{Key, KeyPrefix};
 
 pub mod cases;
 mod support;
@@ -131,43 +129,31 @@ where
     C: ReplicaClient,
     G: Send + Sync,
 {
-    fn kind(&self) -> &'static str {
-        self.client.kind()
+    fn info(&self) -> &StoreInfo {
+        self.client.info()
     }
 
-    fn redacted_url(&self) -> String {
-        self.client.redacted_url()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.client.capabilities()
-    }
-
-    fn layout_style(&self) -> LayoutStyle {
-        self.client.layout_style()
-    }
-
-    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+    async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         self.client.put(key, body, opts).await
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
         self.client.get(key, range).await
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+    async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError> {
         self.client.head(key).await
     }
 
     async fn list(
         &self,
-        prefix: &str,
+        prefix: &KeyPrefix,
         start_after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, StoreError> {
         self.client.list(prefix, start_after).await
     }
 
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
         self.client.delete_many(keys).await
     }
 }
@@ -221,7 +207,7 @@ pub fn check_skips(
 ) {
     use cases::Needs;
 
-    let caps = client.capabilities();
+    let caps = client.info().capabilities;
     let mut problems = Vec::new();
 
     // The macro's case list and `cases::ALL` are written separately; keep them in step.
@@ -238,8 +224,8 @@ pub fn check_skips(
 
     println!(
         "conformance suite for backend {backend} ({}, {}): {caps:?}",
-        client.kind(),
-        client.redacted_url()
+        client.info().scheme,
+        client.info().redacted_url
     );
     for (i, (name, reason)) in skips.iter().enumerate() {
         if skips[..i].iter().any(|(n, _)| n == name) {
@@ -333,6 +319,7 @@ macro_rules! conformance_suite {
             not_found
             missing_payload_file
             timestamp_round_trip
+            ltx_time_is_never_store_time
             create_only_existing
             create_only_race
         }
@@ -427,6 +414,9 @@ macro_rules! __conformance_case {
     };
     (timestamp_round_trip $ctx:tt [timestamp_round_trip: $r:literal, $($x:tt)*]) => {
         $crate::__conformance_test! { timestamp_round_trip $ctx $r }
+    };
+    (ltx_time_is_never_store_time $ctx:tt [ltx_time_is_never_store_time: $r:literal, $($x:tt)*]) => {
+        $crate::__conformance_test! { ltx_time_is_never_store_time $ctx $r }
     };
     (create_only_existing $ctx:tt [create_only_existing: $r:literal, $($x:tt)*]) => {
         $crate::__conformance_test! { create_only_existing $ctx $r }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use replica_core::client::{ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient};
 use replica_core::error::StoreError;
+use replica_core::key::{Key, KeyPrefix};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 
@@ -26,9 +27,23 @@ pub(crate) fn variant(e: &StoreError) -> &'static str {
         StoreError::PermissionDenied { .. } => "PermissionDenied",
         StoreError::Transient { .. } => "Transient",
         StoreError::InvalidUrl { .. } => "InvalidUrl",
+        StoreError::InvalidKey { .. } => "InvalidKey",
         StoreError::Unsupported { .. } => "Unsupported",
         StoreError::Other { .. } => "Other",
     }
+}
+
+/// A key the case chose; the suite only uses valid ones.
+pub(crate) fn key(k: &str) -> Key {
+    Key::new(k).unwrap_or_else(|e| panic!("internal: the case uses an invalid key: {e}"))
+}
+
+pub(crate) fn keys(ks: &[String]) -> Vec<Key> {
+    ks.iter().map(|k| key(k)).collect()
+}
+
+pub(crate) fn prefix(p: &str) -> KeyPrefix {
+    KeyPrefix::new(p).unwrap_or_else(|e| panic!("internal: the case uses an invalid prefix: {e}"))
 }
 
 /// `message [Variant]`.
@@ -71,10 +86,10 @@ pub(crate) fn unix_ms(t: SystemTime) -> i128 {
     }
 }
 
-/// A creation time the store chose itself must be plausible: within a day of our clock
-/// (which allows for skew, and catches zero, seconds-as-milliseconds and the like).
+/// A time the store chose itself must be plausible: within a day of our clock (which
+/// allows for skew, and catches zero, seconds-as-milliseconds and the like).
 pub(crate) fn assert_recent(created: Option<SystemTime>, what: &str) {
-    let created = created.unwrap_or_else(|| panic!("{what}: created is None"));
+    let created = created.unwrap_or_else(|| panic!("{what}: no time"));
     let now = SystemTime::now();
     let day = Duration::from_secs(86_400);
     assert!(
@@ -101,14 +116,14 @@ impl Store {
             found.is_empty(),
             "the client factory must return a client rooted at a fresh, empty prefix, but \
              {} already holds {} objects (first: {:?})",
-            self.c.redacted_url(),
+            self.c.info().redacted_url,
             found.len(),
             found.first()
         );
     }
 
     pub(crate) async fn put(&self, key: &str, body: Payload, opts: &PutOptions) {
-        if let Err(e) = self.c.put(key, body, opts).await {
+        if let Err(e) = self.c.put(&self::key(key), body, opts).await {
             panic!("put {key:?} ({:?}) failed: {}", opts.mode, describe(&e));
         }
     }
@@ -122,7 +137,7 @@ impl Store {
         key: &str,
         range: Option<Range<u64>>,
     ) -> Result<Vec<u8>, StoreError> {
-        let mut stream = self.c.get(key, range.clone()).await?;
+        let mut stream = self.c.get(&self::key(key), range.clone()).await?;
         let mut out = Vec::new();
         if let Err(e) = stream.read_to_end(&mut out).await {
             panic!("reading the body of {key:?} (range {range:?}) failed: {e}");
@@ -138,7 +153,7 @@ impl Store {
     }
 
     pub(crate) async fn head(&self, key: &str) -> ObjectInfo {
-        let info = match self.c.head(key).await {
+        let info = match self.c.head(&self::key(key)).await {
             Ok(info) => info,
             Err(e) => panic!("head {key:?} failed: {}", describe(&e)),
         };
@@ -149,7 +164,7 @@ impl Store {
     /// Lists, checking what every listing must satisfy whatever the case: strictly
     /// increasing keys, each starting with `prefix` and sorting after `start_after`.
     pub(crate) async fn list(&self, prefix: &str, after: Option<&str>) -> Vec<ObjectInfo> {
-        let infos = match self.c.list(prefix, after).await {
+        let infos = match self.c.list(&self::prefix(prefix), after).await {
             Ok(v) => v,
             Err(e) => panic!(
                 "list prefix {prefix:?} start_after {after:?} failed: {}",
@@ -192,7 +207,7 @@ impl Store {
     }
 
     pub(crate) async fn delete(&self, keys: &[String]) {
-        if let Err(e) = self.c.delete_many(keys).await {
+        if let Err(e) = self.c.delete_many(&self::keys(keys)).await {
             panic!(
                 "delete_many of {} keys (first {:?}) failed: {}",
                 keys.len(),
@@ -203,7 +218,7 @@ impl Store {
     }
 
     pub(crate) async fn assert_not_found(&self, key: &str, what: &str) {
-        match self.c.head(key).await {
+        match self.c.head(&self::key(key)).await {
             Err(StoreError::NotFound { key: k }) => {
                 assert_eq!(k, key, "{what}: NotFound names another key")
             }
@@ -241,7 +256,9 @@ impl Store {
             }
             let c = self.c.clone();
             set.spawn(async move {
-                let res = c.put(&key, Payload::Bytes(body), &overwrite()).await;
+                let res = c
+                    .put(&self::key(&key), Payload::Bytes(body), &overwrite())
+                    .await;
                 (key, res)
             });
         }
@@ -324,7 +341,7 @@ pub(crate) async fn verify_pattern(
     seed: u64,
     expect: Range<u64>,
 ) {
-    let mut stream = match store.c.get(key, range.clone()).await {
+    let mut stream = match store.c.get(&self::key(key), range.clone()).await {
         Ok(s) => s,
         Err(e) => panic!("get {key:?} (range {range:?}) failed: {}", describe(&e)),
     };

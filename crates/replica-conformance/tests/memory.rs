@@ -2,225 +2,20 @@
 //! right, must pass every case (with all capabilities, and with none plus the matching
 //! skips); deliberately broken variants of it must fail the case aimed at the fault.
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::ops::{Bound, Range};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use replica_conformance::{cases, check_skips, run_case};
-use replica_core::client::{
-    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
-};
-use replica_core::error::{Op, StoreError};
-
-/// Ways to break the in-memory backend.
-#[derive(Debug, Default, Clone, Copy)]
-struct Faults {
-    /// Create-only checks, yields, then writes: not atomic.
-    racy_create_only: bool,
-    /// `list` returns only the first page, like an S3 client that ignores continuation.
-    list_first_page: Option<usize>,
-    /// `delete_many` deletes only the first batch, like one DeleteObjects request.
-    delete_first_batch: Option<usize>,
-    /// Timestamps are kept to the second.
-    timestamp_seconds: bool,
-    /// A range past the end is an error rather than cut short.
-    range_past_end_errors: bool,
-    /// Every operation is refused, except `list`, which returns nothing.
-    denied_but_list_empty: bool,
-    /// Every operation is refused.
-    denied: bool,
-}
-
-type Objects = Arc<Mutex<BTreeMap<String, (Bytes, SystemTime)>>>;
-
-#[derive(Debug)]
-struct Memory {
-    objects: Objects,
-    caps: Capabilities,
-    faults: Faults,
-}
-
-const ALL_CAPS: Capabilities = Capabilities {
-    create_only: true,
-    ranged_get: true,
-    list_has_created: true,
-};
-
-const NO_CAPS: Capabilities = Capabilities {
-    create_only: false,
-    ranged_get: false,
-    list_has_created: false,
+use replica_core::client::{Capabilities, Payload, PutOptions, ReplicaClient};
+use replica_core::key::Key;
+use replica_core::memory::{
+    ALL_CAPABILITIES as ALL_CAPS, Faults, MemoryClient, NO_CAPABILITIES as NO_CAPS,
 };
 
 fn memory(caps: Capabilities, faults: Faults) -> Arc<dyn ReplicaClient> {
-    Arc::new(Memory {
-        objects: Objects::default(),
-        caps,
-        faults,
-    })
-}
-
-impl Memory {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Bytes, SystemTime)>> {
-        self.objects.lock().expect("poisoned")
-    }
-
-    fn refuse(&self, op: Op, key: &str) -> Result<(), StoreError> {
-        if self.faults.denied || self.faults.denied_but_list_empty {
-            return Err(StoreError::PermissionDenied {
-                op,
-                key: key.to_owned(),
-                detail: "access denied".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl ReplicaClient for Memory {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
-    fn redacted_url(&self) -> String {
-        format!("memory://{:p}", Arc::as_ptr(&self.objects))
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.caps
-    }
-
-    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
-        self.refuse(Op::Put, key)?;
-        let data = match body {
-            Payload::Bytes(b) => b,
-            Payload::File(path) => match tokio::fs::read(&path).await {
-                Ok(v) => Bytes::from(v),
-                Err(e) => {
-                    return Err(StoreError::Other {
-                        op: Op::Put,
-                        key: key.to_owned(),
-                        source: format!("reading payload file {}: {e}", path.display()).into(),
-                    });
-                }
-            },
-        };
-        let mut ts = opts.timestamp.unwrap_or_else(SystemTime::now);
-        if self.faults.timestamp_seconds {
-            let secs = ts.duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
-            ts = UNIX_EPOCH + Duration::from_secs(secs);
-        }
-        let exists = || StoreError::AlreadyExists {
-            key: key.to_owned(),
-        };
-        match opts.mode {
-            PutMode::Overwrite => {
-                self.lock().insert(key.to_owned(), (data, ts));
-            }
-            PutMode::CreateOnly if self.faults.racy_create_only => {
-                if self.lock().contains_key(key) {
-                    return Err(exists());
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                self.lock().insert(key.to_owned(), (data, ts));
-            }
-            PutMode::CreateOnly => {
-                let mut objects = self.lock();
-                if objects.contains_key(key) {
-                    return Err(exists());
-                }
-                objects.insert(key.to_owned(), (data, ts));
-            }
-        }
-        Ok(())
-    }
-
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        self.refuse(Op::Get, key)?;
-        let data = self
-            .lock()
-            .get(key)
-            .map(|(b, _)| b.clone())
-            .ok_or_else(|| StoreError::NotFound {
-                key: key.to_owned(),
-            })?;
-        let len = data.len() as u64;
-        let data = match range {
-            None => data,
-            Some(r) if self.faults.range_past_end_errors && r.end > len => {
-                return Err(StoreError::Other {
-                    op: Op::Get,
-                    key: key.to_owned(),
-                    source: "range not satisfiable".into(),
-                });
-            }
-            Some(r) => {
-                let start = r.start.min(len);
-                let end = r.end.min(len).max(start);
-                data.slice(start as usize..end as usize)
-            }
-        };
-        Ok(Box::pin(std::io::Cursor::new(data)))
-    }
-
-    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        self.refuse(Op::Head, key)?;
-        let objects = self.lock();
-        let (data, ts) = objects.get(key).ok_or_else(|| StoreError::NotFound {
-            key: key.to_owned(),
-        })?;
-        Ok(ObjectInfo {
-            key: key.to_owned(),
-            size: data.len() as u64,
-            created: Some(*ts),
-        })
-    }
-
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-    ) -> Result<Vec<ObjectInfo>, StoreError> {
-        if self.faults.denied_but_list_empty {
-            return Ok(Vec::new());
-        }
-        self.refuse(Op::List, prefix)?;
-        let lower = match start_after {
-            Some(a) => Bound::Excluded(a.to_owned()),
-            None => Bound::Unbounded,
-        };
-        let objects = self.lock();
-        let all = objects
-            .range((lower, Bound::Unbounded))
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (data, ts))| ObjectInfo {
-                key: k.clone(),
-                size: data.len() as u64,
-                created: self.caps.list_has_created.then_some(*ts),
-            });
-        Ok(match self.faults.list_first_page {
-            Some(n) => all.take(n).collect(),
-            None => all.collect(),
-        })
-    }
-
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        if let Some(k) = keys.first() {
-            self.refuse(Op::Delete, k)?;
-        }
-        let n = self.faults.delete_first_batch.unwrap_or(keys.len());
-        let mut objects = self.lock();
-        for k in keys.iter().take(n) {
-            objects.remove(k);
-        }
-        Ok(())
-    }
+    Arc::new(MemoryClient::new(caps, faults))
 }
 
 async fn full_client() -> Arc<dyn ReplicaClient> {
@@ -326,6 +121,18 @@ fn catches_timestamps_cut_to_the_second() {
 }
 
 #[test]
+fn catches_a_store_time_listed_as_the_ltx_time() {
+    let f = Faults {
+        list_store_time_as_ltx_time: true,
+        ..Faults::default()
+    };
+    assert_fails(
+        || cases::ltx_time_is_never_store_time(faulty(f)),
+        "is not the LTX time it was put with",
+    );
+}
+
+#[test]
 fn catches_a_range_past_the_end_that_errors() {
     let f = Faults {
         range_past_end_errors: true,
@@ -353,7 +160,7 @@ fn catches_a_factory_that_reuses_a_root() {
     run_case("memory", "setup", async move {
         shared
             .put(
-                "left-over",
+                &Key::from_static("left-over"),
                 Payload::Bytes(Bytes::new()),
                 &PutOptions::default(),
             )

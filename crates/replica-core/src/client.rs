@@ -7,13 +7,14 @@ use std::fmt::Debug;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
 use crate::error::StoreError;
+use crate::key::{Key, KeyPrefix};
 use crate::layout::LayoutStyle;
 
 /// How a put treats an existing object.
@@ -32,6 +33,48 @@ pub enum PutMode {
 pub enum Payload {
     Bytes(Bytes),
     File(PathBuf),
+}
+
+impl Payload {
+    /// The body's length; for a file, its length now (spool files do not change once
+    /// written).
+    pub async fn size(&self) -> std::io::Result<u64> {
+        match self {
+            Payload::Bytes(b) => Ok(b.len() as u64),
+            Payload::File(p) => Ok(tokio::fs::metadata(p).await?.len()),
+        }
+    }
+
+    /// The bytes at `range` (cut at the end of the body), for backends that upload in
+    /// parts. A file is opened per call so that parts can be read concurrently.
+    pub async fn read_range(&self, range: Range<u64>) -> std::io::Result<Bytes> {
+        match self {
+            Payload::Bytes(b) => {
+                let end = usize::try_from(range.end)
+                    .unwrap_or(usize::MAX)
+                    .min(b.len());
+                let start = usize::try_from(range.start).unwrap_or(usize::MAX).min(end);
+                Ok(b.slice(start..end))
+            }
+            Payload::File(p) => {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let mut f = tokio::fs::File::open(p).await?;
+                f.seek(std::io::SeekFrom::Start(range.start)).await?;
+                let want = range.end.saturating_sub(range.start);
+                let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+                f.take(want).read_to_end(&mut buf).await?;
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
+
+    /// Where the body's bytes come from, for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Payload::Bytes(b) => format!("{} bytes in memory", b.len()),
+            Payload::File(p) => format!("payload file {}", p.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -57,9 +100,13 @@ pub struct ObjectInfo {
     /// Key relative to the replica root.
     pub key: String,
     pub size: u64,
-    /// The creation time persisted at put (see [`PutOptions::timestamp`]), or the
-    /// store's own modification time when none was persisted.
-    pub created: Option<SystemTime>,
+    /// When the store last wrote the object (its own clock: S3's LastModified, a file's
+    /// mtime where no LTX time is kept apart from it). Upload time, not commit time.
+    pub last_modified: Option<SystemTime>,
+    /// The LTX creation time persisted at put ([`PutOptions::timestamp`]), when the
+    /// store returned it. Never filled from the store's own clock: point-in-time
+    /// restore plans on this time, as Litestream does.
+    pub ltx_time: Option<SystemTime>,
 }
 
 /// What a backend can do; the conformance suite skips (and says so) what is absent.
@@ -69,49 +116,66 @@ pub struct Capabilities {
     pub create_only: bool,
     /// `get` honours byte ranges without reading the whole object.
     pub ranged_get: bool,
-    /// `list` returns the persisted creation time, so timestamp restore needs no `head`.
-    pub list_has_created: bool,
+    /// `list` returns [`ObjectInfo::ltx_time`], so timestamp restore needs no `head`.
+    pub list_has_ltx_time: bool,
+}
+
+/// Everything a caller may need to know about a store, in one value, so that a wrapper
+/// forwards one call and cannot silently drop a fact (as defaulted methods allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreInfo {
+    /// The URL scheme the backend serves (`file`, `s3`, …).
+    pub scheme: &'static str,
+    /// The replica URL with any secret removed, for logs and error messages.
+    pub redacted_url: String,
+    /// Which of Litestream's two key layouts this backend uses.
+    pub layout: LayoutStyle,
+    /// The resolution at which the store keeps [`PutOptions::timestamp`]: SFTP keeps
+    /// file times in whole seconds (as Litestream's SFTP replicas do), the others the
+    /// millisecond of the LTX header.
+    pub timestamp_precision: Duration,
+    pub capabilities: Capabilities,
+}
+
+impl StoreInfo {
+    /// A store with Litestream's `ltx/<level>/` layout and millisecond timestamps.
+    pub fn new(scheme: &'static str, redacted_url: String, capabilities: Capabilities) -> Self {
+        Self {
+            scheme,
+            redacted_url,
+            layout: LayoutStyle::LtxDir,
+            timestamp_precision: Duration::from_millis(1),
+            capabilities,
+        }
+    }
 }
 
 pub type ByteStream = Pin<Box<dyn AsyncRead + Send>>;
 
+/// An object store as the core sees it. Implementations translate these calls into
+/// their protocol and nothing more: keys arrive validated ([`Key`]), payload sizing and
+/// ranges come from [`Payload`], metadata names and the timestamp codec from
+/// [`crate::meta`].
 #[async_trait]
 pub trait ReplicaClient: Debug + Send + Sync {
-    /// The backend's name (`file`, `s3`, …).
-    fn kind(&self) -> &'static str;
+    fn info(&self) -> &StoreInfo;
 
-    /// The replica URL with any secret removed, for logs and error messages.
-    fn redacted_url(&self) -> String;
+    async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError>;
 
-    fn capabilities(&self) -> Capabilities;
+    /// Streams the object, or the half-open byte `range` of it. A range reaching past
+    /// the end yields the bytes that exist.
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError>;
 
-    /// The resolution at which the store keeps [`PutOptions::timestamp`]: SFTP keeps
-    /// file times in whole seconds (as Litestream's SFTP replicas do), the others the
-    /// millisecond of the LTX header.
-    fn timestamp_precision(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(1)
-    }
-
-    /// Which of Litestream's two key layouts this backend uses.
-    fn layout_style(&self) -> LayoutStyle {
-        LayoutStyle::LtxDir
-    }
-
-    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError>;
-
-    /// Streams the object, or the half-open byte `range` of it.
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError>;
-
-    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError>;
+    async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError>;
 
     /// Every object whose key starts with `prefix` and sorts after `start_after`, in
     /// lexicographic key order. Paging is the backend's business.
     async fn list(
         &self,
-        prefix: &str,
+        prefix: &KeyPrefix,
         start_after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, StoreError>;
 
     /// Deletes every key; keys that do not exist are not an error.
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError>;
 }

@@ -45,6 +45,10 @@ pub enum StoreError {
     #[error("transient failure to {op} {key}: {source}")]
     Transient { op: Op, key: String, source: Source },
 
+    /// A key or list prefix that breaks [`crate::key`]'s rules; nothing was sent.
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+
     #[error("invalid replica URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
 

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::key::{Key, KeyPrefix};
+
 /// Snapshot level: a full image from TXID 1.
 pub const SNAPSHOT_LEVEL: u8 = 9;
 pub const MAX_LEVEL: u8 = 9;
@@ -63,15 +65,35 @@ pub fn parse_file_name(name: &str) -> Option<TxRange> {
 
 impl LayoutStyle {
     /// The key prefix of a level, ending in `/`.
-    pub fn level_prefix(self, level: u8) -> String {
+    pub fn level_prefix(self, level: u8) -> KeyPrefix {
+        KeyPrefix::from_layout(self.level_dir(level))
+    }
+
+    /// One prefix below which every level lies, so the whole replica lists in one
+    /// request: `ltx/`, or `000` for the hex layout (levels 0-9 are `0000/`-`0009/`).
+    pub fn levels_prefix(self) -> KeyPrefix {
+        KeyPrefix::from_layout(
+            match self {
+                LayoutStyle::LtxDir => "ltx/",
+                LayoutStyle::HexLevel => "000",
+            }
+            .to_owned(),
+        )
+    }
+
+    fn level_dir(self, level: u8) -> String {
         match self {
             LayoutStyle::LtxDir => format!("ltx/{level}/"),
             LayoutStyle::HexLevel => format!("{level:04x}/"),
         }
     }
 
-    pub fn key(self, id: FileId) -> String {
-        format!("{}{}", self.level_prefix(id.level), file_name(id.range))
+    pub fn key(self, id: FileId) -> Key {
+        Key::from_layout(format!(
+            "{}{}",
+            self.level_dir(id.level),
+            file_name(id.range)
+        ))
     }
 
     /// Recognises a key of this layout; unknown objects give `None` and are skipped.

@@ -8,8 +8,11 @@
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod key;
 pub mod layout;
 pub mod ltx;
+pub mod memory;
+pub mod meta;
 pub mod registry;
 pub mod replica;
 pub mod requests;

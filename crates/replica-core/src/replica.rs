@@ -2,20 +2,51 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinSet;
 
 use crate::client::{Payload, PutMode, PutOptions, ReplicaClient};
-use crate::error::StoreError;
-use crate::layout::{FileId, LayoutStyle, MAX_LEVEL};
+use crate::error::{Op, StoreError};
+use crate::key::{Key, KeyPrefix};
+use crate::layout::{FileId, LayoutStyle};
+
+/// HEADs in flight while filling in LTX times (Litestream batches 50; a restore
+/// should not wait on one round trip per file).
+const HEAD_CONCURRENCY: usize = 32;
+
+/// How far a writer's clock may run ahead of the store's. An LTX file is stamped before
+/// its upload, so its LTX time precedes the store's LastModified by at least the upload
+/// time, minus this skew; S3 refuses requests signed more than 15 minutes off its clock,
+/// so a working writer is never further off.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
 
 /// One LTX file present in the replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteFile {
     pub id: FileId,
-    pub key: String,
+    pub key: Key,
     pub size: u64,
-    /// Creation time as persisted by the writer (Litestream's notion of "CreatedAt").
-    pub created: Option<SystemTime>,
+    /// The LTX creation time persisted by the writer (Litestream's "CreatedAt"), when
+    /// known: from the listing, a HEAD, or our own upload.
+    pub ltx_time: Option<SystemTime>,
+    /// The store's time of the upload, when the listing gave it.
+    pub last_modified: Option<SystemTime>,
+}
+
+impl RemoteFile {
+    /// The file's time for planning and retention: the LTX time, or the upload time
+    /// where the store keeps none (files written without one, as Litestream does).
+    pub fn time(&self) -> Option<SystemTime> {
+        self.ltx_time.or(self.last_modified)
+    }
+
+    /// Whether an upload time alone proves the LTX time is before `t`.
+    fn surely_before(&self, t: SystemTime) -> bool {
+        self.last_modified
+            .and_then(|m| m.checked_add(MAX_CLOCK_SKEW))
+            .is_some_and(|m| m < t)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -26,7 +57,7 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(client: Arc<dyn ReplicaClient>) -> Self {
-        let style = client.layout_style();
+        let style = client.info().layout;
         Self { client, style }
     }
 
@@ -34,53 +65,76 @@ impl Replica {
         &self.client
     }
 
-    pub fn url(&self) -> String {
-        self.client.redacted_url()
+    pub fn url(&self) -> &str {
+        &self.client.info().redacted_url
     }
 
-    pub fn key(&self, id: FileId) -> String {
+    pub fn key(&self, id: FileId) -> Key {
         self.style.key(id)
     }
 
-    /// Lists the LTX files of one level (or all levels), in TXID order per level.
+    /// Lists the LTX files of one level (or all levels), in (level, TXID) order.
     /// Objects that are not LTX files of the layout are ignored, as Litestream does.
-    /// Costs one LIST per level (plus paging).
+    /// All levels cost one LIST (plus paging): every level sits below one prefix.
     pub async fn list_files(&self, level: Option<u8>) -> Result<Vec<RemoteFile>, StoreError> {
-        let levels: Vec<u8> = match level {
-            Some(l) => vec![l],
-            None => (0..=MAX_LEVEL).collect(),
+        let prefix = match level {
+            Some(l) => self.style.level_prefix(l),
+            None => self.style.levels_prefix(),
         };
         let mut out = Vec::new();
-        for level in levels {
-            let prefix = self.style.level_prefix(level);
-            for obj in self.client.list(&prefix, None).await? {
-                let Some(id) = self.style.parse_key(&obj.key) else {
-                    continue;
-                };
-                if id.level != level {
-                    continue;
-                }
-                out.push(RemoteFile {
-                    id,
-                    key: obj.key,
-                    size: obj.size,
-                    created: obj.created,
-                });
+        for obj in self.client.list(&prefix, None).await? {
+            let Some(id) = self.style.parse_key(&obj.key) else {
+                continue;
+            };
+            if level.is_some_and(|l| l != id.level) {
+                continue;
             }
+            out.push(RemoteFile {
+                id,
+                key: self.key(id),
+                size: obj.size,
+                ltx_time: obj.ltx_time,
+                last_modified: obj.last_modified,
+            });
         }
         out.sort_by_key(|f| (f.id.level, f.id.range));
         Ok(out)
     }
 
-    /// Fills in `created` from HEAD where the listing did not carry it.
-    pub async fn fill_created(&self, files: &mut [RemoteFile]) -> Result<(), StoreError> {
-        if self.client.capabilities().list_has_created {
+    /// Fills in the LTX time with HEADs (in parallel) where the listing did not carry
+    /// it. With `before`, only files whose upload time leaves it open whether they were
+    /// created before that moment are asked about: a point-in-time restore to an hour
+    /// ago on S3 HEADs the last hour's files, not the whole window's.
+    pub async fn fill_ltx_times(
+        &self,
+        files: &mut [RemoteFile],
+        before: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        if self.client.info().capabilities.list_has_ltx_time {
             return Ok(());
         }
-        for f in files.iter_mut().filter(|f| f.created.is_none()) {
-            f.created = self.client.head(&f.key).await?.created;
+        let wanted: Vec<usize> = files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.ltx_time.is_none())
+            .filter(|(_, f)| before.is_none_or(|t| !f.surely_before(t)))
+            .map(|(i, _)| i)
+            .collect();
+        let mut tasks = JoinSet::new();
+        let mut next = wanted.into_iter();
+        loop {
+            while tasks.len() < HEAD_CONCURRENCY {
+                let Some(i) = next.next() else { break };
+                let client = self.client.clone();
+                let key = files[i].key.clone();
+                tasks.spawn(async move { (i, client.head(&key).await) });
+            }
+            let Some(done) = tasks.join_next().await else {
+                return Ok(());
+            };
+            let (i, head) = done.map_err(|e| join_failed(&files[0].key, e))?;
+            files[i].ltx_time = head?.ltx_time;
         }
-        Ok(())
     }
 
     /// Uploads a local LTX file under its layout key.
@@ -97,5 +151,21 @@ impl Replica {
         self.client
             .put(&self.key(id), Payload::File(path.to_path_buf()), &opts)
             .await
+    }
+
+    /// The listing prefix of the whole layout.
+    pub fn levels_prefix(&self) -> KeyPrefix {
+        self.style.levels_prefix()
+    }
+}
+
+fn join_failed(key: &Key, e: tokio::task::JoinError) -> StoreError {
+    if e.is_panic() {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    StoreError::Other {
+        op: Op::Head,
+        key: key.to_string(),
+        source: Box::new(e),
     }
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use crate::client::{ByteStream, Capabilities, ObjectInfo, Payload, PutOptions, ReplicaClient};
+use crate::client::{ByteStream, ObjectInfo, Payload, PutOptions, ReplicaClient, StoreInfo};
 use crate::error::StoreError;
-use crate::layout::LayoutStyle;
+use crate::key::{Key, KeyPrefix};
 
 /// Calls made through a [`Counted`] client, failed ones included (a store bills them).
 #[derive(Debug, Default)]
@@ -75,57 +75,39 @@ impl Counted {
 
 #[async_trait]
 impl ReplicaClient for Counted {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
+    fn info(&self) -> &StoreInfo {
+        self.inner.info()
     }
 
-    fn redacted_url(&self) -> String {
-        self.inner.redacted_url()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn timestamp_precision(&self) -> std::time::Duration {
-        self.inner.timestamp_precision()
-    }
-
-    fn layout_style(&self) -> LayoutStyle {
-        self.inner.layout_style()
-    }
-
-    async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+    async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         bump(&self.counts.put);
-        let len = match &body {
-            Payload::Bytes(b) => b.len() as u64,
-            Payload::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
-        };
+        // A payload that cannot be sized fails in the backend, which says why.
+        let len = body.size().await.unwrap_or(0);
         self.inner.put(key, body, opts).await?;
         self.counts.put_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
         bump(&self.counts.get);
         self.inner.get(key, range).await
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+    async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError> {
         bump(&self.counts.head);
         self.inner.head(key).await
     }
 
     async fn list(
         &self,
-        prefix: &str,
+        prefix: &KeyPrefix,
         start_after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, StoreError> {
         bump(&self.counts.list);
         self.inner.list(prefix, start_after).await
     }
 
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }

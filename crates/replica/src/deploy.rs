@@ -9,6 +9,7 @@ use std::time::Duration;
 use replica_core::client::{Payload, PutMode, PutOptions};
 use replica_core::engine::{EngineConfig, EngineError, Replicator};
 use replica_core::error::StoreError;
+use replica_core::key::Key;
 use replica_core::registry::Registry;
 use replica_core::replica::Replica;
 use replica_core::restore::{self, RestoreError, RestoreOptions, RestoreOutcome};
@@ -138,7 +139,7 @@ impl Deployment {
             url: url.clone(),
             source,
         };
-        let mut body = match root.client().get(SHARDS_KEY, None).await {
+        let mut body = match root.client().get(&Key::from_static(SHARDS_KEY), None).await {
             Ok(b) => b,
             Err(StoreError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(store(e)),
@@ -198,7 +199,11 @@ impl Deployment {
         };
         match root
             .client()
-            .put(SHARDS_KEY, Payload::Bytes(body.into()), &opts)
+            .put(
+                &Key::from_static(SHARDS_KEY),
+                Payload::Bytes(body.into()),
+                &opts,
+            )
             .await
         {
             Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(()),

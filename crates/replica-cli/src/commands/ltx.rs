@@ -10,9 +10,9 @@ use crate::cli::LtxArgs;
 pub async fn run(a: LtxArgs) -> anyhow::Result<ExitCode> {
     let replica = Replica::new(backends::open(&a.replica_url).await?);
     let mut files = replica.list_files(a.level.0).await?;
-    replica.fill_created(&mut files).await?;
+    replica.fill_ltx_times(&mut files, None).await?;
     let created = |f: &replica_core::replica::RemoteFile| {
-        f.created
+        f.time()
             .and_then(|t| OffsetDateTime::from(t).format(&Rfc3339).ok())
             .unwrap_or_default()
     };
@@ -26,7 +26,7 @@ pub async fn run(a: LtxArgs) -> anyhow::Result<ExitCode> {
                     "max_txid": format!("{:016x}", f.id.range.max),
                     "size": f.size,
                     "created": created(f),
-                    "key": f.key,
+                    "key": f.key.as_str(),
                 })
             })
             .collect();

@@ -116,6 +116,11 @@ fn wal_path_of(db: &Path) -> PathBuf {
 }
 
 impl Capturer {
+    /// The spool, shared with the shipper and maintenance: one pool of reusable files.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
     /// Opens the database, proves (or gives up on) continuity with the spool, and
     /// decides whether the first action is a snapshot. `remote_max` is the highest
     /// TXID in the replica (0 when empty).
@@ -137,6 +142,8 @@ impl Capturer {
             path: db_path.to_path_buf(),
             source,
         })?;
+        // Opened only once the database is known to be one, so a bad path leaves no
+        // spool behind.
         let spool = Spool::open(db_path)?;
         let now = Instant::now();
         // The snapshot clock continues from the replica's newest snapshot, so restarts

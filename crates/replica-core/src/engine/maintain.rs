@@ -3,8 +3,6 @@
 //! Every decision is taken from the in-memory [`Manifest`], so when nothing changed
 //! nothing is requested: an idle database costs no object-store request.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -16,10 +14,9 @@ use tracing::{debug, warn};
 
 use super::levels::{next_boundary, phase_for};
 use super::manifest::Manifest;
-use super::spool::Spool;
+use super::spool::{Durability, Spool, SpoolError};
 use super::{EngineConfig, EngineError, Shared};
 use crate::layout::{FileId, TxRange};
-use crate::ltx::{self, Header};
 use crate::replica::{RemoteFile, Replica};
 
 /// How often retention looks at the manifest when no compaction level is faster.
@@ -111,9 +108,14 @@ impl Maintenance {
                     }
                 }
             }
-            let out = self.spool.tmp_path("compact");
+            let spool = self.spool.clone();
+            let sources = paths.clone();
+            let (out, header) = tokio::task::spawn_blocking(move || {
+                spool.merge(&sources, Durability::Deferred)
+            })
+            .await
+            .map_err(|e| EngineError::Thread("compaction", e.to_string()))??;
             fetched.push(out.clone());
-            let header = merge(paths.clone(), out.clone()).await?;
             let id = FileId {
                 level,
                 range: TxRange {
@@ -129,14 +131,15 @@ impl Maintenance {
                 id,
                 key: self.replica.key(id),
                 size,
-                created: Some(created),
+                ltx_time: Some(created),
+                last_modified: None,
             });
             debug!(url = %self.replica.url(), file = %id, inputs = inputs.len(), bytes = size, "compacted");
             Ok::<_, EngineError>(())
         }
         .await;
         for p in &fetched {
-            let _ = std::fs::remove_file(p);
+            self.spool.discard(p);
         }
         match &result {
             Ok(()) => {
@@ -144,7 +147,7 @@ impl Maintenance {
                     self.spool.remove_shipped(f.id);
                 }
             }
-            Err(EngineError::Ltx { .. }) => {
+            Err(EngineError::Ltx { .. } | EngineError::Spool(SpoolError::Ltx { .. })) => {
                 // A damaged local copy must not block compaction for ever: the next
                 // attempt downloads the uploaded file instead.
                 for f in &inputs {
@@ -157,18 +160,21 @@ impl Maintenance {
     }
 
     async fn download(&self, f: &RemoteFile) -> Result<PathBuf, EngineError> {
-        let path = self.spool.tmp_path("fetch");
+        let (path, file) = self.spool.scratch("fetch")?;
         let io = |source| EngineError::Io {
             path: path.clone(),
             source,
         };
-        let mut body = self.replica.client().get(&f.key, None).await?;
-        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
-        let copied = tokio::io::copy(&mut body, &mut file).await;
-        let flushed = file.flush().await;
-        if let Err(e) = copied.and(flushed) {
-            let _ = std::fs::remove_file(&path);
-            return Err(io(e));
+        let mut file = tokio::fs::File::from_std(file);
+        let copied = async {
+            let mut body = self.replica.client().get(&f.key, None).await?;
+            tokio::io::copy(&mut body, &mut file).await.map_err(io)?;
+            file.flush().await.map_err(io)
+        }
+        .await;
+        if let Err(e) = copied {
+            self.spool.discard(&path);
+            return Err(e);
         }
         Ok(path)
     }
@@ -182,7 +188,7 @@ impl Maintenance {
         if doomed.is_empty() {
             return;
         }
-        let keys: Vec<String> = doomed.iter().map(|f| f.key.clone()).collect();
+        let keys: Vec<_> = doomed.iter().map(|f| f.key.clone()).collect();
         match self.replica.client().delete_many(&keys).await {
             Ok(()) => {
                 if let Ok(mut m) = self.manifest.lock() {
@@ -251,7 +257,7 @@ pub fn doomed(m: &Manifest, now: SystemTime, cfg: &EngineConfig) -> Vec<RemoteFi
         let members: Vec<&RemoteFile> = m.within(0, group.id.range).collect();
         let aged = members
             .iter()
-            .all(|f| f.id.range.max < newest && f.created.is_some_and(|c| c < cutoff));
+            .all(|f| f.id.range.max < newest && f.time().is_some_and(|c| c < cutoff));
         if !aged {
             continue;
         }
@@ -262,32 +268,6 @@ pub fn doomed(m: &Manifest, now: SystemTime, cfg: &EngineConfig) -> Vec<RemoteFi
         }
     }
     out
-}
-
-async fn merge(inputs: Vec<PathBuf>, out: PathBuf) -> Result<Header, EngineError> {
-    tokio::task::spawn_blocking(move || {
-        let mut readers = Vec::with_capacity(inputs.len());
-        for p in &inputs {
-            let f = File::open(p).map_err(|source| EngineError::Io {
-                path: p.clone(),
-                source,
-            })?;
-            readers.push(BufReader::new(f));
-        }
-        let io = |source| EngineError::Io {
-            path: out.clone(),
-            source,
-        };
-        let w = BufWriter::new(File::create(&out).map_err(io)?);
-        let (w, header, _) = ltx::compact(readers, w).map_err(|source| EngineError::Ltx {
-            path: out.clone(),
-            source,
-        })?;
-        w.into_inner().map_err(|e| io(e.into_error()))?;
-        Ok(header)
-    })
-    .await
-    .map_err(|e| EngineError::Thread("compaction", e.to_string()))?
 }
 
 #[cfg(test)]
@@ -305,7 +285,8 @@ mod tests {
             id,
             key: LayoutStyle::LtxDir.key(id),
             size: 1,
-            created: Some(UNIX_EPOCH + Duration::from_secs(created_s)),
+            ltx_time: Some(UNIX_EPOCH + Duration::from_secs(created_s)),
+            last_modified: None,
         }
     }
 

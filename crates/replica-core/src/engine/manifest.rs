@@ -76,7 +76,7 @@ impl Manifest {
     pub fn newest_snapshot(&self) -> Option<(u64, Option<SystemTime>)> {
         self.level(SNAPSHOT_LEVEL)
             .max_by_key(|f| f.id.range.max)
-            .map(|f| (f.id.range.max, f.created))
+            .map(|f| (f.id.range.max, f.time()))
     }
 
     pub fn all(&self) -> Vec<RemoteFile> {

@@ -204,6 +204,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Replicator {
     db: PathBuf,
+    spool: Spool,
     shared: Arc<Shared>,
     capture: Option<std::thread::JoinHandle<Result<(), EngineError>>>,
     shipper: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
@@ -243,7 +244,9 @@ impl Replicator {
             .await
             .map_err(|e| EngineError::Thread("capture", e.to_string()))??
         };
-        let spool = Spool::open(&db)?;
+        // One spool, and so one pool of reusable files, for capture, shipper and
+        // maintenance: capture draws files from the pool, the others return them.
+        let spool = capturer.spool().clone();
         let capture_exit = Arc::new(Notify::new());
         let capture = {
             let (shared, exit) = (shared.clone(), capture_exit.clone());
@@ -272,7 +275,7 @@ impl Replicator {
             .run(),
         );
         let shipper = tokio::spawn(ship::run(ship::Shipper {
-            spool,
+            spool: spool.clone(),
             replica,
             cfg,
             shared: shared.clone(),
@@ -281,6 +284,7 @@ impl Replicator {
         info!(db = %db.display(), "replicating");
         Ok(Self {
             db,
+            spool,
             shared,
             capture: Some(capture),
             shipper: Some(shipper),
@@ -326,8 +330,8 @@ impl Replicator {
             Some(h) => match tokio::time::timeout(flush_timeout, h).await {
                 Ok(r) => r.map_err(|e| EngineError::Thread("shipper", e.to_string()))?,
                 Err(_) => {
-                    let dir = Spool::dir_for(&self.db);
-                    let files = Spool::open(&self.db)?.pending()?.len();
+                    let files = self.spool.pending()?.len();
+                    let dir = self.spool.dir().to_path_buf();
                     Err(EngineError::FlushIncomplete { files, dir })
                 }
             },

@@ -19,7 +19,7 @@ pub fn expired(files: &[RemoteFile], now: SystemTime, retention: Duration) -> Ve
     };
     let Some(base) = files
         .iter()
-        .filter(|f| f.id.level == SNAPSHOT_LEVEL && f.created.is_some_and(|c| c < boundary))
+        .filter(|f| f.id.level == SNAPSHOT_LEVEL && f.time().is_some_and(|c| c < boundary))
         .max_by_key(|f| f.id.range.max)
     else {
         return Vec::new();
@@ -54,7 +54,8 @@ mod tests {
             id,
             key: LayoutStyle::LtxDir.key(id),
             size: 1,
-            created: Some(UNIX_EPOCH + Duration::from_secs(created_s)),
+            ltx_time: Some(UNIX_EPOCH + Duration::from_secs(created_s)),
+            last_modified: None,
         }
     }
 

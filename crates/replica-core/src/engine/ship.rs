@@ -6,7 +6,7 @@
 //! changed, not by every commit.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 use super::manifest::Manifest;
-use super::spool::{self, Pending, Spool};
+use super::spool::{self, Durability, Pending, Spool};
 use super::{EngineConfig, EngineError, Shared};
 use crate::layout::{FileId, SNAPSHOT_LEVEL, TxRange};
-use crate::ltx::{self, HEADER_SIZE, Header};
+use crate::ltx::{HEADER_SIZE, Header};
 use crate::replica::{RemoteFile, Replica};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -158,39 +158,18 @@ fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Merges `inputs` (contiguous LTX files, oldest first) into a new spool temp file.
-async fn merge(spool: &Spool, inputs: Vec<PathBuf>) -> Result<(PathBuf, Header), EngineError> {
-    let out = spool.tmp_path("merge");
-    let out2 = out.clone();
-    let header = tokio::task::spawn_blocking(move || -> Result<Header, EngineError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| EngineError::Io { path, source }
-        };
-        let mut readers = Vec::new();
-        for p in &inputs {
-            readers.push(BufReader::new(File::open(p).map_err(io(p))?));
-        }
-        let w = BufWriter::new(File::create(&out2).map_err(io(&out2))?);
-        let (w, header, _) = ltx::compact(readers, w).map_err(|source| EngineError::Ltx {
-            path: out2.clone(),
-            source,
-        })?;
-        w.into_inner()
-            .map_err(|e| io(&out2)(e.into_error()))?
-            .sync_all()
-            .map_err(io(&out2))?;
-        Ok(header)
-    })
-    .await
-    .map_err(|e| EngineError::Thread("merge", e.to_string()))?;
-    match header {
-        Ok(h) => Ok((out, h)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&out);
-            Err(e)
-        }
-    }
+/// Merges `inputs` into a spool scratch file, off the async workers.
+async fn merge(
+    spool: &Spool,
+    inputs: Vec<PathBuf>,
+    durability: Durability,
+) -> Result<(PathBuf, Header), EngineError> {
+    let spool = spool.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || spool.merge(&inputs, durability))
+            .await
+            .map_err(|e| EngineError::Thread("merge", e.to_string()))??,
+    )
 }
 
 /// During an outage, merges the leading pending L0 files in place once the files
@@ -207,7 +186,14 @@ async fn consolidate(spool: &Spool, pending: &[Pending]) -> Result<(), EngineErr
     if rest < head && group.len() <= 64 {
         return Ok(());
     }
-    let (merged, header) = merge(spool, group.iter().map(|p| p.path.clone()).collect()).await?;
+    // Durable before it replaces its inputs: the only fsync of the spool while
+    // replicating, and only during an outage.
+    let (merged, header) = merge(
+        spool,
+        group.iter().map(|p| p.path.clone()).collect(),
+        Durability::Now,
+    )
+    .await?;
     let id = FileId {
         level: 0,
         range: TxRange {
@@ -217,7 +203,7 @@ async fn consolidate(spool: &Spool, pending: &[Pending]) -> Result<(), EngineErr
     };
     let inputs: Vec<Pending> = group.into_iter().cloned().collect();
     if let Err(e) = spool.replace_pending(&merged, id, &inputs) {
-        let _ = std::fs::remove_file(&merged);
+        spool.discard(&merged);
         return Err(e.into());
     }
     debug!(file = %id, inputs = inputs.len(), "merged spooled files during an outage");
@@ -243,7 +229,12 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
             false,
         )
     } else {
-        let (out, header) = merge(spool, group.iter().map(|p| p.path.clone()).collect()).await?;
+        let (out, header) = merge(
+            spool,
+            group.iter().map(|p| p.path.clone()).collect(),
+            Durability::Deferred,
+        )
+        .await?;
         let id = FileId {
             level: 0,
             range: TxRange {
@@ -259,7 +250,7 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
     let result = replica.upload(id, &path, created).await;
     if let Err(e) = result {
         if merged {
-            let _ = std::fs::remove_file(&path);
+            spool.discard(&path);
         }
         return Err(e.into());
     }
@@ -276,14 +267,15 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
             id,
             key: replica.key(id),
             size,
-            created: Some(created),
+            ltx_time: Some(created),
+            last_modified: None,
         });
     // L0 files stay as local copies until compaction has merged them into L1.
     let keep = id.level == 0 && !cfg.levels.is_empty();
     if keep {
         spool.keep_shipped(&path, id)?;
     } else if merged {
-        let _ = std::fs::remove_file(&path);
+        spool.discard(&path);
     }
     for p in group {
         if !(keep && !merged && p.path == path) {

@@ -168,8 +168,9 @@ impl Spool {
     }
 
     /// A file to write a new spool file into: a free one, truncated, or a new one in
-    /// `tmp/`. Either way it is complete only once renamed into place.
-    fn scratch(&self, what: &str) -> Result<(PathBuf, File), SpoolError> {
+    /// `tmp/`. Either way it is complete only once renamed into place, and goes back
+    /// to the pool with [`Spool::discard`] when it is not.
+    pub fn scratch(&self, what: &str) -> Result<(PathBuf, File), SpoolError> {
         let reuse = self.free.lock().ok().and_then(|mut f| f.pop());
         if let Some(path) = reuse {
             match fs::OpenOptions::new()
@@ -258,6 +259,54 @@ impl Spool {
             }
         }
         Ok(())
+    }
+
+    /// Returns a scratch or spent file to the pool (or deletes it when the pool is
+    /// full). A file that is already gone is fine.
+    pub fn discard(&self, path: &Path) {
+        if let Err(e) = self.recycle(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    /// Merges contiguous LTX files (oldest first) into one scratch file: the one merge
+    /// of the engine, for uploads of several L0 files, for compaction, and for the
+    /// in-place merge of pending files during an outage. Only the last needs
+    /// [`Durability::Now`], because its output replaces its inputs; the others are
+    /// copies of data that stays available elsewhere until they are uploaded.
+    pub fn merge(
+        &self,
+        inputs: &[PathBuf],
+        durability: Durability,
+    ) -> Result<(PathBuf, Header), SpoolError> {
+        use std::io::BufReader;
+        let (out, file) = self.scratch("merge")?;
+        let result = (|| {
+            let mut readers = Vec::with_capacity(inputs.len());
+            for p in inputs {
+                readers.push(BufReader::new(File::open(p).map_err(io(p))?));
+            }
+            let w = BufWriter::with_capacity(64 << 10, file);
+            let (w, header, _) =
+                crate::ltx::compact(readers, w).map_err(|source| SpoolError::Ltx {
+                    path: out.clone(),
+                    source,
+                })?;
+            let file = w.into_inner().map_err(|e| io(&out)(e.into_error()))?;
+            if durability == Durability::Now {
+                file.sync_all().map_err(io(&out))?;
+            }
+            Ok(header)
+        })();
+        match result {
+            Ok(h) => Ok((out, h)),
+            Err(e) => {
+                self.discard(&out);
+                Err(e)
+            }
+        }
     }
 
     /// A fresh path in the spool's scratch directory.

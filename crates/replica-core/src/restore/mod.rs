@@ -160,13 +160,15 @@ pub async fn restore(
             info!(url = %replica.url(), "no replica; skipping restore");
             return Ok(RestoreOutcome::NoReplica);
         }
-        return Err(RestoreError::NoReplica { url: replica.url() });
+        return Err(RestoreError::NoReplica {
+            url: replica.url().to_owned(),
+        });
     }
-    if matches!(opts.target, Target::Timestamp(_)) {
-        replica.fill_created(&mut files).await?;
+    if let Target::Timestamp(ts) = opts.target {
+        replica.fill_ltx_times(&mut files, Some(ts)).await?;
     }
     let chain = plan(&files, opts.target).map_err(|source| RestoreError::Plan {
-        url: replica.url(),
+        url: replica.url().to_owned(),
         source,
     })?;
     let txid = chain.last().map(|f| f.id.range.max).unwrap_or(0);
@@ -491,14 +493,14 @@ fn apply_ltx(
     pipelined: bool,
 ) -> Result<u32, RestoreError> {
     let corrupt = |source| RestoreError::Corrupt {
-        key: f.key.clone(),
+        key: f.key.to_string(),
         source,
     };
     let mut dec = Decoder::new(src).map_err(corrupt)?;
     let h = *dec.header();
     if h.min_txid != f.id.range.min || h.max_txid != f.id.range.max {
         return Err(RestoreError::Mismatch {
-            key: f.key.clone(),
+            key: f.key.to_string(),
             detail: format!(
                 "its header covers TXIDs {:016x}-{:016x}",
                 h.min_txid, h.max_txid
@@ -507,7 +509,7 @@ fn apply_ltx(
     }
     if let Some(ps) = page_size.filter(|ps| *ps != h.page_size) {
         return Err(RestoreError::Mismatch {
-            key: f.key.clone(),
+            key: f.key.to_string(),
             detail: format!("page size {} after files of page size {ps}", h.page_size),
         });
     }

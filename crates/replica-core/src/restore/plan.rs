@@ -56,7 +56,7 @@ pub fn plan(files: &[RemoteFile], target: Target) -> Result<Vec<RemoteFile>, Pla
         Target::Txid(t) => f.id.range.max <= t,
         // A file with no known creation time cannot be placed in time; leave it out
         // rather than guess.
-        Target::Timestamp(ts) => f.created.is_some_and(|c| c < ts),
+        Target::Timestamp(ts) => f.time().is_some_and(|c| c < ts),
     };
     let candidates: Vec<&RemoteFile> = files.iter().filter(usable).collect();
 
@@ -114,7 +114,7 @@ pub fn plan(files: &[RemoteFile], target: Target) -> Result<Vec<RemoteFile>, Pla
             {
                 return Err(PlanError::Gap {
                     have: current,
-                    next_key: f.key.clone(),
+                    next_key: f.key.to_string(),
                     next_min: f.id.range.min,
                 });
             }
@@ -161,7 +161,8 @@ mod tests {
             id,
             key: LayoutStyle::LtxDir.key(id),
             size: 200,
-            created: Some(UNIX_EPOCH + Duration::from_secs(max)),
+            ltx_time: Some(UNIX_EPOCH + Duration::from_secs(max)),
+            last_modified: None,
         }
     }
 

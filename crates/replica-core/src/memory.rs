@@ -1,0 +1,257 @@
+//! An object store in memory: a first-class [`ReplicaClient`], as object_store's
+//! `InMemory` is, so that the engine, restore and the conformance suite can be tested
+//! against a store whose behaviour is obvious, and against deliberately broken variants
+//! of it ([`Faults`]).
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, Range};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::client::{
+    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
+};
+use crate::error::{Op, StoreError};
+use crate::key::{Key, KeyPrefix};
+
+/// Ways to break the in-memory store, so that tests can check they catch each one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Faults {
+    /// Create-only checks, yields, then writes: not atomic.
+    pub racy_create_only: bool,
+    /// `list` returns only the first page, like an S3 client that ignores continuation.
+    pub list_first_page: Option<usize>,
+    /// `delete_many` deletes only the first batch, like one DeleteObjects request.
+    pub delete_first_batch: Option<usize>,
+    /// Timestamps are kept to the second.
+    pub timestamp_seconds: bool,
+    /// A range past the end is an error rather than cut short.
+    pub range_past_end_errors: bool,
+    /// Every operation is refused, except `list`, which returns nothing.
+    pub denied_but_list_empty: bool,
+    /// Every operation is refused.
+    pub denied: bool,
+    /// `list` reports the time of the put (the store's clock) as the LTX time.
+    pub list_store_time_as_ltx_time: bool,
+}
+
+/// One stored object: its bytes, the store's time of the put, and the LTX time it was
+/// put with.
+#[derive(Debug, Clone)]
+struct Object {
+    data: Bytes,
+    stored: SystemTime,
+    ltx_time: Option<SystemTime>,
+}
+
+type Objects = Arc<Mutex<BTreeMap<String, Object>>>;
+
+/// A store held in memory: a real implementation of the seam (create-only is atomic,
+/// listings are ordered and honour `start_after`), for tests of the engine, restore and
+/// the conformance suite itself, with optional [`Faults`].
+#[derive(Debug)]
+pub struct MemoryClient {
+    objects: Objects,
+    info: StoreInfo,
+    faults: Faults,
+}
+
+/// Everything a store can offer.
+pub const ALL_CAPABILITIES: Capabilities = Capabilities {
+    create_only: true,
+    ranged_get: true,
+    list_has_ltx_time: true,
+};
+
+/// Nothing beyond the required behaviour.
+pub const NO_CAPABILITIES: Capabilities = Capabilities {
+    create_only: false,
+    ranged_get: false,
+    list_has_ltx_time: false,
+};
+
+impl MemoryClient {
+    pub fn new(capabilities: Capabilities, faults: Faults) -> Self {
+        let objects = Objects::default();
+        let url = format!("memory://{:p}", Arc::as_ptr(&objects));
+        Self {
+            objects,
+            info: StoreInfo::new("memory", url, capabilities),
+            faults,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Object>> {
+        // A panic while holding the lock leaves a consistent map (every update is a
+        // single insert or remove), so a poisoned lock is still usable.
+        self.objects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn refuse(&self, op: Op, key: &str) -> Result<(), StoreError> {
+        if self.faults.denied || self.faults.denied_but_list_empty {
+            return Err(StoreError::PermissionDenied {
+                op,
+                key: key.to_owned(),
+                detail: "access denied".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ReplicaClient for MemoryClient {
+    fn info(&self) -> &StoreInfo {
+        &self.info
+    }
+
+    async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
+        let key = key.as_str();
+        self.refuse(Op::Put, key)?;
+        let data = match body {
+            Payload::Bytes(b) => b,
+            Payload::File(path) => match tokio::fs::read(&path).await {
+                Ok(v) => Bytes::from(v),
+                Err(e) => {
+                    return Err(StoreError::Other {
+                        op: Op::Put,
+                        key: key.to_owned(),
+                        source: format!("reading payload file {}: {e}", path.display()).into(),
+                    });
+                }
+            },
+        };
+        let mut ltx_time = opts.timestamp;
+        if self.faults.timestamp_seconds {
+            ltx_time = ltx_time.map(|t| {
+                let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                UNIX_EPOCH + Duration::from_secs(secs)
+            });
+        }
+        let object = Object {
+            data,
+            stored: SystemTime::now(),
+            ltx_time,
+        };
+        let exists = || StoreError::AlreadyExists {
+            key: key.to_owned(),
+        };
+        match opts.mode {
+            PutMode::Overwrite => {
+                self.lock().insert(key.to_owned(), object);
+            }
+            PutMode::CreateOnly if self.faults.racy_create_only => {
+                if self.lock().contains_key(key) {
+                    return Err(exists());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                self.lock().insert(key.to_owned(), object);
+            }
+            PutMode::CreateOnly => {
+                let mut objects = self.lock();
+                if objects.contains_key(key) {
+                    return Err(exists());
+                }
+                objects.insert(key.to_owned(), object);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+        let key = key.as_str();
+        self.refuse(Op::Get, key)?;
+        let data = self
+            .lock()
+            .get(key)
+            .map(|o| o.data.clone())
+            .ok_or_else(|| StoreError::NotFound {
+                key: key.to_owned(),
+            })?;
+        let len = data.len() as u64;
+        let data = match range {
+            None => data,
+            Some(r) if self.faults.range_past_end_errors && r.end > len => {
+                return Err(StoreError::Other {
+                    op: Op::Get,
+                    key: key.to_owned(),
+                    source: "range not satisfiable".into(),
+                });
+            }
+            Some(r) => {
+                let start = r.start.min(len);
+                let end = r.end.min(len).max(start);
+                data.slice(start as usize..end as usize)
+            }
+        };
+        Ok(Box::pin(std::io::Cursor::new(data)))
+    }
+
+    async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError> {
+        let key = key.as_str();
+        self.refuse(Op::Head, key)?;
+        let objects = self.lock();
+        let o = objects.get(key).ok_or_else(|| StoreError::NotFound {
+            key: key.to_owned(),
+        })?;
+        Ok(ObjectInfo {
+            key: key.to_owned(),
+            size: o.data.len() as u64,
+            last_modified: Some(o.stored),
+            ltx_time: o.ltx_time,
+        })
+    }
+
+    async fn list(
+        &self,
+        prefix: &KeyPrefix,
+        start_after: Option<&str>,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        let prefix = prefix.as_str();
+        if self.faults.denied_but_list_empty {
+            return Ok(Vec::new());
+        }
+        self.refuse(Op::List, prefix)?;
+        let lower = match start_after {
+            Some(a) => Bound::Excluded(a.to_owned()),
+            None => Bound::Unbounded,
+        };
+        let objects = self.lock();
+        let all = objects
+            .range((lower, Bound::Unbounded))
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, o)| ObjectInfo {
+                key: k.clone(),
+                size: o.data.len() as u64,
+                last_modified: Some(o.stored),
+                ltx_time: if self.faults.list_store_time_as_ltx_time {
+                    Some(o.stored)
+                } else if self.info.capabilities.list_has_ltx_time {
+                    o.ltx_time
+                } else {
+                    None
+                },
+            });
+        Ok(match self.faults.list_first_page {
+            Some(n) => all.take(n).collect(),
+            None => all.collect(),
+        })
+    }
+
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
+        if let Some(k) = keys.first() {
+            self.refuse(Op::Delete, k)?;
+        }
+        let n = self.faults.delete_first_batch.unwrap_or(keys.len());
+        let mut objects = self.lock();
+        for k in keys.iter().take(n) {
+            objects.remove(k.as_str());
+        }
+        Ok(())
+    }
+}
