@@ -638,7 +638,7 @@ impl ReplicaClient for GcsClient {
         Ok(out)
     }
 
-    /// One DELETE per key, [`DELETE_CONCURRENCY`] at a time; 404 is success.
+    /// One DELETE per key, `DELETE_CONCURRENCY` at a time; 404 is success.
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
         for key in keys {
             check_key(Op::Delete, key)?;

@@ -47,7 +47,7 @@ pub fn send_signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// Clock ticks per second for /proc/<pid>/stat times.
+/// Clock ticks per second for `/proc/<pid>/stat` times.
 fn clk_tck() -> f64 {
     static TCK: OnceLock<f64> = OnceLock::new();
     *TCK.get_or_init(|| {
