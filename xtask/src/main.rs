@@ -10,6 +10,7 @@ mod emulators;
 mod lint;
 mod litestream;
 mod paths;
+mod proc;
 mod soak;
 mod test;
 mod util;
