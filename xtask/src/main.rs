@@ -10,6 +10,7 @@ mod emulators;
 mod lint;
 mod litestream;
 mod paths;
+mod proc;
 mod soak;
 mod test;
 mod util;
@@ -67,7 +68,7 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "ci",
         usage: "ci",
-        summary: "what .ci/run executes: fmt check, clippy, then exactly `cargo xtask test`",
+        summary: "what .ci/run executes: lint, `cargo xtask test`, each backend feature alone, docs",
         run: ci::run,
     },
 ];
@@ -116,6 +117,9 @@ fn command_help(c: &Command) -> String {
     }
     if c.name == "soak" {
         s.push_str(soak::HELP);
+    }
+    if c.name == "ci" {
+        s.push_str(ci::HELP);
     }
     s
 }

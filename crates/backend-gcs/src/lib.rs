@@ -625,7 +625,7 @@ impl ReplicaClient for GcsClient {
         Ok(out)
     }
 
-    /// One DELETE per key, [`DELETE_CONCURRENCY`] at a time; 404 is success.
+    /// One DELETE per key, `DELETE_CONCURRENCY` at a time; 404 is success.
     async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
         let mut tasks = tokio::task::JoinSet::new();
         let mut first_err: Option<StoreError> = None;

@@ -1,5 +1,6 @@
 //! SQLite WAL reader: parses the `-wal` file of a live database and returns whole committed
-//! transactions, following SQLite's own recovery rule (see the engineering note, §1 and §7).
+//! transactions, following SQLite's own recovery rule (see `docs/sqlite-wal.md`, §1 for the
+//! format and §5 for the capture rules that rely on it).
 //!
 //! Everything here is read-only and positional (`read_at`) on a file handle the caller owns;
 //! the caller is responsible for the locking protocol that keeps the frames from being

@@ -16,56 +16,77 @@
 pub mod config;
 pub mod deploy;
 
-use std::sync::Arc;
-
 pub use config::{Config, ConfigError, Mode};
 pub use deploy::{DeployError, Deployment, Running};
 pub use replica_core as core;
 pub use replica_core::registry::Registry;
 
-#[allow(unused_imports)]
-use replica_core::client::ReplicaClient;
+// Only the backend registrations below use these, and a build may enable none.
+#[cfg(any(
+    feature = "backend-file",
+    feature = "backend-s3",
+    feature = "backend-gcs",
+    feature = "backend-abs",
+    feature = "backend-sftp"
+))]
+use {replica_core::client::ReplicaClient, std::sync::Arc};
 
 /// A registry holding every backend built into this crate.
 pub fn backends() -> Registry {
-    #[allow(unused_mut)]
     let mut r = Registry::default();
-    #[cfg(feature = "backend-file")]
-    r.register("file", |url| {
-        Box::pin(async move {
-            let client = backend_file::FileClient::parse(&url)?;
-            Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-        })
-    });
-    #[cfg(feature = "backend-s3")]
-    r.register("s3", |url| {
-        Box::pin(async move {
-            let client = backend_s3::S3Client::from_url(&url).await?;
-            Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-        })
-    });
-    #[cfg(feature = "backend-gcs")]
-    for scheme in ["gs", "gcs"] {
-        r.register(scheme, |url| {
-            Box::pin(async move {
-                let client = backend_gcs::GcsClient::from_url(&url).await?;
-                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-            })
-        });
+    for register in BUILT_IN {
+        register(&mut r);
     }
-    #[cfg(feature = "backend-abs")]
-    r.register("abs", |url| {
-        Box::pin(async move {
-            let client = backend_abs::AbsClient::from_url(&url).await?;
-            Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-        })
-    });
-    #[cfg(feature = "backend-sftp")]
-    r.register("sftp", |url| {
-        Box::pin(async move {
-            let client = backend_sftp::SftpClient::from_url(&url).await?;
-            Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-        })
-    });
     r
 }
+
+/// One entry per backend feature enabled in this build (none is possible).
+const BUILT_IN: &[fn(&mut Registry)] = &[
+    #[cfg(feature = "backend-file")]
+    |r| {
+        r.register("file", |url| {
+            Box::pin(async move {
+                let client = backend_file::FileClient::parse(&url)?;
+                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+            })
+        })
+    },
+    #[cfg(feature = "backend-s3")]
+    |r| {
+        r.register("s3", |url| {
+            Box::pin(async move {
+                let client = backend_s3::S3Client::from_url(&url).await?;
+                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+            })
+        })
+    },
+    #[cfg(feature = "backend-gcs")]
+    |r| {
+        for scheme in ["gs", "gcs"] {
+            r.register(scheme, |url| {
+                Box::pin(async move {
+                    let client = backend_gcs::GcsClient::from_url(&url).await?;
+                    Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+                })
+            });
+        }
+    },
+    #[cfg(feature = "backend-abs")]
+    |r| {
+        r.register("abs", |url| {
+            Box::pin(async move {
+                let client = backend_abs::AbsClient::from_url(&url).await?;
+                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+            })
+        })
+    },
+    #[cfg(feature = "backend-sftp")]
+    |r| {
+        r.register("sftp", |url| {
+            Box::pin(async move {
+                let client = backend_sftp::SftpClient::from_url(&url).await?;
+                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
+            })
+        })
+    },
+];

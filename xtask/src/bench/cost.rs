@@ -9,9 +9,9 @@ use anyhow::Result;
 
 use super::env::{self, Backend, Ctx, Dest, ReplicaOpts, Tool};
 use super::lag::{self, Watcher};
-use super::proc::{self, Proc};
 use super::proxy::{Counts, Kind};
 use super::report::{Row, Samples, Unit, percentile};
+use crate::proc::{self, Proc};
 
 struct Set {
     tool: Tool,
@@ -131,7 +131,7 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
     for w in writers.iter_mut() {
         let st = w.wait(Duration::from_secs(120))?;
         if !st.success() {
-            anyhow::bail!("the busy writer failed ({st}):\n{}", w.log_tail());
+            anyhow::bail!("the busy writer failed ({st}):\n{}", w.log_tail(25));
         }
     }
     for set in sets.iter_mut() {

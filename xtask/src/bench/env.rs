@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::proc::{self, Proc};
 use super::proxy::{self, Proxy};
+use crate::proc::{self, Proc, Signal};
 
 pub const S3_REGION: &str = "us-east-1";
 /// moto accepts any credentials.
@@ -562,7 +562,7 @@ pub fn wait_ready(p: &mut Proc, dest: &Dest, dbs: &[PathBuf], timeout: Duration)
                 pending.len(),
                 stems.len(),
                 timeout.as_secs(),
-                p.log_tail()
+                p.log_tail(25)
             );
         }
         proc::sleep(Duration::from_millis(50))?;
@@ -599,12 +599,12 @@ pub fn write_list(path: &Path, dbs: &[PathBuf]) -> Result<()> {
 
 /// Stops a replicator (SIGINT: both tools flush and exit).
 pub fn stop_tool(p: &mut Proc) -> Result<()> {
-    let st = p.stop(Duration::from_secs(60))?;
+    let st = p.stop_or_kill(Signal::Int, Duration::from_secs(60))?;
     if !st.success() {
         eprintln!(
             "xtask bench: {} exited with {st} on SIGINT; last lines of its log:\n{}",
             p.name,
-            p.log_tail()
+            p.log_tail(25)
         );
     }
     Ok(())

@@ -20,7 +20,6 @@ mod cost;
 mod env;
 mod lag;
 mod ltxscan;
-mod proc;
 mod proxy;
 mod report;
 mod restore;
@@ -34,9 +33,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::proc::{self, Proc};
 use crate::{emulators, litestream, paths, util};
 use env::{Ctx, Settings};
-use proc::Proc;
 use report::{Report, Row};
 
 pub const HELP: &str = "
@@ -211,7 +210,7 @@ fn start_moto(work: &Path) -> Result<(Proc, SocketAddr)> {
         if t0.elapsed() > Duration::from_secs(90) {
             bail!(
                 "moto did not answer on {addr} within 90s:\n{}",
-                p.log_tail()
+                p.log_tail(25)
             );
         }
         proc::sleep(Duration::from_millis(50))?;
@@ -407,10 +406,7 @@ fn general_notes(s: &Settings) -> Vec<String> {
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
     let o = parse(args)?;
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, &proc::INTERRUPTED)
-            .context("installing signal handlers")?;
-    }
+    proc::catch_interrupts()?;
     let t_start = Instant::now();
     let selected: Vec<&str> = match &o.only {
         Some(list) => SCENARIOS

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::env::{self, Backend, Ctx, Dest, ReplicaOpts, Tool};
-use super::proc::{self, Proc};
 use super::report::{Row, Samples, Unit};
+use crate::proc::{self, Proc};
 
 /// Sync interval while writing the restore data set: 50× faster than the default 1 s,
 /// so an hour of one-change-per-second history is written in 72 s.
@@ -27,7 +27,7 @@ fn timed(name: &str, cmd: &mut Command, log: &Path, timeout: Duration) -> Result
         bail!(
             "{name} failed ({st}); last lines of {}:\n{}",
             log.display(),
-            p.log_tail()
+            p.log_tail(25)
         );
     }
     Ok(secs)
@@ -365,7 +365,7 @@ fn boot_once(ctx: &Ctx, backend: Backend) -> Result<(Samples, Samples)> {
                             format!(
                                 "the service never started; last lines of {}:\n{}",
                                 log.display(),
-                                p.log_tail()
+                                p.log_tail(25)
                             )
                         })?;
                     (started - start) as f64 / 1e9

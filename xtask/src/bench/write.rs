@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 
 use super::env::{self, Backend, Ctx, Dest, ReplicaOpts, Tool};
 use super::lag::{self, LagResult, Watcher};
-use super::proc::{self, Proc};
 use super::report::{Row, Samples, Unit, percentile};
+use crate::proc::{self, Proc};
 
 /// How often the `file://` watcher looks at one database's L0 directory.
 const WATCH_PERIOD: Duration = Duration::from_millis(5);

@@ -8,12 +8,11 @@
 //! - `replicator.rs` runs `replica replicate` and remembers when each run was up, which
 //!   says how fresh the replica must be at a given moment.
 //! - `check.rs` restores and verifies; `measure.rs` watches the WAL, the spool and the
-//!   replica; `procs.rs` owns the child processes and Ctrl-C.
+//!   replica; the child processes and Ctrl-C are `crate::proc`'s.
 
 mod check;
 mod journal;
 mod measure;
-mod procs;
 mod replicator;
 
 use std::collections::BTreeMap;
@@ -24,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::proc::{self, Proc, Signal};
 use crate::{litestream, paths, util};
 use check::{Checker, Verdict, secs};
 use journal::Commits;
-use procs::{Proc, Signal};
 use replicator::{Ended, Features, LAG_BOUND, Replicator};
 
 pub const HELP: &str = "
@@ -192,7 +191,7 @@ struct Soak {
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
     let opts = parse(args)?;
-    procs::catch_interrupts();
+    proc::catch_interrupts()?;
 
     util::step("building replica (cargo build --release -p replica-cli)");
     let st = util::run_status(util::cargo().args(["build", "--release", "-p", "replica-cli"]))?;
@@ -274,7 +273,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let result = soak.run();
     // Whatever happened, no child outlives the soak.
     if let Some(mut w) = soak.writer.take() {
-        w.kill();
+        let _ = w.kill();
     }
     soak.rep.kill();
     if soak.t.final_levels.is_empty() {
@@ -359,7 +358,7 @@ impl Soak {
         let mut stop_at = Some(Instant::now() + Duration::from_secs(self.kills.range(RUN_SECS)));
         let mut start_at: Option<Instant> = None;
         loop {
-            if procs::interrupted() {
+            if proc::interrupted() {
                 eprintln!("{} interrupted: stopping", self.elapsed());
                 self.shutdown();
                 return Ok(Outcome::Interrupted);
@@ -372,7 +371,7 @@ impl Soak {
             if let Some((st, log)) = self.rep.check_exited()? {
                 self.fail(format!(
                     "the replicator exited by itself ({}); {log}",
-                    procs::describe(st)
+                    proc::describe(st)
                 ));
                 stop_at = None;
                 start_at = Some(now + Duration::from_secs(1));
@@ -403,7 +402,7 @@ impl Soak {
                 self.round()?;
                 next_round += ROUND_EVERY;
             }
-            procs::sleep(Duration::from_millis(200));
+            proc::pause(Duration::from_millis(200));
         }
         self.finish()?;
         Ok(Outcome::Completed)
@@ -422,7 +421,7 @@ impl Soak {
             .args(["--seed", &self.opts.seed.to_string()])
             .args(["--rate", &RATE.to_string()]);
         let log = self.dir.join("logs").join("writer.log");
-        let mut w = Proc::spawn("the writer", cmd, &log)?;
+        let mut w = Proc::spawn_own_group("the writer", &mut cmd, &log)?;
         // The journal appears once the schema is committed: only then may the
         // replicator start (it would otherwise create the database itself).
         let end = Instant::now() + Duration::from_secs(30);
@@ -430,7 +429,7 @@ impl Soak {
             if let Some(st) = w.try_status()? {
                 bail!(
                     "the writer exited at start ({}):\n{}",
-                    procs::describe(st),
+                    proc::describe(st),
                     w.log_tail(20)
                 );
             }
@@ -453,7 +452,7 @@ impl Soak {
         };
         let msg = format!(
             "the writer exited ({}); {}:\n{}",
-            procs::describe(st),
+            proc::describe(st),
             w.log_path().display(),
             w.log_tail(20)
         );
@@ -525,19 +524,19 @@ impl Soak {
             "{} replicator run {run} stopped with {}: {}",
             self.elapsed(),
             sig.name(),
-            procs::describe(st)
+            proc::describe(st)
         );
         match sig {
             Signal::Kill if st.code().is_some() => {
                 self.fail(format!(
                     "replicator run {run} exited ({}) before SIGKILL reached it",
-                    procs::describe(st)
+                    proc::describe(st)
                 ));
             }
             Signal::Term if st.code() != Some(0) => {
                 self.fail(format!(
                     "replicator run {run} did not exit 0 after SIGTERM ({}); see logs/replicate-{run:03}.log",
-                    procs::describe(st)
+                    proc::describe(st)
                 ));
             }
             Signal::Term => {
@@ -555,7 +554,8 @@ impl Soak {
                     }
                 }
             }
-            Signal::Kill => {}
+            // The soak stops its replicator only with SIGKILL or SIGTERM (above).
+            Signal::Kill | Signal::Int => {}
         }
         Ok(())
     }
@@ -717,7 +717,7 @@ impl Soak {
         if st.code() != Some(0) {
             self.fail(format!(
                 "the writer exited with {} at the end: {}",
-                procs::describe(st),
+                proc::describe(st),
                 self.writer_stat("error").unwrap_or_else(|| w.log_tail(10))
             ));
         }
@@ -732,7 +732,7 @@ impl Soak {
         if st.code() != Some(0) {
             self.fail(format!(
                 "the final replicator run {run} did not exit 0 after SIGTERM ({})",
-                procs::describe(st)
+                proc::describe(st)
             ));
         }
         let pending = measure::dir_size(&self.spool_dir().join("pending")).0;

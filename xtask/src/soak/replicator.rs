@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::now_ns;
-use super::procs::{self, Proc, Signal};
+use crate::proc::{self, Proc, Signal};
 
 /// Intervals scaled down from the defaults (1s, 1h, 72h) so that a soak of minutes goes
 /// through many snapshots and retention passes (see [`retention_for`]).
@@ -174,7 +174,7 @@ impl Replicator {
         }
         let log = self.logs.join(format!("replicate-{n:03}.log"));
         let spawned_ns = now_ns();
-        let mut p = Proc::spawn(&format!("replicator run {n}"), cmd, &log)?;
+        let mut p = Proc::spawn_own_group(&format!("replicator run {n}"), &mut cmd, &log)?;
         self.runs.push(Run {
             spawned_ns,
             stopped_ns: None,
@@ -190,7 +190,7 @@ impl Replicator {
                 bail!(
                     "{} exited at start ({}):\n{}",
                     p.name(),
-                    procs::describe(st),
+                    proc::describe(st),
                     p.log_tail(30)
                 );
             }
@@ -231,7 +231,7 @@ impl Replicator {
     /// SIGKILLs the current run, if any (on the way out after an error).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.current.take() {
-            p.kill();
+            let _ = p.kill();
         }
     }
 

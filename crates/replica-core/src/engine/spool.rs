@@ -455,7 +455,7 @@ impl Spool {
 
     /// Puts `merged` (a complete, synced LTX file covering every input) in place of
     /// `inputs`. A crash between the rename and the removals leaves inputs that the
-    /// merged file contains; [`contained`] finds them.
+    /// merged file contains; `contained` finds them.
     pub fn replace_pending(
         &self,
         merged: &Path,

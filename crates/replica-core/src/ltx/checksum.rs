@@ -14,7 +14,7 @@ pub fn crc64(data: &[u8]) -> u64 {
     CRC64.checksum(data)
 }
 
-/// Checksum of one page as used by the rolling database checksum (spec §2.3):
+/// Checksum of one page as used by the rolling database checksum (docs/ltx-format.md §2.3):
 /// flag | CRC(u32 BE pgno ‖ data).
 pub fn page_checksum(pgno: u32, data: &[u8]) -> u64 {
     let mut d = CRC64.digest();
@@ -31,7 +31,7 @@ pub fn database_checksum<'a>(pages: impl IntoIterator<Item = (u32, &'a [u8])>) -
     })
 }
 
-/// Running FileChecksum over the bytes fed so far (spec §2.2).
+/// Running FileChecksum over the bytes fed so far (docs/ltx-format.md §2.2).
 pub(crate) struct FileHasher {
     digest: Digest<'static, u64, Table<16>>,
 }
@@ -79,7 +79,7 @@ mod tests {
         assert_eq!(database_checksum(std::iter::empty()), CHECKSUM_FLAG);
     }
 
-    // Golden vectors from the ltx v0.5.2 test suite (spec §2.3).
+    // Golden vectors from the ltx v0.5.2 test suite (docs/ltx-format.md §2.3).
     #[test]
     fn rolling_checksum_golden_vectors() {
         let p: Vec<Vec<u8>> = (1..=3u8).map(|b| vec![b; 512]).collect();

@@ -1,4 +1,4 @@
-//! k-way merge of contiguous LTX files (spec §3.9).
+//! k-way merge of contiguous LTX files (docs/ltx-format.md §3.9).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

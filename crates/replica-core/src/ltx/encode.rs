@@ -100,7 +100,7 @@ impl<W: Write> Encoder<W> {
         Ok(())
     }
 
-    /// Appends page `pgno`. Rule violations (spec §1.6) are reported before
+    /// Appends page `pgno`. Rule violations (docs/ltx-format.md §1.4) are reported before
     /// anything is written, so the encoder stays usable after them.
     pub fn write_page(&mut self, pgno: u32, data: &[u8]) -> Result<(), LtxError> {
         if self.poisoned {

@@ -34,7 +34,7 @@ impl Header {
         self.flags & FLAG_NO_CHECKSUM != 0
     }
 
-    /// The header rules the Go decoder applies (spec §1.1).
+    /// The header rules the Go decoder applies (docs/ltx-format.md §1.1).
     pub fn validate(&self) -> Result<(), LtxError> {
         let bad = |msg: String| Err(LtxError::InvalidHeader(msg));
         if self.flags & !HEADER_FLAG_MASK != 0 {
@@ -157,7 +157,7 @@ impl Trailer {
         }
     }
 
-    /// Trailer rules for a file with `header` (spec §1.5).
+    /// Trailer rules for a file with `header` (docs/ltx-format.md §1.6).
     pub fn validate(&self, header: &Header) -> Result<(), LtxError> {
         if header.no_checksum() {
             if self.post_apply_checksum != 0 {

@@ -1,8 +1,8 @@
 //! LTX file codec, byte-compatible with Litestream 0.5.17 (superfly/ltx v0.5.2).
 //!
 //! Layout: a 100-byte header, page frames, a 6-byte zero terminator, a varint page
-//! index, and a 16-byte trailer. See `shared/reference/ltx-format.md` for the
-//! byte-level specification this module follows.
+//! index, and a 16-byte trailer. `docs/ltx-format.md` (at the repository root) is the
+//! byte-level description this module follows.
 //!
 //! The writer always emits the current page encoding (flag `0x0001`: a size field
 //! and a raw LZ4 block); the reader also accepts the legacy LZ4-frame encoding

@@ -207,7 +207,7 @@ fn assert_corruption_detected(file: &[u8]) -> usize {
     benign
 }
 
-/// Applies a file to a database image (spec §3.2), the lock page staying zero.
+/// Applies a file to a database image (docs/ltx-format.md §3.2), the lock page staying zero.
 fn apply(db: &mut Vec<Vec<u8>>, h: &Header, pages: &[(u32, Vec<u8>)]) {
     let ps = h.page_size as usize;
     for (pgno, data) in pages {
@@ -221,7 +221,7 @@ fn apply(db: &mut Vec<Vec<u8>>, h: &Header, pages: &[(u32, Vec<u8>)]) {
 }
 
 // ---------------------------------------------------------------------------
-// the real file of spec §5
+// the real Litestream file of docs/ltx-format.md §8
 
 const SPEC_L0_HEX: [&str; 6] = [
     "4c54583100000002000010000000050700000000000000040000000000000004",
@@ -398,7 +398,7 @@ fn snapshot_spanning_lock_page() {
 
 #[test]
 fn snapshot_whose_commit_is_the_lock_page() {
-    // The last page is Commit - 1 when Commit is the lock page (spec §1.6 rule 4).
+    // The last page is Commit - 1 when Commit is the lock page (docs/ltx-format.md §1.4, rule 4).
     let ps = 65536u32;
     let lock = lock_pgno(ps);
     let h = header(1, 1, lock, ps);
@@ -434,7 +434,7 @@ fn legacy_frames_decode_and_mix_with_blocks() {
         block_frame(2, &p2),
         legacy_frame(3, &p3),
     ];
-    // Same layout as the 0.5.15 frame shown in spec §5.
+    // Same layout as the 0.5.15 frame shown in docs/ltx-format.md §8.
     assert_eq!(
         &frames[0].payload[..6],
         &[0x04, 0x22, 0x4d, 0x18, 0x64, 0x40]
@@ -719,7 +719,7 @@ fn checksum_enabled_snapshot_round_trip() {
         e.write_page(*n, p).unwrap();
     }
     let (file, t) = e.finish().unwrap();
-    // Golden vector of spec §2.3.
+    // Golden vector of docs/ltx-format.md §2.3.
     assert_eq!(t.post_apply_checksum, 0xEFFF_FFFF_ECD9_9000);
     assert_eq!(decode_all(&file).unwrap().2, t);
 
