@@ -1,5 +1,5 @@
 //! Well-known locations shared by the commands (and mirrored by
-//! `crates/replica-cli/tests/support/mod.rs`).
+//! `crates/replica-cli/tests/it/support/mod.rs`).
 
 use std::path::{Path, PathBuf};
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use replica_core::client::ReplicaClient;
 
-mod common;
+mod support;
 
 async fn fresh_client() -> Arc<dyn ReplicaClient> {
-    let emu = common::emulator();
+    let emu = support::emulator();
     let root = replica_conformance::random_root("conformance");
     Arc::new(emu.client(&root))
 }
@@ -18,7 +18,7 @@ async fn fresh_client() -> Arc<dyn ReplicaClient> {
 /// root here, so a root-owned directory does not help; instead authentication for a
 /// user sshd refuses makes every operation a permission failure.
 async fn denied_client() -> Arc<dyn ReplicaClient> {
-    let emu = common::emulator();
+    let emu = support::emulator();
     let wrong_key = emu.key.with_file_name("host_ed25519");
     let url = format!(
         "sftp://{}@{}:{}{}/denied?key_path={}&host_key={}",
@@ -26,8 +26,8 @@ async fn denied_client() -> Arc<dyn ReplicaClient> {
         emu.host,
         emu.port,
         emu.root,
-        common::enc(&wrong_key.display().to_string()),
-        common::enc(&emu.host_key_pin()),
+        support::enc(&wrong_key.display().to_string()),
+        support::enc(&emu.host_key_pin()),
     );
     Arc::new(backend_sftp::SftpClient::parse(&url).expect("parse"))
 }

@@ -11,7 +11,7 @@ use replica_core::client::{Payload, PutOptions, ReplicaClient};
 use replica_core::error::StoreError;
 use tokio::io::AsyncReadExt;
 
-mod common;
+mod support;
 
 fn key(name: &str) -> String {
     format!("ltx/0/{name}.ltx")
@@ -41,17 +41,17 @@ fn sub() -> String {
 
 #[tokio::test]
 async fn pinned_host_key_is_accepted() {
-    let emu = common::emulator();
+    let emu = support::emulator();
     let c = emu.client(&sub());
     round_trip(&c).await.expect("round trip with the right pin");
 }
 
 #[tokio::test]
 async fn pinned_fingerprint_is_accepted() {
-    let emu = common::emulator();
+    let emu = support::emulator();
     let key = russh::keys::PublicKey::from_openssh(&emu.host_key).expect("host key");
     let fp = key.fingerprint(russh::keys::HashAlg::Sha256).to_string();
-    let url = emu.url(&sub(), &format!("host_key={}", common::enc(&fp)));
+    let url = emu.url(&sub(), &format!("host_key={}", support::enc(&fp)));
     let c = SftpClient::parse(&url).expect("parse");
     round_trip(&c)
         .await
@@ -60,7 +60,7 @@ async fn pinned_fingerprint_is_accepted() {
 
 #[tokio::test]
 async fn wrong_pinned_host_key_is_refused() {
-    let emu = common::emulator();
+    let emu = support::emulator();
     // The client's own public key: a valid ed25519 key, but not the server's.
     let wrong = std::fs::read_to_string(emu.key.with_extension("pub")).expect("client pub");
     let wrong: String = wrong
@@ -68,7 +68,7 @@ async fn wrong_pinned_host_key_is_refused() {
         .take(2)
         .collect::<Vec<_>>()
         .join(" ");
-    let url = emu.url(&sub(), &format!("host_key={}", common::enc(&wrong)));
+    let url = emu.url(&sub(), &format!("host_key={}", support::enc(&wrong)));
     let c = SftpClient::parse(&url).expect("parse");
     let err = round_trip(&c)
         .await
@@ -86,14 +86,14 @@ async fn wrong_pinned_host_key_is_refused() {
 
 #[tokio::test]
 async fn unknown_host_is_refused() {
-    let emu = common::emulator();
+    let emu = support::emulator();
     let dir = tempfile::tempdir().expect("tempdir");
     let kh = dir.path().join("known_hosts");
     std::fs::write(&kh, "# nothing here\nexample.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
         .expect("write known_hosts");
     let url = emu.url(
         &sub(),
-        &format!("known_hosts={}", common::enc(&kh.display().to_string())),
+        &format!("known_hosts={}", support::enc(&kh.display().to_string())),
     );
     let c = SftpClient::parse(&url).expect("parse");
     let err = round_trip(&c)
@@ -106,14 +106,14 @@ async fn unknown_host_is_refused() {
 
 #[tokio::test]
 async fn known_hosts_entry_is_accepted_and_a_changed_key_refused() {
-    let emu = common::emulator();
+    let emu = support::emulator();
     let dir = tempfile::tempdir().expect("tempdir");
     let kh = dir.path().join("known_hosts");
     let host = format!("[{}]:{}", emu.host, emu.port);
     std::fs::write(&kh, format!("{host} {}\n", emu.host_key_pin())).expect("write");
     let url = emu.url(
         &sub(),
-        &format!("known_hosts={}", common::enc(&kh.display().to_string())),
+        &format!("known_hosts={}", support::enc(&kh.display().to_string())),
     );
     let c = SftpClient::parse(&url).expect("parse");
     round_trip(&c).await.expect("host in known_hosts");
@@ -150,7 +150,7 @@ impl Write for Captured {
 
 #[test]
 fn insecure_option_connects_and_warns() {
-    let emu = common::emulator();
+    let emu = support::emulator();
     let url = emu.url(&sub(), "insecure_skip_host_key_check=true");
     let buf = Captured::default();
     let writer = buf.clone();
@@ -179,7 +179,7 @@ fn insecure_option_connects_and_warns() {
 #[test]
 #[allow(unsafe_code)]
 fn wrong_password_never_appears_in_errors() {
-    let emu = common::emulator();
+    let emu = support::emulator();
     let var = format!("REPLICA_SFTP_TEST_PW_{:x}", rand_u64());
     let secret = format!("PWMARKER{:016x}", rand_u64());
     // SAFETY: a variable no other code reads, set before the runtime starts.
@@ -191,7 +191,7 @@ fn wrong_password_never_appears_in_errors() {
         emu.port,
         emu.root,
         sub(),
-        common::enc(&emu.host_key_pin()),
+        support::enc(&emu.host_key_pin()),
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -259,7 +259,7 @@ async fn proxy(target: (String, u16)) -> (u16, tokio::sync::watch::Sender<u64>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_the_connection_drops() {
-    let emu = common::emulator();
+    let emu = support::emulator();
     let (port, cut) = proxy((emu.host.clone(), emu.port)).await;
     let mut via = emu.clone();
     via.port = port;

@@ -3,14 +3,15 @@
 //! code (1 runtime failure, 2 usage or configuration error), and leave nothing
 //! half-written behind.
 
-mod support;
-
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::RngCore;
-use support::{Output, Proc, SIGINT};
+
+use crate::support::{
+    self, Output, Proc, SIGINT, dir_listing, file_url, ltx_name_range, max_txid, replicator_cmd,
+    txid_hex,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -18,25 +19,8 @@ fn tempdir() -> tempfile::TempDir {
     tempfile::TempDir::new().expect("tempdir")
 }
 
-fn url_of(root: &Path) -> String {
-    format!("file://{}", root.display())
-}
-
 fn replica(args: &[&str]) -> Output {
     support::run(support::replica_cmd().args(args))
-}
-
-/// The names in `dir` (not recursive).
-fn listing(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect()
 }
 
 #[track_caller]
@@ -93,9 +77,13 @@ fn unknown_and_missing_url_schemes_are_usage_errors() {
     assert!(
         !out.exists() && !db.exists(),
         "a usage error created files: {:?}",
-        listing(dir.path())
+        dir_listing(dir.path())
     );
-    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+    assert!(
+        dir_listing(dir.path()).is_empty(),
+        "{:?}",
+        dir_listing(dir.path())
+    );
 }
 
 /// Every backend refuses an option it does not know instead of ignoring it (a
@@ -133,7 +121,11 @@ fn unknown_url_options_are_refused_by_every_backend() {
             assert_stderr_has(&r, "bogus_option", &what);
         }
     }
-    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+    assert!(
+        dir_listing(dir.path()).is_empty(),
+        "{:?}",
+        dir_listing(dir.path())
+    );
 }
 
 #[test]
@@ -167,7 +159,11 @@ fn relative_and_malformed_file_urls_are_usage_errors() {
         let r = support::run(support::replica_cmd().arg("replicate").arg(&db).arg(url));
         assert_code(&r, 2, &what);
     }
-    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+    assert!(
+        dir_listing(dir.path()).is_empty(),
+        "{:?}",
+        dir_listing(dir.path())
+    );
 }
 
 #[test]
@@ -179,7 +175,7 @@ fn bad_flags_are_usage_errors() {
     let (out_s, db_s, url) = (
         out.to_str().expect("test setup").to_owned(),
         db.to_str().expect("test setup").to_owned(),
-        url_of(&root),
+        file_url(&root),
     );
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -240,7 +236,11 @@ fn bad_flags_are_usage_errors() {
         assert_code(&r, 2, &what);
         assert_stderr_has(&r, needle, &what);
     }
-    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+    assert!(
+        dir_listing(dir.path()).is_empty(),
+        "{:?}",
+        dir_listing(dir.path())
+    );
 }
 
 #[test]
@@ -311,10 +311,10 @@ fn replicate_refuses_files_that_are_not_sqlite_and_leaves_them_untouched() {
         let dir = tempdir();
         let db = dir.path().join("notadb.db");
         std::fs::write(&db, &bytes).expect("test setup");
-        let before = listing(dir.path());
+        let before = dir_listing(dir.path());
         let rep = tempdir();
         let root = rep.path().join("rep");
-        let (code, stderr) = replicate_expecting_exit(&db, &url_of(&root));
+        let (code, stderr) = replicate_expecting_exit(&db, &file_url(&root));
         assert_eq!(code, Some(1), "{what}: expected exit 1\n{stderr}");
         assert!(
             stderr.contains(&db.display().to_string()),
@@ -332,7 +332,7 @@ fn replicate_refuses_files_that_are_not_sqlite_and_leaves_them_untouched() {
             "{what}: replicate created a -wal file beside a non-database"
         );
         assert_eq!(
-            listing(dir.path()),
+            dir_listing(dir.path()),
             before,
             "{what}: replicate left files beside the refused file"
         );
@@ -350,9 +350,9 @@ fn replicate_on_unusable_paths_fails_clearly() {
     let db = dir.path().join("adir.db");
     std::fs::create_dir(&db).expect("test setup");
     std::fs::write(db.join("inside"), b"x").expect("test setup");
-    let before = listing(dir.path());
+    let before = dir_listing(dir.path());
     let rep = tempdir();
-    let (code, stderr) = replicate_expecting_exit(&db, &url_of(&rep.path().join("rep")));
+    let (code, stderr) = replicate_expecting_exit(&db, &file_url(&rep.path().join("rep")));
     assert_eq!(
         code,
         Some(1),
@@ -363,13 +363,17 @@ fn replicate_on_unusable_paths_fails_clearly() {
         "directory as database: the message should name {}\n{stderr}",
         db.display()
     );
-    assert_eq!(listing(dir.path()), before, "files appeared beside {db:?}");
-    assert_eq!(listing(&db), BTreeSet::from(["inside".to_string()]));
+    assert_eq!(
+        dir_listing(dir.path()),
+        before,
+        "files appeared beside {db:?}"
+    );
+    assert_eq!(dir_listing(&db), ["inside"]);
 
     // A database in a directory that does not exist.
     let missing = dir.path().join("no-such-dir").join("sub");
     let db = missing.join("app.db");
-    let (code, stderr) = replicate_expecting_exit(&db, &url_of(&rep.path().join("rep2")));
+    let (code, stderr) = replicate_expecting_exit(&db, &file_url(&rep.path().join("rep2")));
     assert_eq!(
         code,
         Some(1),
@@ -399,25 +403,6 @@ struct Good {
     history: Vec<(u64, i64)>,
 }
 
-fn ltx_list(url: &str) -> Option<Vec<serde_json::Value>> {
-    let out = support::run(support::replica_cmd().args(["ltx", url, "--json"]));
-    if !out.success() {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("`replica ltx --json` printed invalid JSON ({e}):\n{out}"));
-    v.as_array().cloned()
-}
-
-fn max_txid(url: &str) -> u64 {
-    ltx_list(url)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|f| u64::from_str_radix(f["max_txid"].as_str()?, 16).ok())
-        .max()
-        .unwrap_or(0)
-}
-
 fn rows(db: &Path) -> i64 {
     support::open_read_only(db)
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
@@ -428,7 +413,7 @@ fn build_good_replica() -> Good {
     let dir = tempdir();
     let db = dir.path().join("src.db");
     let root = dir.path().join("replica");
-    let url = url_of(&root);
+    let url = file_url(&root);
     let conn = support::open_wal_db(&db);
     conn.execute_batch(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);
@@ -436,15 +421,10 @@ fn build_good_replica() -> Good {
          INSERT INTO t(v) SELECT printf('seed %d %s', i, hex(randomblob(100))) FROM c;",
     )
     .expect("seeding");
-    let mut cmd = support::replica_cmd();
-    cmd.arg("replicate")
-        .arg(&db)
-        .arg(&url)
-        .args(["--sync-interval", "100ms"])
-        // The damage below is done to L0 files; an L1 file compacted over them (the
-        // default levels compact on wall-clock boundaries the test may cross) would
-        // let the restore route around it.
-        .args(["--levels", "none"]);
+    // The damage below is done to L0 files; an L1 file compacted over them (the
+    // default levels compact on wall-clock boundaries the test may cross) would let
+    // the restore route around it.
+    let cmd = replicator_cmd(&db, &url, &["--levels", "none"]);
     let mut p = Proc::spawn("replicate", cmd);
     assert!(
         support::wait_until(LONG, || max_txid(&url) >= 1),
@@ -565,13 +545,13 @@ fn truncate(path: &Path, len: u64) {
 fn expect_restore_failure(root: &Path, needles: &[String], what: &str) -> Output {
     let outdir = tempdir();
     std::fs::write(outdir.path().join("unrelated.txt"), b"keep me").expect("test setup");
-    let before = listing(outdir.path());
+    let before = dir_listing(outdir.path());
     let out = outdir.path().join("restored.db");
     let r = support::run(
         support::replica_cmd()
             .args(["restore", "-o"])
             .arg(&out)
-            .arg(url_of(root)),
+            .arg(file_url(root)),
     );
     assert_code(&r, 1, what);
     if !needles.is_empty() {
@@ -582,7 +562,7 @@ fn expect_restore_failure(root: &Path, needles: &[String], what: &str) -> Output
     }
     assert!(!out.exists(), "{what}: a failed restore created {out:?}");
     assert_eq!(
-        listing(outdir.path()),
+        dir_listing(outdir.path()),
         before,
         "{what}: a failed restore left files in the output directory"
     );
@@ -649,12 +629,11 @@ fn restore_rejects_a_gap_but_restores_below_it() {
     let l0 = files_in(&root, 0);
     let idx = l0.len() / 2;
     let (victim, next) = (&l0[idx], &l0[idx + 1]);
-    let missing_name = name_of(victim);
-    let missing_min = u64::from_str_radix(&missing_name[..16], 16).expect("test setup");
+    let (missing_min, _) = ltx_name_range(&name_of(victim)).expect("test setup");
     std::fs::remove_file(victim).expect("test setup");
     expect_restore_failure(
         &root,
-        &[name_of(next), format!("{missing_min:016x}")],
+        &[name_of(next), txid_hex(missing_min)],
         "replica with a missing L0",
     );
 
@@ -672,11 +651,11 @@ fn restore_rejects_a_gap_but_restores_below_it() {
         support::replica_cmd()
             .args(["restore", "-o"])
             .arg(&out)
-            .arg(url_of(&root))
+            .arg(file_url(&root))
             .args(["--txid", &format!("{below:x}")]),
     );
     assert_code(&r, 0, &format!("restore --txid {below:x} below the gap"));
-    assert_eq!(listing(outdir.path()), BTreeSet::from(["below.db".into()]));
+    assert_eq!(dir_listing(outdir.path()), ["below.db"]);
     assert!(support::integrity_ok(&out));
     assert_eq!(
         rows(&out),
@@ -685,23 +664,23 @@ fn restore_rejects_a_gap_but_restores_below_it() {
     );
 
     // And a target past the gap fails like the latest restore.
-    let past = u64::from_str_radix(&name_of(next)[17..33], 16).expect("test setup");
+    let (_, past) = ltx_name_range(&name_of(next)).expect("test setup");
     let out2 = outdir.path().join("past.db");
     let r = support::run(
         support::replica_cmd()
             .args(["restore", "-o"])
             .arg(&out2)
-            .arg(url_of(&root))
+            .arg(file_url(&root))
             .args(["--txid", &format!("{past:x}")]),
     );
     assert_code(&r, 1, &format!("restore --txid {past:x} past the gap"));
     assert!(!out2.exists());
     assert!(
-        !listing(outdir.path())
+        !dir_listing(outdir.path())
             .iter()
             .any(|n| n.starts_with("past.db") || n.starts_with(".past.db")),
         "a failed restore left files: {:?}",
-        listing(outdir.path())
+        dir_listing(outdir.path())
     );
 }
 
@@ -774,7 +753,7 @@ fn restore_rejects_foreign_files_in_place_of_an_l0() {
 #[test]
 fn restore_never_overwrites_an_existing_output() {
     let good = build_good_replica();
-    let url = url_of(&good.root);
+    let url = file_url(&good.root);
     let dir = tempdir();
     let out = dir.path().join("existing.db");
     let original = b"precious bytes that are not a database".to_vec();
@@ -798,7 +777,7 @@ fn restore_never_overwrites_an_existing_output() {
         original,
         "the existing file changed"
     );
-    assert_eq!(listing(dir.path()), BTreeSet::from(["existing.db".into()]));
+    assert_eq!(dir_listing(dir.path()), ["existing.db"]);
 
     let r = support::run(
         support::replica_cmd()
@@ -812,7 +791,7 @@ fn restore_never_overwrites_an_existing_output() {
         original,
         "the existing file changed"
     );
-    assert_eq!(listing(dir.path()), BTreeSet::from(["existing.db".into()]));
+    assert_eq!(dir_listing(dir.path()), ["existing.db"]);
 
     // A stray -wal without its database would be replayed onto the restored file.
     let fresh = dir.path().join("fresh.db");
@@ -837,7 +816,7 @@ fn restore_from_a_missing_replica() {
     let outdir = dir.path().join("out");
     std::fs::create_dir(&outdir).expect("test setup");
     let out = outdir.join("app.db");
-    let url = url_of(&root);
+    let url = file_url(&root);
 
     let r = support::run(
         support::replica_cmd()
@@ -858,7 +837,11 @@ fn restore_from_a_missing_replica() {
     assert_code(&r, 0, "restore --if-replica-exists from a missing replica");
     assert!(!out.exists(), "restore --if-replica-exists created {out:?}");
     assert!(!root.exists(), "restore created the replica directory");
-    assert!(listing(&outdir).is_empty(), "{:?}", listing(&outdir));
+    assert!(
+        dir_listing(&outdir).is_empty(),
+        "{:?}",
+        dir_listing(&outdir)
+    );
 
     // An existing but empty replica directory is the same.
     std::fs::create_dir_all(root.join("ltx").join("0")).expect("test setup");
@@ -877,7 +860,11 @@ fn restore_from_a_missing_replica() {
             .arg(&url),
     );
     assert_code(&r, 0, "restore --if-replica-exists from an empty replica");
-    assert!(listing(&outdir).is_empty(), "{:?}", listing(&outdir));
+    assert!(
+        dir_listing(&outdir).is_empty(),
+        "{:?}",
+        dir_listing(&outdir)
+    );
 }
 
 /// The `error:` line of a failed command, split at ": " into its causes; a cause
@@ -927,7 +914,7 @@ fn error_messages_state_each_cause_once() {
         support::replica_cmd()
             .arg("replicate")
             .arg(&db)
-            .arg(url_of(&dir.path().join("rep"))),
+            .arg(file_url(&dir.path().join("rep"))),
     );
     assert_code(&r, 1, "replicate a database in a missing directory");
     assert_no_repeated_cause(&r, "replicate a database in a missing directory");

@@ -7,152 +7,21 @@
 //!
 //! A missing Litestream binary fails these tests (see `support::litestream_bin`).
 
-mod support;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
-use rusqlite::{Connection, params};
-use support::{
-    LtxFile, Output, Proc, SIGINT, dump, integrity_check, litestream_cmd, ltx_list, open_wal_db,
-    replica_cmd, run, txid_hex, wait_until,
-};
-use tempfile::TempDir;
+use rusqlite::Connection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// How long an "it has been uploaded" condition may take before the test fails
-/// (Litestream syncs once a second).
-const UPLOAD_TIMEOUT: Duration = Duration::from_secs(20);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------
-// Helpers
-
-struct Env {
-    dir: TempDir,
-    db: PathBuf,
-    url: String,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("replica-interop-")
-            .tempdir()
-            .expect("tempdir");
-        let db = dir.path().join("source.db");
-        let url = format!("file://{}", dir.path().join("replica").display());
-        Env { dir, db, url }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-fn max_txid(url: &str) -> u64 {
-    ltx_list(url).iter().map(|f| f.max).max().unwrap_or(0)
-}
-
-fn start_replica(db: &Path, url: &str) -> Proc {
-    let mut cmd = replica_cmd();
-    cmd.arg("replicate")
-        .arg(db)
-        .arg(url)
-        .args(["--sync-interval", "100ms"]);
-    Proc::spawn("replica replicate", cmd)
-}
-
-fn start_litestream(db: &Path, url: &str) -> Proc {
-    let mut cmd = litestream_cmd();
-    cmd.arg("replicate").arg(db).arg(url);
-    Proc::spawn("litestream replicate", cmd)
-}
-
-#[track_caller]
-fn wait_for_txid(p: &mut Proc, url: &str, txid: u64) {
-    let ok = wait_until(UPLOAD_TIMEOUT, || !p.is_running() || max_txid(url) >= txid);
-    let running = p.is_running();
-    assert!(
-        ok && running,
-        "{} did not upload TXID {} within {UPLOAD_TIMEOUT:?} (running: {running}, files: {:?})\n{}",
-        p.name(),
-        txid_hex(txid),
-        ltx_list(url),
-        p.output_report()
-    );
-}
-
-/// SIGINT; both tools flush and exit 0 on it.
-#[track_caller]
-fn stop(p: &mut Proc) {
-    let st = p.stop(SIGINT, STOP_TIMEOUT);
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "{} exited with {st} after SIGINT\n{}",
-        p.name(),
-        p.output_report()
-    );
-}
-
-fn replica_restore(url: &str, out: &Path, txid: Option<u64>) -> Output {
-    let mut cmd = replica_cmd();
-    cmd.arg("restore").arg("-o").arg(out);
-    if let Some(t) = txid {
-        cmd.args(["--txid", &txid_hex(t)]);
-    }
-    run(cmd.arg(url))
-}
-
-fn litestream_restore(url: &str, out: &Path, txid: Option<u64>) -> Output {
-    let mut cmd = litestream_cmd();
-    cmd.arg("restore").arg("-o").arg(out);
-    if let Some(t) = txid {
-        cmd.args(["-txid", &txid_hex(t)]);
-    }
-    run(cmd.arg(url))
-}
-
-fn replica_restore_at(url: &str, out: &Path, ts: &str) -> Output {
-    let mut cmd = replica_cmd();
-    cmd.arg("restore")
-        .arg("-o")
-        .arg(out)
-        .args(["--timestamp", ts]);
-    run(cmd.arg(url))
-}
-
-fn litestream_restore_at(url: &str, out: &Path, ts: &str) -> Output {
-    let mut cmd = litestream_cmd();
-    cmd.arg("restore")
-        .arg("-o")
-        .arg(out)
-        .args(["-timestamp", ts]);
-    run(cmd.arg(url))
-}
-
-/// Checks a restore's outcome and returns the restored database's dump.
-#[track_caller]
-fn restored_dump(what: &str, o: &Output, out: &Path) -> Vec<String> {
-    assert!(o.success(), "{what} failed\n{o}");
-    assert!(
-        out.is_file(),
-        "{what} exited 0 but {} is missing\n{o}",
-        out.display()
-    );
-    assert_eq!(
-        integrity_check(out),
-        ["ok"],
-        "{what}: {} fails integrity_check",
-        out.display()
-    );
-    assert_file_is_exactly_the_database(out);
-    dump(out)
-}
+use crate::support::{
+    Env, LtxFile, Output, Proc, SCHEMA, UPLOAD_TIMEOUT, assert_dumps_eq, dump, insert_rows,
+    integrity_check, litestream_restore, ltx_list, max_txid, open_wal_db, random_blob, restore,
+    restored_dump, start_litestream, start_replicator, stop_clean, tx, txid_hex, user_dump,
+    wait_for_txid, wait_until,
+};
 
 /// Restores with both tools (latest, or up to `txid`), asserts both succeed with sound
 /// databases and identical dumps, and returns the dump.
@@ -161,14 +30,18 @@ fn restore_both(env: &Env, name: &str, txid: Option<u64>) -> Vec<String> {
     let ours = env.path(&format!("{name}.replica.db"));
     let theirs = env.path(&format!("{name}.litestream.db"));
     let at = txid.map_or("latest".to_string(), txid_hex);
+    let (ours_args, theirs_args) = match txid {
+        Some(_) => (vec!["--txid", at.as_str()], vec!["-txid", at.as_str()]),
+        None => (vec![], vec![]),
+    };
     let a = restored_dump(
         &format!("replica restore ({at})"),
-        &replica_restore(&env.url, &ours, txid),
+        &restore(&env.url, &ours, &ours_args),
         &ours,
     );
     let b = restored_dump(
         &format!("litestream restore ({at})"),
-        &litestream_restore(&env.url, &theirs, txid),
+        &litestream_restore(&env.url, &theirs, &theirs_args),
         &theirs,
     );
     assert_dumps_eq(
@@ -177,102 +50,6 @@ fn restore_both(env: &Env, name: &str, txid: Option<u64>) -> Vec<String> {
         &a,
     );
     a
-}
-
-/// A restored database is complete in its file (no WAL) and has no pages past its
-/// end: the file is exactly `page_count` pages long.
-#[track_caller]
-fn assert_file_is_exactly_the_database(path: &Path) {
-    let conn = support::open_read_only(path);
-    let (count, size): (i64, i64) = conn
-        .query_row(
-            "SELECT page_count, page_size FROM pragma_page_count, pragma_page_size",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .expect("page_count");
-    let len = std::fs::metadata(path).expect("stat").len();
-    assert_eq!(
-        i64::try_from(len).expect("file length"),
-        count * size,
-        "{} is {len} bytes but holds {count} pages of {size}",
-        path.display()
-    );
-}
-
-#[track_caller]
-fn assert_dumps_eq(what: &str, expected: &[String], actual: &[String]) {
-    if expected == actual {
-        return;
-    }
-    let i = expected
-        .iter()
-        .zip(actual)
-        .position(|(a, b)| a != b)
-        .unwrap_or(expected.len().min(actual.len()));
-    let clip = |s: Option<&String>| match s {
-        None => "<no line>".to_string(),
-        Some(s) if s.len() > 300 => format!(
-            "{}... ({} chars)",
-            s.chars().take(300).collect::<String>(),
-            s.len()
-        ),
-        Some(s) => s.clone(),
-    };
-    panic!(
-        "{what}: dumps differ (expected {} lines, got {}); first difference at line {i}:\n  expected: {}\n  actual:   {}",
-        expected.len(),
-        actual.len(),
-        clip(expected.get(i)),
-        clip(actual.get(i))
-    );
-}
-
-/// The dump without Litestream's bookkeeping tables (`_litestream_seq`,
-/// `_litestream_lock`), which Litestream creates in the source database.
-fn user_dump(path: &Path) -> Vec<String> {
-    dump(path)
-        .into_iter()
-        .filter(|l| !l.contains("\"_litestream_"))
-        .collect()
-}
-
-const SCHEMA: &str = "
-    CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT UNIQUE, v TEXT, n INTEGER, b BLOB);
-    CREATE INDEX t_n ON t(n);
-    CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB);
-";
-
-fn tx<T>(conn: &Connection, f: impl FnOnce(&Connection) -> T) -> T {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .expect("BEGIN IMMEDIATE");
-    let r = f(conn);
-    conn.execute_batch("COMMIT").expect("COMMIT");
-    r
-}
-
-fn insert_rows(conn: &Connection, tag: &str, n: usize, len: usize, rng: &mut StdRng) {
-    let mut st = conn
-        .prepare_cached("INSERT INTO t(k, v, n, b) VALUES (?1, ?2, ?3, ?4)")
-        .expect("prepare insert");
-    for i in 0..n {
-        let k = format!("{tag}-{i}-{}", rng.random::<u32>());
-        let v: String = (0..len)
-            .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
-            .collect();
-        let blob: Option<Vec<u8>> = (i % 4 == 0).then(|| {
-            let len = rng.random_range(0..200);
-            random_blob(rng, len)
-        });
-        st.execute(params![k, v, rng.random_range(0..1000i64), blob])
-            .expect("insert");
-    }
-}
-
-fn random_blob(rng: &mut StdRng, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    rng.fill_bytes(&mut b);
-    b
 }
 
 /// A mixed workload of `steps` transactions spread over time (`pause` between them):
@@ -338,11 +115,11 @@ fn litestream_restores_what_replica_replicated() {
     let conn = new_db(&env.db);
     let mut rng = StdRng::seed_from_u64(100);
     tx(&conn, |c| insert_rows(c, "pre", 300, 100, &mut rng));
-    let mut rep = start_replica(&env.db, &env.url);
+    let mut rep = start_replicator(&env.db, &env.url);
     wait_for_txid(&mut rep, &env.url, 1);
 
     workload(&conn, &mut rng, 30, Duration::from_millis(60), 8, 20);
-    stop(&mut rep);
+    stop_clean(&mut rep);
 
     let files = ltx_list(&env.url);
     assert!(
@@ -397,7 +174,7 @@ fn txid_restores_of_replica_written_replica_match_litestream() {
     let conn = new_db(&env.db);
     let mut rng = StdRng::seed_from_u64(101);
     tx(&conn, |c| insert_rows(c, "pre", 100, 100, &mut rng));
-    let mut rep = start_replica(&env.db, &env.url);
+    let mut rep = start_replicator(&env.db, &env.url);
     wait_for_txid(&mut rep, &env.url, 1);
 
     let mut phases = vec![(1, dump(&env.db))];
@@ -425,7 +202,7 @@ fn txid_restores_of_replica_written_replica_match_litestream() {
                 .expect("update");
         });
     }));
-    stop(&mut rep);
+    stop_clean(&mut rep);
 
     for (i, (txid, expected)) in phases.iter().enumerate() {
         let got = restore_both(&env, &format!("phase{i}"), Some(*txid));
@@ -448,10 +225,10 @@ fn litestream_restores_replica_history_across_a_restart_snapshot() {
     let env = Env::new();
     let conn = new_db(&env.db);
     let mut rng = StdRng::seed_from_u64(102);
-    let mut rep = start_replica(&env.db, &env.url);
+    let mut rep = start_replicator(&env.db, &env.url);
     wait_for_txid(&mut rep, &env.url, 1);
     workload(&conn, &mut rng, 8, Duration::from_millis(50), 100, 100);
-    stop(&mut rep);
+    stop_clean(&mut rep);
     let first_max = max_txid(&env.url);
     let first_dump = dump(&env.db);
 
@@ -463,9 +240,9 @@ fn litestream_restores_replica_history_across_a_restart_snapshot() {
     }
     drop(conn);
     let conn = open_wal_db(&env.db);
-    let mut rep = start_replica(&env.db, &env.url);
+    let mut rep = start_replicator(&env.db, &env.url);
     workload(&conn, &mut rng, 8, Duration::from_millis(50), 3, 6);
-    stop(&mut rep);
+    stop_clean(&mut rep);
 
     let files = ltx_list(&env.url);
     assert!(
@@ -486,7 +263,7 @@ fn timestamp_restores_of_replica_written_replica_match_litestream() {
     let conn = new_db(&env.db);
     let mut rng = StdRng::seed_from_u64(103);
     tx(&conn, |c| insert_rows(c, "pre", 100, 100, &mut rng));
-    let mut rep = start_replica(&env.db, &env.url);
+    let mut rep = start_replicator(&env.db, &env.url);
     wait_for_txid(&mut rep, &env.url, 1);
     let mut phases = vec![(1, dump(&env.db))];
     for i in 0..3 {
@@ -498,7 +275,7 @@ fn timestamp_restores_of_replica_written_replica_match_litestream() {
             });
         }));
     }
-    stop(&mut rep);
+    stop_clean(&mut rep);
 
     // Compaction may have merged some of them into L1 as well; the boundaries probed
     // are those of the per-phase L0 files and the snapshot.
@@ -527,8 +304,8 @@ fn timestamp_restores_of_replica_written_replica_match_litestream() {
             let ts = t.format(&Rfc3339).expect("format");
             let ours = env.path(&format!("ts-{i}-{j}.replica.db"));
             let theirs = env.path(&format!("ts-{i}-{j}.litestream.db"));
-            let a = replica_restore_at(&env.url, &ours, &ts);
-            let b = litestream_restore_at(&env.url, &theirs, &ts);
+            let a = restore(&env.url, &ours, &["--timestamp", &ts]);
+            let b = litestream_restore(&env.url, &theirs, &["-timestamp", &ts]);
             let content = |o: &Output, p: &Path| o.success().then(|| dump(p));
             let (ca, cb) = (content(&a, &ours), content(&b, &theirs));
             if ca != cb {
@@ -580,7 +357,7 @@ fn wait_litestream_caught_up(ls: &mut Proc, env: &Env, expected: &[String]) {
         }
         n += 1;
         let out = env.path(&format!("probe-{n}.db"));
-        let o = litestream_restore(&env.url, &out, None);
+        let o = litestream_restore(&env.url, &out, &[]);
         let caught_up = o.success() && user_dump(&out) == expected;
         if !o.success() {
             last = o.to_string();
@@ -613,7 +390,7 @@ fn replica_restores_what_litestream_replicated() {
     // About 3.5 s of writes at Litestream's 1 s sync interval: several L0 files.
     workload(&conn, &mut rng, 24, Duration::from_millis(150), 5, 16);
     wait_litestream_caught_up(&mut ls, &env, &user_dump(&env.db));
-    stop(&mut ls);
+    stop_clean(&mut ls);
 
     let files = ltx_list(&env.url);
     assert!(
@@ -678,7 +455,7 @@ fn replica_txid_restores_of_litestream_replica() {
     record(&mut ls, &mut || {
         tx(&conn, |c| insert_rows(c, "p4", 30, 100, &mut rng));
     });
-    stop(&mut ls);
+    stop_clean(&mut ls);
 
     let txids: Vec<u64> = phases.iter().map(|p| p.0).collect();
     assert!(
@@ -687,7 +464,7 @@ fn replica_txid_restores_of_litestream_replica() {
     );
     for (i, (txid, expected)) in phases.iter().enumerate() {
         let out = env.path(&format!("phase{i}.replica.db"));
-        let o = replica_restore(&env.url, &out, Some(*txid));
+        let o = restore(&env.url, &out, &["--txid", &txid_hex(*txid)]);
         restored_dump(
             &format!("replica restore --txid {}", txid_hex(*txid)),
             &o,

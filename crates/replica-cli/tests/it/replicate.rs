@@ -1,199 +1,24 @@
-//! End-to-end tests of `replica replicate` + `replica restore` with real SQLite
-//! writers in this process (separate connections from the replicator, which runs as a
-//! child process).
+//! `replica replicate` under real SQLite writers in this process (separate connections
+//! from the replicator, which runs as a child process): varied transactions, large
+//! values, VACUUM, page sizes, concurrent writers, pre-existing databases, restarts,
+//! flushing on signals and keeping the WAL bounded.
 //!
 //! Every test writes while replication runs, stops the replicator with SIGINT (it must
 //! flush and exit 0), restores, and compares the logical dump of the restored database
 //! with the source's.
 
-mod support;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rusqlite::{Connection, params};
-use support::{
-    Output, Proc, SIGINT, dump, integrity_check, ltx_list, open_wal_db, replica_cmd, run, txid_hex,
-    wait_until,
+
+use crate::support::{
+    self, Env, SCHEMA, SIGINT, STOP_TIMEOUT, assert_dumps_eq, assert_restore_matches_source, dump,
+    insert_rows, ltx_list, max_txid, open_wal_db, random_blob, restore_dump, start_replicator,
+    stop_clean, tx, txid_hex, wait_for_txid,
 };
-use tempfile::TempDir;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-
-/// How long an "it has been uploaded" condition may take before the test fails.
-const UPLOAD_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long the replicator may take to flush and exit after SIGINT.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------
-// Helpers
-
-/// A temp dir holding the source database, the replica and restore outputs.
-struct Env {
-    dir: TempDir,
-    db: PathBuf,
-    url: String,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("replica-e2e-")
-            .tempdir()
-            .expect("tempdir");
-        let db = dir.path().join("source.db");
-        let url = format!("file://{}", dir.path().join("replica").display());
-        Env { dir, db, url }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-/// The highest TXID in the replica (0 if it is empty or missing).
-fn max_txid(url: &str) -> u64 {
-    ltx_list(url).iter().map(|f| f.max).max().unwrap_or(0)
-}
-
-fn start_replicator(db: &Path, url: &str) -> Proc {
-    let mut cmd = replica_cmd();
-    cmd.arg("replicate")
-        .arg(db)
-        .arg(url)
-        .args(["--sync-interval", "100ms"]);
-    Proc::spawn("replica replicate", cmd)
-}
-
-/// Waits until the replica holds at least `txid` (the first snapshot is TXID 1).
-#[track_caller]
-fn wait_for_txid(rep: &mut Proc, url: &str, txid: u64) {
-    let ok = wait_until(UPLOAD_TIMEOUT, || {
-        !rep.is_running() || max_txid(url) >= txid
-    });
-    assert!(
-        ok && rep.is_running(),
-        "replica did not reach TXID {} within {UPLOAD_TIMEOUT:?} (running: {}, files: {:?})\n{}",
-        txid_hex(txid),
-        rep.is_running(),
-        ltx_list(url),
-        rep.output_report()
-    );
-}
-
-/// SIGINT, and the replicator must flush and exit 0.
-#[track_caller]
-fn stop_replicator(rep: &mut Proc) {
-    let st = rep.stop(SIGINT, STOP_TIMEOUT);
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "replica replicate exited with {st} after SIGINT\n{}",
-        rep.output_report()
-    );
-}
-
-fn restore(url: &str, out: &Path, extra: &[&str]) -> Output {
-    let mut cmd = replica_cmd();
-    cmd.arg("restore").arg("-o").arg(out).args(extra).arg(url);
-    run(&mut cmd)
-}
-
-/// Restores and asserts success, a sound database, and returns its dump.
-#[track_caller]
-fn restore_dump(url: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let o = restore(url, out, extra);
-    assert!(
-        o.success(),
-        "replica restore {extra:?} -o {} failed\n{o}",
-        out.display()
-    );
-    assert!(
-        out.is_file(),
-        "restore exited 0 but {} is missing\n{o}",
-        out.display()
-    );
-    assert_eq!(
-        integrity_check(out),
-        ["ok"],
-        "restored {} fails integrity_check",
-        out.display()
-    );
-    assert_file_is_exactly_the_database(out);
-    dump(out)
-}
-
-/// A restored database is complete in its file (no WAL) and has no pages past its
-/// end: the file is exactly `page_count` pages long.
-#[track_caller]
-fn assert_file_is_exactly_the_database(path: &Path) {
-    let conn = support::open_read_only(path);
-    let (count, size): (i64, i64) = conn
-        .query_row(
-            "SELECT page_count, page_size FROM pragma_page_count, pragma_page_size",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .expect("page_count");
-    let len = std::fs::metadata(path).expect("stat").len();
-    assert_eq!(
-        i64::try_from(len).expect("file length"),
-        count * size,
-        "{} is {len} bytes but holds {count} pages of {size}",
-        path.display()
-    );
-}
-
-/// `assert_eq!` for dumps, with a short message (dumps of multi-MiB blobs are huge).
-#[track_caller]
-fn assert_dumps_eq(what: &str, expected: &[String], actual: &[String]) {
-    if expected == actual {
-        return;
-    }
-    let i = expected
-        .iter()
-        .zip(actual)
-        .position(|(a, b)| a != b)
-        .unwrap_or(expected.len().min(actual.len()));
-    let clip = |s: Option<&String>| match s {
-        None => "<no line>".to_string(),
-        Some(s) if s.len() > 300 => {
-            format!(
-                "{}... ({} chars)",
-                s.chars().take(300).collect::<String>(),
-                s.len()
-            )
-        }
-        Some(s) => s.clone(),
-    };
-    panic!(
-        "{what}: dumps differ (expected {} lines, got {}); first difference at line {i}:\n  expected: {}\n  actual:   {}",
-        expected.len(),
-        actual.len(),
-        clip(expected.get(i)),
-        clip(actual.get(i))
-    );
-}
-
-/// Restores the latest state and checks it against the source database.
-#[track_caller]
-fn assert_restore_matches_source(env: &Env, name: &str) -> PathBuf {
-    let out = env.path(name);
-    let restored = restore_dump(&env.url, &out, &[]);
-    assert!(
-        integrity_check(&env.db) == ["ok"],
-        "source fails integrity_check"
-    );
-    let source = dump(&env.db);
-    assert!(
-        source.len() > 3,
-        "the source dump is trivially small: {source:?}"
-    );
-    assert_dumps_eq("restored latest vs source", &source, &restored);
-    out
-}
 
 fn pragma_i64(path: &Path, pragma: &str) -> i64 {
     support::open_read_only(path)
@@ -217,49 +42,6 @@ fn create_db(path: &Path, page_size: Option<u32>) -> Connection {
         assert_eq!(mode, "wal");
     }
     open_wal_db(path)
-}
-
-const SCHEMA: &str = "
-    CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT UNIQUE, v TEXT, n INTEGER, b BLOB);
-    CREATE INDEX t_n ON t(n);
-    CREATE TABLE kv(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
-";
-
-/// Runs `f` in a `BEGIN IMMEDIATE` transaction (so concurrent writers wait on the
-/// busy timeout instead of failing on a stale snapshot).
-fn tx<T>(conn: &Connection, f: impl FnOnce(&Connection) -> T) -> T {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .expect("BEGIN IMMEDIATE");
-    let r = f(conn);
-    conn.execute_batch("COMMIT").expect("COMMIT");
-    r
-}
-
-/// Inserts `n` rows into `t` with text values of about `len` bytes; keys are unique
-/// per (`tag`, i).
-fn insert_rows(conn: &Connection, tag: &str, n: usize, len: usize, rng: &mut StdRng) {
-    let mut st = conn
-        .prepare_cached("INSERT INTO t(k, v, n, b) VALUES (?1, ?2, ?3, ?4)")
-        .expect("prepare insert");
-    for i in 0..n {
-        let k = format!("{tag}-{i}-{}", rng.random::<u32>());
-        let v: String = (0..len)
-            .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
-            .collect();
-        let blob: Option<Vec<u8>> = (i % 4 == 0).then(|| {
-            let mut b = vec![0u8; rng.random_range(0..200usize)];
-            rng.fill_bytes(&mut b);
-            b
-        });
-        st.execute(params![k, v, rng.random_range(0..1000i64), blob])
-            .expect("insert");
-    }
-}
-
-fn random_blob(rng: &mut StdRng, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    rng.fill_bytes(&mut b);
-    b
 }
 
 fn pause() {
@@ -323,7 +105,7 @@ fn varied_transactions_updates_and_deletes() {
     conn.execute_batch("PRAGMA user_version = 42")
         .expect("user_version");
 
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     let files = ltx_list(&env.url);
     assert!(
         files.iter().filter(|f| f.level == 0).count() >= 3,
@@ -375,7 +157,7 @@ fn large_blobs_spanning_overflow_pages() {
     pause();
     ins("after", 4 << 20, &mut rng);
 
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     let out = assert_restore_matches_source(&env, "restored.db");
     let len: i64 = support::open_read_only(&out)
         .query_row("SELECT sum(length(data)) FROM blobs", [], |r| r.get(0))
@@ -415,7 +197,7 @@ fn vacuum_in_the_middle_shrinks_the_database() {
     conn.execute("UPDATE t SET n = -n WHERE id % 3 = 0", [])
         .expect("update after vacuum");
 
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     let out = assert_restore_matches_source(&env, "restored.db");
     assert_eq!(
         pragma_i64(&out, "page_count"),
@@ -457,7 +239,7 @@ fn replicate_with_page_size(page_size: u32) {
     pause();
     tx(&conn, |c| insert_rows(c, "last", 50, 2000, &mut rng));
 
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     let out = assert_restore_matches_source(&env, "restored.db");
     assert_eq!(pragma_i64(&out, "page_size"), i64::from(page_size));
     assert_eq!(
@@ -522,7 +304,7 @@ fn two_writer_connections_interleaving() {
         }
     });
 
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     let out = assert_restore_matches_source(&env, "restored.db");
     let counters: Vec<i64> = support::open_read_only(&out)
         .prepare("SELECT n FROM counters ORDER BY who")
@@ -576,7 +358,7 @@ fn existing_wal_database_with_data_before_replication() {
     conn.execute("DELETE FROM t WHERE k LIKE 'old-1%'", [])
         .expect("delete old");
 
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     assert_restore_matches_source(&env, "restored.db");
 }
 
@@ -635,7 +417,7 @@ fn rollback_journal_database_is_switched_to_wal() {
         .execute("UPDATE t SET v = 'x' WHERE id % 5 = 0", [])
         .expect("update");
 
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     assert_restore_matches_source(&env, "restored.db");
 }
 
@@ -690,159 +472,6 @@ fn sigterm_flushes_commits_made_just_before_it() {
 }
 
 // ---------------------------------------------------------------------------
-// Point in time
-
-/// A committed phase: the replica's max TXID once it was uploaded, the creation time of
-/// that file, and the source's dump at that point.
-#[derive(Debug)]
-struct Phase {
-    txid: u64,
-    created: OffsetDateTime,
-    dump: Vec<String>,
-}
-
-/// Runs `write` (exactly one transaction), waits until the replica grows past the TXID
-/// it had before, and records the phase. Sound because nothing else commits meanwhile:
-/// every earlier commit is in files at or below the old max, and the only commit that
-/// can produce a newer file is this one.
-#[track_caller]
-fn phase(rep: &mut Proc, env: &Env, write: impl FnOnce()) -> Phase {
-    let before = max_txid(&env.url);
-    write();
-    wait_for_txid(rep, &env.url, before + 1);
-    let files = ltx_list(&env.url);
-    let txid = files.iter().map(|f| f.max).max().unwrap_or(0);
-    let newest = files
-        .iter()
-        .find(|f| f.max == txid)
-        .unwrap_or_else(|| panic!("no file ends at {txid}: {files:?}"));
-    assert_eq!(
-        (newest.level, newest.min),
-        (0, before + 1),
-        "one transaction should give one L0 file right after {before}: {files:?}"
-    );
-    assert_eq!(
-        newest.key,
-        format!("ltx/0/{}-{}.ltx", txid_hex(txid), txid_hex(txid)),
-        "L0 files are laid out as Litestream's"
-    );
-    Phase {
-        txid,
-        created: newest.created,
-        dump: dump(&env.db),
-    }
-}
-
-#[test]
-fn point_in_time_restore_by_txid_and_timestamp() {
-    let env = Env::new();
-    let conn = create_db(&env.db, None);
-    conn.execute_batch(SCHEMA).expect("schema");
-    conn.execute("INSERT INTO t(k, v, n) VALUES ('seed', 'seed', 0)", [])
-        .expect("seed");
-    let mut rng = StdRng::seed_from_u64(6);
-    let mut rep = start_replicator(&env.db, &env.url);
-    wait_for_txid(&mut rep, &env.url, 1);
-    let base = dump(&env.db);
-
-    let mut phases = Vec::new();
-    phases.push(phase(&mut rep, &env, || {
-        tx(&conn, |c| insert_rows(c, "p1", 500, 100, &mut rng));
-    }));
-    phases.push(phase(&mut rep, &env, || {
-        conn.execute_batch(
-            "BEGIN;
-             UPDATE t SET n = n + 1000, v = 'p2' WHERE id % 2 = 0;
-             DELETE FROM t WHERE id % 5 = 0;
-             INSERT INTO kv VALUES ('phase', 2);
-             COMMIT;",
-        )
-        .expect("phase 2");
-    }));
-    // Keep the creation times of consecutive phases apart by more than a millisecond.
-    std::thread::sleep(Duration::from_millis(5));
-    phases.push(phase(&mut rep, &env, || {
-        tx(&conn, |c| {
-            c.execute_batch("CREATE TABLE big(id INTEGER PRIMARY KEY, data BLOB)")
-                .expect("create");
-            c.execute(
-                "INSERT INTO big(data) VALUES (?1)",
-                [random_blob(&mut rng, 1 << 20)],
-            )
-            .expect("blob");
-            c.execute("UPDATE kv SET v = 3 WHERE k = 'phase'", [])
-                .expect("kv");
-        });
-    }));
-    std::thread::sleep(Duration::from_millis(5));
-    phases.push(phase(&mut rep, &env, || {
-        conn.execute("DELETE FROM t WHERE id > 100", [])
-            .expect("phase 4");
-    }));
-    stop_replicator(&mut rep);
-
-    for w in phases.windows(2) {
-        assert!(
-            w[0].dump != w[1].dump,
-            "phases must differ for the test to mean anything"
-        );
-        assert!(
-            w[0].created < w[1].created,
-            "phase files not ordered in time: {phases:?}"
-        );
-    }
-
-    // --txid: the snapshot, every phase, and the latest state.
-    let at1 = restore_dump(&env.url, &env.path("txid-1.db"), &["--txid", &txid_hex(1)]);
-    assert_dumps_eq("restore --txid 1 (first snapshot)", &base, &at1);
-    for (i, p) in phases.iter().enumerate() {
-        let out = env.path(&format!("txid-{}.db", p.txid));
-        let got = restore_dump(&env.url, &out, &["--txid", &txid_hex(p.txid)]);
-        assert_dumps_eq(&format!("restore --txid of phase {}", i + 1), &p.dump, &got);
-    }
-    let last = phases.last().expect("phases");
-    assert_dumps_eq("last phase vs final source", &dump(&env.db), &last.dump);
-    assert_restore_matches_source(&env, "latest.db");
-
-    // --timestamp between two phases' files gives the earlier phase. (The behaviour
-    // exactly at a file's creation time is checked against Litestream in interop.rs.)
-    for (i, w) in phases.windows(2).enumerate() {
-        let mid: OffsetDateTime = w[0].created + (w[1].created - w[0].created) / 2i32;
-        assert!(w[0].created < mid && mid < w[1].created);
-        let ts = mid.format(&Rfc3339).expect("format");
-        let out = env.path(&format!("ts-{}.db", i + 1));
-        let got = restore_dump(&env.url, &out, &["--timestamp", &ts]);
-        assert_dumps_eq(
-            &format!(
-                "restore --timestamp {ts} (between phases {} and {})",
-                i + 1,
-                i + 2
-            ),
-            &w[0].dump,
-            &got,
-        );
-    }
-    // After the last file: the latest state.
-    let ts = (last.created + time::Duration::hours(1))
-        .format(&Rfc3339)
-        .expect("format");
-    let got = restore_dump(&env.url, &env.path("ts-late.db"), &["--timestamp", &ts]);
-    assert_dumps_eq("restore --timestamp after the last file", &last.dump, &got);
-    // Before the first snapshot: nothing to restore, an error, and no output.
-    let ts = (phases[0].created - time::Duration::hours(1))
-        .format(&Rfc3339)
-        .expect("format");
-    let early = env.path("ts-early.db");
-    let o = restore(&env.url, &early, &["--timestamp", &ts]);
-    assert_eq!(
-        o.code(),
-        Some(1),
-        "restore --timestamp before any file\n{o}"
-    );
-    assert!(!early.exists(), "a failed restore created its output");
-}
-
-// ---------------------------------------------------------------------------
 // Restart
 
 /// What happens to the database while the replicator is down.
@@ -878,7 +507,7 @@ fn restart_scenario(down: WhileDown, seed: u64) {
     }
     conn.execute("UPDATE t SET n = 0 WHERE id % 2 = 0", [])
         .expect("update");
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     let first_max = max_txid(&env.url);
     let first_dump = dump(&env.db);
     assert!(first_max > 1, "nothing but the snapshot was uploaded");
@@ -931,7 +560,7 @@ fn restart_scenario(down: WhileDown, seed: u64) {
     }
     conn.execute("DELETE FROM t WHERE k LIKE 'first0%'", [])
         .expect("delete first");
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
 
     assert!(
         max_txid(&env.url) > first_max,
@@ -1007,7 +636,7 @@ fn restarts_while_a_writer_keeps_writing() {
         let stop_writer = StopWriter(&done);
         for round in 0..3 {
             std::thread::sleep(Duration::from_millis(600));
-            stop_replicator(&mut rep);
+            stop_clean(&mut rep);
             std::thread::sleep(Duration::from_millis(300));
             rep = start_replicator(&env.db, &env.url);
             if round == 0 {
@@ -1021,160 +650,8 @@ fn restarts_while_a_writer_keeps_writing() {
         let commits = writer.join().expect("writer thread");
         assert!(commits > 20, "the writer made only {commits} commits");
     });
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     assert_restore_matches_source(&env, "restored.db");
-}
-
-// ---------------------------------------------------------------------------
-// Restore flags
-
-/// A small replica, replicated and stopped.
-fn small_replica(env: &Env) {
-    let conn = create_db(&env.db, None);
-    conn.execute_batch(SCHEMA).expect("schema");
-    let mut rng = StdRng::seed_from_u64(9);
-    tx(&conn, |c| insert_rows(c, "x", 100, 50, &mut rng));
-    let mut rep = start_replicator(&env.db, &env.url);
-    wait_for_txid(&mut rep, &env.url, 1);
-    tx(&conn, |c| insert_rows(c, "y", 10, 50, &mut rng));
-    stop_replicator(&mut rep);
-}
-
-fn dir_entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-#[test]
-fn restore_if_db_not_exists_leaves_existing_output_untouched() {
-    let env = Env::new();
-    small_replica(&env);
-    let outdir = env.path("out");
-    std::fs::create_dir(&outdir).expect("mkdir");
-    let out = outdir.join("existing.db");
-    let content = b"not a database, and it must stay exactly like this\n".repeat(100);
-    std::fs::write(&out, &content).expect("write");
-
-    let o = restore(&env.url, &out, &["--if-db-not-exists"]);
-    assert_eq!(
-        o.code(),
-        Some(0),
-        "--if-db-not-exists with an existing output\n{o}"
-    );
-    assert_eq!(
-        std::fs::read(&out).expect("read"),
-        content,
-        "the existing file changed"
-    );
-    assert_eq!(
-        dir_entries(&outdir),
-        ["existing.db"],
-        "restore left files behind"
-    );
-
-    // The flag does not prevent a real restore when the output is missing.
-    let fresh = env.path("fresh.db");
-    let got = restore_dump(&env.url, &fresh, &["--if-db-not-exists"]);
-    assert_dumps_eq(
-        "--if-db-not-exists with a missing output",
-        &dump(&env.db),
-        &got,
-    );
-}
-
-#[test]
-fn restore_onto_existing_path_fails_and_leaves_it_untouched() {
-    let env = Env::new();
-    small_replica(&env);
-    let outdir = env.path("out");
-    std::fs::create_dir(&outdir).expect("mkdir");
-
-    // An existing non-database file, and an existing database.
-    let junk = outdir.join("junk.db");
-    let content = vec![0xa5u8; 10_000];
-    std::fs::write(&junk, &content).expect("write");
-    let o = restore(&env.url, &junk, &[]);
-    assert_eq!(
-        o.code(),
-        Some(1),
-        "restore onto an existing file must fail with 1\n{o}"
-    );
-    assert_eq!(
-        std::fs::read(&junk).expect("read"),
-        content,
-        "the existing file changed"
-    );
-
-    let other = outdir.join("other.db");
-    {
-        let c = open_wal_db(&other);
-        c.execute_batch("CREATE TABLE mine(x); INSERT INTO mine VALUES (1);")
-            .expect("other db");
-    }
-    let before = std::fs::read(&other).expect("read");
-    let o = restore(&env.url, &other, &[]);
-    assert_eq!(
-        o.code(),
-        Some(1),
-        "restore onto an existing database must fail with 1\n{o}"
-    );
-    assert_eq!(
-        std::fs::read(&other).expect("read"),
-        before,
-        "the existing database changed"
-    );
-    assert_eq!(
-        dir_entries(&outdir),
-        ["junk.db", "other.db"],
-        "failed restores left files behind"
-    );
-}
-
-#[test]
-fn restore_if_replica_exists_on_empty_replica_is_a_no_op() {
-    let env = Env::new();
-    let replica_dir = env.path("empty-replica");
-    std::fs::create_dir(&replica_dir).expect("mkdir");
-    let url = format!("file://{}", replica_dir.display());
-    let outdir = env.path("out");
-    std::fs::create_dir(&outdir).expect("mkdir");
-    let out = outdir.join("restored.db");
-
-    let o = restore(&url, &out, &["--if-replica-exists"]);
-    assert_eq!(
-        o.code(),
-        Some(0),
-        "--if-replica-exists on an empty replica\n{o}"
-    );
-    assert!(!out.exists(), "an output was created from an empty replica");
-    assert!(
-        dir_entries(&outdir).is_empty(),
-        "files were created: {:?}",
-        dir_entries(&outdir)
-    );
-    assert!(
-        dir_entries(&replica_dir).is_empty(),
-        "the replica dir was written to: {:?}",
-        dir_entries(&replica_dir)
-    );
-
-    // Without the flag the same restore is an error.
-    let o = restore(&url, &out, &[]);
-    assert_eq!(
-        o.code(),
-        Some(1),
-        "restore from an empty replica without the flag\n{o}"
-    );
-    assert!(!out.exists());
 }
 
 // ---------------------------------------------------------------------------
@@ -1223,7 +700,7 @@ fn wal_stays_bounded_under_a_flat_out_writer() {
         "WAL grew to {max_frames} frames over {commits} commits: checkpoints did not keep up\n{}",
         rep.output_report()
     );
-    stop_replicator(&mut rep);
+    stop_clean(&mut rep);
     drop(conn);
     assert_restore_matches_source(&env, "flat-out.db");
 }

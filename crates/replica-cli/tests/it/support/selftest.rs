@@ -1,11 +1,9 @@
-//! Checks the shared test helpers in `support/` themselves.
-
-mod support;
+//! Checks the shared test helpers themselves.
 
 use std::process::Command;
 use std::time::Duration;
 
-use support::{SIGINT, SIGKILL, SIGTERM};
+use crate::support::{self, SIGINT, SIGKILL, SIGTERM};
 
 fn make_db(path: &std::path::Path, extra: Option<&str>) {
     let conn = support::open_wal_db(path);

@@ -5,17 +5,16 @@
 //! timestamp and by TXID, with `replica` and with Litestream 0.5.17, and checked
 //! against what the writer had committed at that moment.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use support::{
-    LtxFile, Proc, SIGINT, integrity_check, litestream_cmd, ltx_list, open_wal_db, replica_cmd,
-    run, txid_hex,
-};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use crate::support::{
+    self, LtxFile, Proc, file_url, integrity_check, litestream_restore, ltx_list, open_wal_db,
+    replica_cmd, replicator_cmd, restore, stop_clean, txid_hex,
+};
 
 const RETENTION: Duration = Duration::from_secs(10);
 const SNAPSHOT: Duration = Duration::from_secs(2);
@@ -63,17 +62,11 @@ fn prefix_len(what: &str, path: &Path) -> usize {
 }
 
 fn restore_with(tool: &str, url: &str, out: &Path, at: &[&str]) -> usize {
-    let mut cmd = if tool == "replica" {
-        let mut c = replica_cmd();
-        c.arg("restore").arg("-o").arg(out);
-        c
+    let o = if tool == "replica" {
+        restore(url, out, at)
     } else {
-        let mut c = litestream_cmd();
-        c.arg("restore").arg("-o").arg(out);
-        c
+        litestream_restore(url, out, at)
     };
-    cmd.args(at).arg(url);
-    let o = run(&mut cmd);
     assert!(o.success(), "{tool} restore {at:?} failed\n{o}");
     prefix_len(&format!("{tool} restore {at:?}"), out)
 }
@@ -89,7 +82,7 @@ fn history_is_compacted_retained_and_restorable_at_every_point() {
         .tempdir()
         .expect("tempdir");
     let db = dir.path().join("app.db");
-    let url = format!("file://{}", dir.path().join("replica").display());
+    let url = file_url(&dir.path().join("replica"));
     let conn = open_wal_db(&db);
     conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
         .expect("schema");
@@ -130,13 +123,7 @@ fn history_is_compacted_retained_and_restorable_at_every_point() {
     // Let the last writes ship and a retention pass see the final state, then stop, so
     // that the window does not move while it is restored.
     std::thread::sleep(Duration::from_millis(1500));
-    let st = rep.stop(SIGINT, Duration::from_secs(30));
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "replicate after SIGINT: {st}\n{}",
-        rep.output_report()
-    );
+    stop_clean(&mut rep);
     let listed_at = SystemTime::now();
     let files = ltx_list(&url);
 
@@ -275,7 +262,7 @@ fn database_recreated_underneath_is_followed_with_one_snapshot() {
         .tempdir()
         .expect("tempdir");
     let db = dir.path().join("app.db");
-    let url = format!("file://{}", dir.path().join("replica").display());
+    let url = file_url(&dir.path().join("replica"));
     let fill = |conn: &rusqlite::Connection, from: usize, to: usize| {
         for k in from..=to {
             conn.execute("INSERT INTO t(id, v) VALUES (?1, 'row ' || ?1)", [k as i64])
@@ -287,12 +274,9 @@ fn database_recreated_underneath_is_followed_with_one_snapshot() {
         .expect("schema");
     fill(&conn, 1, 300);
 
-    let mut cmd = replica_cmd();
-    cmd.arg("replicate")
-        .arg(&db)
-        .arg(&url)
-        .args(["--sync-interval", "100ms"])
-        .env("REPLICA_LOG", "info");
+    let mut cmd = replicator_cmd(&db, &url, &[]);
+    // The test counts a line logged at info level.
+    cmd.env("REPLICA_LOG", "info");
     let mut rep = Proc::spawn("replica replicate", cmd);
     let snapshots = || ltx_list(&url).iter().filter(|f| f.level == 9).count();
     assert!(
@@ -325,13 +309,7 @@ fn database_recreated_underneath_is_followed_with_one_snapshot() {
         "expected exactly one snapshot for the new file\n{}",
         rep.output_report()
     );
-    let st = rep.stop(SIGINT, Duration::from_secs(30));
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "replicate after SIGINT: {st}\n{}",
-        rep.output_report()
-    );
+    stop_clean(&mut rep);
     assert_eq!(
         rep.stderr().matches("database file was replaced").count(),
         1,

@@ -3,8 +3,6 @@
 //! restore must be a consistent prefix of the committed history, and once the
 //! replicator is allowed to flush, the replica must hold every committed row.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +11,11 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::{Proc, SIGINT, SIGKILL};
+
+use crate::support::{
+    self, Proc, SIGKILL, file_url, ltx_name_range, max_txid_of, replicator_cmd, stop_clean,
+    try_ltx_list,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -154,50 +156,15 @@ fn create_schema(db: &Path) {
 // ---------------------------------------------------------------------------
 // The replicator and the replica.
 
-fn url_of(root: &Path) -> String {
-    format!("file://{}", root.display())
-}
-
 fn spawn_replicator(db: &Path, url: &str, name: &str) -> Proc {
     spawn_replicator_with(db, url, name, &[])
 }
 
+/// `wait_started` reads the replicator's info-level log.
 fn spawn_replicator_with(db: &Path, url: &str, name: &str, extra: &[&str]) -> Proc {
-    let mut cmd = support::replica_cmd();
-    cmd.arg("replicate")
-        .arg(db)
-        .arg(url)
-        .args(["--sync-interval", "100ms"])
-        .args(extra)
-        .env("REPLICA_LOG", "info");
+    let mut cmd = replicator_cmd(db, url, extra);
+    cmd.env("REPLICA_LOG", "info");
     Proc::spawn(name, cmd)
-}
-
-/// The replica's files as `replica ltx --json` lists them, or `None` if the
-/// command fails.
-fn ltx_list(url: &str) -> Option<Vec<serde_json::Value>> {
-    let out = support::run(support::replica_cmd().args(["ltx", url, "--json"]));
-    if !out.success() {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("`replica ltx --json` printed invalid JSON ({e}):\n{out}"));
-    Some(
-        v.as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("`replica ltx --json` did not print an array:\n{out}")),
-    )
-}
-
-fn max_txid(files: &[serde_json::Value]) -> u64 {
-    files
-        .iter()
-        .map(|f| {
-            let s = f["max_txid"].as_str().expect("max_txid is a string");
-            u64::from_str_radix(s, 16).expect("max_txid is hex")
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// Restores `url` into `out`; panics with the command's output unless it exits 0
@@ -318,18 +285,6 @@ fn wait_started(p: &mut Proc, ctx: &str) {
     );
 }
 
-/// SIGINT: a clean stop flushes everything and exits 0.
-#[track_caller]
-fn stop_clean(p: &mut Proc, ctx: &str) {
-    let st = p.stop(SIGINT, LONG);
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "{ctx}: replicator did not exit 0 after SIGINT ({st})\n{}",
-        p.output_report()
-    );
-}
-
 fn seed_from_env() -> u64 {
     match std::env::var("REPLICA_CRASH_SEED") {
         Ok(s) => s.parse().expect("REPLICA_CRASH_SEED must be a u64"),
@@ -352,7 +307,7 @@ fn sigkill_at_random_moments_never_loses_or_tears_transactions() {
     let dir = tempfile::TempDir::new().expect("tempdir");
     let db = dir.path().join("app.db");
     let root = dir.path().join("replica");
-    let url = url_of(&root);
+    let url = file_url(&root);
     create_schema(&db);
     let mut writer = Writer::start(&db, seed ^ 0x5eed, Duration::from_millis(1));
 
@@ -366,7 +321,7 @@ fn sigkill_at_random_moments_never_loses_or_tears_transactions() {
         if kill % 4 == 0 {
             wait_started(&mut rep, &ctx);
             let listed =
-                support::wait_until(LONG, || ltx_list(&url).is_some_and(|f| !f.is_empty()));
+                support::wait_until(LONG, || try_ltx_list(&url).is_some_and(|f| !f.is_empty()));
             assert!(
                 listed,
                 "{ctx}: replica still empty\n{}",
@@ -413,7 +368,7 @@ fn sigkill_at_random_moments_never_loses_or_tears_transactions() {
 
         // A restore of what a crashed replicator left must be consistent.
         if kill % 3 == 2 {
-            let files = ltx_list(&url)
+            let files = try_ltx_list(&url)
                 .unwrap_or_else(|| panic!("{ctx}: `replica ltx` failed on the replica"));
             if files.is_empty() {
                 eprintln!("{ctx}: replica still empty, no intermediate restore");
@@ -433,7 +388,7 @@ fn sigkill_at_random_moments_never_loses_or_tears_transactions() {
             last_k = k;
             eprintln!(
                 "{ctx}: restore after kill: k={k} (replica max TXID {:x})",
-                max_txid(&files)
+                max_txid_of(&files)
             );
             restores += 1;
         }
@@ -452,7 +407,7 @@ fn sigkill_at_random_moments_never_loses_or_tears_transactions() {
     );
     let mut rep = spawn_replicator(&db, &url, "replicate#final");
     wait_started(&mut rep, &ctx);
-    stop_clean(&mut rep, &ctx);
+    stop_clean(&mut rep);
     let out = dir.path().join("final.db");
     check_complete(&url, &out, &db, &writer, last, &ctx);
     eprintln!(
@@ -484,10 +439,7 @@ fn pending_spool(db: &Path) -> (usize, u64, u64) {
             } else if p.extension().is_some_and(|x| x == "ltx") {
                 n += 1;
                 bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(hex) = name.get(17..33)
-                    && let Ok(t) = u64::from_str_radix(hex, 16)
-                {
+                if let Some((_, t)) = ltx_name_range(&e.file_name().to_string_lossy()) {
                     max = max.max(t);
                 }
             }
@@ -504,7 +456,7 @@ fn store_outage_never_blocks_the_app_and_never_loses_frames() {
     let db = dir.path().join("app.db");
     let root = dir.path().join("replica");
     let aside = dir.path().join("replica.aside");
-    let url = url_of(&root);
+    let url = file_url(&root);
     create_schema(&db);
     let mut writer = Writer::start(&db, seed, Duration::from_millis(2));
     // A small spool limit, so that the outage crosses it.
@@ -514,7 +466,7 @@ fn store_outage_never_blocks_the_app_and_never_loses_frames() {
     // Some history reaches the replica before the outage.
     let mut before = 0;
     let ok = support::wait_until(LONG, || {
-        before = ltx_list(&url).map(|f| max_txid(&f)).unwrap_or(0);
+        before = try_ltx_list(&url).map(|f| max_txid_of(&f)).unwrap_or(0);
         before >= 3
     });
     assert!(
@@ -592,7 +544,7 @@ fn store_outage_never_blocks_the_app_and_never_loses_frames() {
     std::fs::rename(&aside, &root).expect("moving the replica back");
     let mut now = 0;
     let recovered = support::wait_until(LONG, || {
-        now = ltx_list(&url).map(|f| max_txid(&f)).unwrap_or(0);
+        now = try_ltx_list(&url).map(|f| max_txid_of(&f)).unwrap_or(0);
         now > before + 5
     });
     assert!(
@@ -608,7 +560,7 @@ fn store_outage_never_blocks_the_app_and_never_loses_frames() {
     }));
 
     let last = writer.finish("after the outage");
-    stop_clean(&mut rep, "after the outage");
+    stop_clean(&mut rep);
     assert!(
         rep.stderr().contains("spool back under its limit"),
         "no notice that the spool shrank back\n{}",

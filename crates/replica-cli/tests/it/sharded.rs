@@ -1,13 +1,12 @@
 //! The sharded deployment: one config file, restore on boot, `--exec` with signals and
 //! exit codes, the shard-count guard, and config errors.
 
-mod support;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use support::{replica_cmd, run};
 use tempfile::TempDir;
+
+use crate::support::{self, replica_cmd, run};
 
 const KEYS: usize = 400;
 

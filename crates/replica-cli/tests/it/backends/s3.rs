@@ -1,0 +1,123 @@
+//! S3 on moto: `s3://bucket/path?endpoint=…`, Litestream's `type: s3` with its `%04x`
+//! level layout, credentials in `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use super::{SecretFixture, StoreFixture};
+
+struct S3 {
+    endpoint: String,
+    key: String,
+    secret: String,
+    bucket: String,
+}
+
+impl S3 {
+    /// The emulator from the environment and a fresh bucket on it.
+    fn new() -> S3 {
+        let endpoint = std::env::var("REPLICA_S3_ENDPOINT").unwrap_or_else(|_| {
+            panic!(
+                "REPLICA_S3_ENDPOINT is not set: run `cargo xtask test` (it starts the S3 emulator)"
+            )
+        });
+        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+        let s3 = S3 {
+            endpoint,
+            key: env("REPLICA_S3_ACCESS_KEY_ID", "test"),
+            secret: env("REPLICA_S3_SECRET_ACCESS_KEY", "test"),
+            bucket: format!("e2e-{:016x}", rand::random::<u64>()),
+        };
+        s3.create_bucket();
+        s3
+    }
+
+    /// moto does not check signatures, so a plain PUT creates the bucket.
+    fn create_bucket(&self) {
+        let hostport = self
+            .endpoint
+            .strip_prefix("http://")
+            .expect("the emulator endpoint is http://");
+        let mut conn = TcpStream::connect(hostport).expect("connecting to the S3 emulator");
+        write!(
+            conn,
+            "PUT /{} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.bucket
+        )
+        .expect("sending CreateBucket");
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp)
+            .expect("reading CreateBucket");
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "CreateBucket failed: {resp}"
+        );
+    }
+}
+
+impl StoreFixture for S3 {
+    fn scheme(&self) -> &'static str {
+        "s3"
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "s3://{}/{path}?endpoint={}&region=us-east-1&force_path_style=true",
+            self.bucket, self.endpoint
+        )
+    }
+
+    fn creds(&self, cmd: &mut Command) {
+        cmd.env("AWS_ACCESS_KEY_ID", &self.key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN");
+    }
+
+    fn litestream_replica(&self, path: &str) -> String {
+        format!(
+            "      type: s3\n      bucket: {}\n      path: {path}\n      endpoint: {}\n      region: us-east-1\n      force-path-style: true\n",
+            self.bucket, self.endpoint
+        )
+    }
+
+    /// `prod/app/0009/…`, `prod/app/0000/…`.
+    fn key_prefix(&self) -> &'static str {
+        "000"
+    }
+}
+
+impl SecretFixture for S3 {
+    fn marker(&self) -> String {
+        format!("SECRETMARKER{:016x}", rand::random::<u64>())
+    }
+
+    fn with_secret(&self, cmd: &mut Command, secret: &str) {
+        cmd.env("AWS_ACCESS_KEY_ID", "AKIDTESTKEY")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN");
+    }
+
+    /// moto accepts any signature: a bucket that does not exist is what fails.
+    fn refused_url(&self, path: &str) -> String {
+        format!(
+            "s3://no-such-bucket-{:x}/{path}?endpoint={}&region=us-east-1",
+            rand::random::<u32>(),
+            self.endpoint
+        )
+    }
+
+    fn unreachable_url(&self, path: &str) -> String {
+        format!("s3://bucket/{path}?endpoint=http://127.0.0.1:9&region=us-east-1")
+    }
+}
+
+super::scenarios!(S3::new();
+    replica_writes_and_both_tools_restore,
+    litestream_writes_and_replica_restores,
+    secret_never_appears_in_output_of_failing_runs,
+);

@@ -1,0 +1,14 @@
+//! Integration tests of the `replica` binary: one test binary (one link, helpers
+//! compiled once), each module a topic. They drive the built binary against real
+//! SQLite writers, the protocol emulators that `cargo xtask test` starts, and
+//! Litestream 0.5.17.
+
+mod backends;
+mod bad_input;
+mod crash;
+mod interop;
+mod long_running;
+mod replicate;
+mod restore;
+mod sharded;
+mod support;
