@@ -835,6 +835,18 @@ impl TokenCredential for ChainCredential {
     }
 }
 
+/// Adds this backend's schemes (`abs://`) to `registry`.
+pub fn register(registry: &mut replica_core::registry::Registry) {
+    registry.register("abs", open);
+}
+
+fn open(url: String) -> replica_core::registry::OpenFuture {
+    Box::pin(async move {
+        let client = AbsClient::from_url(&url).await?;
+        Ok(std::sync::Arc::new(client) as std::sync::Arc<dyn ReplicaClient>)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

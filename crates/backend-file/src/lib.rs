@@ -565,3 +565,15 @@ fn delete_blocking(root: &Path, keys: &[Key]) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// Adds this backend's schemes (`file://`) to `registry`.
+pub fn register(registry: &mut replica_core::registry::Registry) {
+    registry.register("file", open);
+}
+
+fn open(url: String) -> replica_core::registry::OpenFuture {
+    Box::pin(async move {
+        let client = FileClient::parse(&url)?;
+        Ok(std::sync::Arc::new(client) as std::sync::Arc<dyn ReplicaClient>)
+    })
+}

@@ -661,6 +661,19 @@ impl ReplicaClient for GcsClient {
     }
 }
 
+/// Adds this backend's schemes (`gs://`, `gcs://`) to `registry`.
+pub fn register(registry: &mut replica_core::registry::Registry) {
+    registry.register("gs", open);
+    registry.register("gcs", open);
+}
+
+fn open(url: String) -> replica_core::registry::OpenFuture {
+    Box::pin(async move {
+        let client = GcsClient::from_url(&url).await?;
+        Ok(std::sync::Arc::new(client) as std::sync::Arc<dyn ReplicaClient>)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

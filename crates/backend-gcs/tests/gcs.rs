@@ -3,6 +3,9 @@
 //! `ifGenerationMatch=0`, a create-only race, the resumable path for large overwrites,
 //! the `litestream-timestamp` metadata as Litestream writes it, and error mapping.
 
+// The key helpers take anything string-like; `&key` reads the same for both kinds.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -862,6 +862,18 @@ fn source_failure(path: &Path, e: &str) -> Failure {
     Failure::other(format!("reading payload file {}: {e}", path.display()))
 }
 
+/// Adds this backend's schemes (`s3://`) to `registry`.
+pub fn register(registry: &mut replica_core::registry::Registry) {
+    registry.register("s3", open);
+}
+
+fn open(url: String) -> replica_core::registry::OpenFuture {
+    Box::pin(async move {
+        let client = S3Client::from_url(&url).await?;
+        Ok(std::sync::Arc::new(client) as std::sync::Arc<dyn ReplicaClient>)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

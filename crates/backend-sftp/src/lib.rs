@@ -1362,6 +1362,18 @@ impl ReplicaClient for SftpClient {
     }
 }
 
+/// Adds this backend's schemes (`sftp://`) to `registry`.
+pub fn register(registry: &mut replica_core::registry::Registry) {
+    registry.register("sftp", open);
+}
+
+fn open(url: String) -> replica_core::registry::OpenFuture {
+    Box::pin(async move {
+        let client = SftpClient::from_url(&url).await?;
+        Ok(std::sync::Arc::new(client) as std::sync::Arc<dyn ReplicaClient>)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,9 @@
 //! verification, credentials never leaking into errors, and reconnecting after the
 //! connection drops. URL parsing is unit-tested in `src/lib.rs`.
 
+// The key helpers take anything string-like; `&key` reads the same for both kinds.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 

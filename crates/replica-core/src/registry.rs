@@ -15,20 +15,15 @@ pub type OpenFuture =
 /// Opens a client for a full replica URL of this backend's scheme.
 pub type Opener = fn(String) -> OpenFuture;
 
-/// Every scheme the project knows, with the Cargo feature that enables its backend, so
-/// a URL for a backend left out of the build gets a precise message.
-pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
-    ("file", "backend-file"),
-    ("s3", "backend-s3"),
-    ("gs", "backend-gcs"),
-    ("gcs", "backend-gcs"),
-    ("abs", "backend-abs"),
-    ("sftp", "backend-sftp"),
-];
+/// The schemes a build knows of but may have left out, each with what enables it (a
+/// Cargo feature of the crate that assembles the registry): the core knows no scheme
+/// and no feature name.
+pub type KnownSchemes = &'static [(&'static str, &'static str)];
 
 #[derive(Clone, Default)]
 pub struct Registry {
     backends: Vec<(&'static str, Opener)>,
+    known: KnownSchemes,
 }
 
 impl fmt::Debug for Registry {
@@ -40,6 +35,15 @@ impl fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// An empty registry that names, for a URL of a scheme in `known` but not
+    /// registered, what would enable it.
+    pub fn new(known: KnownSchemes) -> Self {
+        Self {
+            backends: Vec::new(),
+            known,
+        }
+    }
+
     pub fn register(&mut self, scheme: &'static str, opener: Opener) {
         self.backends.retain(|(s, _)| *s != scheme);
         self.backends.push((scheme, opener));
@@ -71,7 +75,7 @@ impl Registry {
         if let Some((_, open)) = self.backends.iter().find(|(s, _)| *s == scheme) {
             return open(url.to_owned()).await;
         }
-        Err(match KNOWN_SCHEMES.iter().find(|(s, _)| *s == scheme) {
+        Err(match self.known.iter().find(|(s, _)| *s == scheme) {
             Some((_, feature)) => invalid(format!(
                 "the {scheme}:// backend is not built into this binary (Cargo feature `{feature}`); enabled: {}",
                 self.enabled()
@@ -99,7 +103,7 @@ mod tests {
 
     #[tokio::test]
     async fn dispatches_by_scheme_and_names_what_is_enabled() {
-        let mut r = Registry::default();
+        let mut r = Registry::new(&[("file", "backend-file"), ("gs", "backend-gcs")]);
         r.register("file", refuse);
         let msg = |u: &str| {
             let r = r.clone();

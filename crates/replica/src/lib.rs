@@ -21,72 +21,37 @@ pub use deploy::{DeployError, Deployment, Running};
 pub use replica_core as core;
 pub use replica_core::registry::Registry;
 
-// Only the backend registrations below use these, and a build may enable none.
-#[cfg(any(
-    feature = "backend-file",
-    feature = "backend-s3",
-    feature = "backend-gcs",
-    feature = "backend-abs",
-    feature = "backend-sftp"
-))]
-use {replica_core::client::ReplicaClient, std::sync::Arc};
+/// Every scheme the project knows, with the Cargo feature of this crate that builds
+/// its backend in, so that a URL for a backend left out of the build gets a precise
+/// message.
+pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
+    ("file", "backend-file"),
+    ("s3", "backend-s3"),
+    ("gs", "backend-gcs"),
+    ("gcs", "backend-gcs"),
+    ("abs", "backend-abs"),
+    ("sftp", "backend-sftp"),
+];
 
 /// A registry holding every backend built into this crate.
 pub fn backends() -> Registry {
-    let mut r = Registry::default();
+    let mut r = Registry::new(KNOWN_SCHEMES);
     for register in BUILT_IN {
         register(&mut r);
     }
     r
 }
 
-/// One entry per backend feature enabled in this build (none is possible).
+/// The registration of each backend feature enabled in this build (none is possible).
 const BUILT_IN: &[fn(&mut Registry)] = &[
     #[cfg(feature = "backend-file")]
-    |r| {
-        r.register("file", |url| {
-            Box::pin(async move {
-                let client = backend_file::FileClient::parse(&url)?;
-                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-            })
-        })
-    },
+    backend_file::register,
     #[cfg(feature = "backend-s3")]
-    |r| {
-        r.register("s3", |url| {
-            Box::pin(async move {
-                let client = backend_s3::S3Client::from_url(&url).await?;
-                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-            })
-        })
-    },
+    backend_s3::register,
     #[cfg(feature = "backend-gcs")]
-    |r| {
-        for scheme in ["gs", "gcs"] {
-            r.register(scheme, |url| {
-                Box::pin(async move {
-                    let client = backend_gcs::GcsClient::from_url(&url).await?;
-                    Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-                })
-            });
-        }
-    },
+    backend_gcs::register,
     #[cfg(feature = "backend-abs")]
-    |r| {
-        r.register("abs", |url| {
-            Box::pin(async move {
-                let client = backend_abs::AbsClient::from_url(&url).await?;
-                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-            })
-        })
-    },
+    backend_abs::register,
     #[cfg(feature = "backend-sftp")]
-    |r| {
-        r.register("sftp", |url| {
-            Box::pin(async move {
-                let client = backend_sftp::SftpClient::from_url(&url).await?;
-                Ok(Arc::new(client) as Arc<dyn ReplicaClient>)
-            })
-        })
-    },
+    backend_sftp::register,
 ];

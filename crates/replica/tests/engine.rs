@@ -462,7 +462,7 @@ async fn spool_inodes_are_reused_across_syncs_and_compactions() {
             .expect("insert");
         i += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             let now = inodes(&spool);
             let fresh = now.difference(&seen).count();
             if Instant::now() > warmup {
