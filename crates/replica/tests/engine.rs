@@ -474,6 +474,11 @@ async fn spool_inodes_are_reused_across_syncs_and_compactions() {
     }
     let compactions = r.stats().compactions.load(Ordering::Relaxed);
     r.shutdown(Duration::from_secs(20)).await.expect("shutdown");
+    eprintln!(
+        "{syncs} L0 files cut, {compactions} compactions, {} distinct spool inodes, \
+         {new_late} new after warm-up",
+        seen.len()
+    );
     assert!(compactions >= 5, "only {compactions} compactions ran");
     assert!(syncs >= 50, "only {syncs} L0 files were cut");
     // A handful of new inodes may still appear while the pool fills (the working set
