@@ -6,6 +6,8 @@
 // The key helpers take anything string-like; `&key` reads the same for both kinds.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+use replica_conformance::keys::{k, ks, p};
+
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -280,19 +282,4 @@ async fn not_found_mapping() {
         }
         Err(e) => assert!(!e.is_transient(), "{e}"),
     }
-}
-
-#[allow(dead_code)]
-fn k(s: impl AsRef<str>) -> replica_core::key::Key {
-    replica_core::key::Key::new(s.as_ref()).expect("valid test key")
-}
-
-#[allow(dead_code)]
-fn p(s: impl AsRef<str>) -> replica_core::key::KeyPrefix {
-    replica_core::key::KeyPrefix::new(s.as_ref()).expect("valid test prefix")
-}
-
-#[allow(dead_code)]
-fn ks<S: AsRef<str>>(v: &[S]) -> Vec<replica_core::key::Key> {
-    v.iter().map(k).collect()
 }

@@ -5,6 +5,8 @@
 // The key helpers take anything string-like; `&key` reads the same for both kinds.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+use replica_conformance::keys::k;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -275,19 +277,4 @@ async fn reconnects_after_the_connection_drops() {
         .await
         .expect("head after the drop reconnects");
     round_trip(&c).await.expect("round trip after the drop");
-}
-
-#[allow(dead_code)]
-fn k(s: impl AsRef<str>) -> replica_core::key::Key {
-    replica_core::key::Key::new(s.as_ref()).expect("valid test key")
-}
-
-#[allow(dead_code)]
-fn p(s: impl AsRef<str>) -> replica_core::key::KeyPrefix {
-    replica_core::key::KeyPrefix::new(s.as_ref()).expect("valid test prefix")
-}
-
-#[allow(dead_code)]
-fn ks<S: AsRef<str>>(v: &[S]) -> Vec<replica_core::key::Key> {
-    v.iter().map(k).collect()
 }

@@ -82,6 +82,27 @@ use replica_core::key::{Key, KeyPrefix};
 pub mod cases;
 mod support;
 
+/// Keys for tests that name objects with string literals.
+pub mod keys {
+    use replica_core::key::{Key, KeyPrefix};
+
+    /// # Panics
+    /// If `s` is not a valid key: tests only name valid ones.
+    pub fn k(s: impl AsRef<str>) -> Key {
+        Key::new(s.as_ref()).unwrap_or_else(|e| panic!("a test used an invalid key: {e}"))
+    }
+
+    /// # Panics
+    /// If `s` is not a valid prefix.
+    pub fn p(s: impl AsRef<str>) -> KeyPrefix {
+        KeyPrefix::new(s.as_ref()).unwrap_or_else(|e| panic!("a test used an invalid prefix: {e}"))
+    }
+
+    pub fn ks<S: AsRef<str>>(v: &[S]) -> Vec<Key> {
+        v.iter().map(k).collect()
+    }
+}
+
 /// A root (or key prefix) unique to this call: `<prefix>/<unix-ms>-<16 random hex>`, or
 /// just `<unix-ms>-<hex>` when `prefix` is empty. The time comes first so that leftovers
 /// of old runs sort, and can be cleaned up, by age.
