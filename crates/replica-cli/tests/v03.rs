@@ -571,6 +571,18 @@ fn damaged_03_objects_are_named_and_never_restored() {
         &format!("generations/{newest}/"),
     );
 
+    // Asking for what is not there is the user's error (exit 2), naming what is.
+    let out = p.dir.path().join("usage.db");
+    let o = replica_restore(&store, &out, &["--generation", "ffffffffffffffff"]);
+    assert_eq!(o.code(), Some(2), "{o}");
+    assert!(
+        o.stderr.contains(&newest),
+        "the error does not list the generations\n{o}"
+    );
+    let o = replica_restore(&store, &out, &["--index", "1"]);
+    assert_eq!(o.code(), Some(2), "--index without --generation\n{o}");
+    assert!(!out.exists());
+
     // The intact replica still restores.
     let out = p.dir.path().join("intact.db");
     let o = replica_restore(&store, &out, &[]);

@@ -499,7 +499,113 @@ impl<'a> WalReplay<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
+
+    const PS: u32 = 512;
+    const SALTS: (u32, u32) = (0x1111_2222, 0x3333_4444);
+
+    /// A little-endian WAL: header, then `frames` of (pgno, commit, fill byte).
+    fn wal(frames: &[(u32, u32, u8)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in [0x377f_0682u32, 3_007_000, PS, 0, SALTS.0, SALTS.1] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        let mut c = wal::checksum(&out, false, (0, 0));
+        out.extend_from_slice(&c.0.to_be_bytes());
+        out.extend_from_slice(&c.1.to_be_bytes());
+        for &(pgno, commit, fill) in frames {
+            let mut fh = Vec::new();
+            for v in [pgno, commit, SALTS.0, SALTS.1] {
+                fh.extend_from_slice(&v.to_be_bytes());
+            }
+            let page = vec![fill; PS as usize];
+            c = wal::checksum(&fh[..8], false, c);
+            c = wal::checksum(&page, false, c);
+            fh.extend_from_slice(&c.0.to_be_bytes());
+            fh.extend_from_slice(&c.1.to_be_bytes());
+            out.extend_from_slice(&fh);
+            out.extend_from_slice(&page);
+        }
+        out
+    }
+
+    fn seg(index: u32, offset: u32) -> Segment {
+        Segment {
+            index,
+            offset,
+            key: layout::wal_segment_key(GenerationId(1), index, offset),
+            size: 0,
+            modified: UNIX_EPOCH,
+        }
+    }
+
+    /// Replays `parts` (WAL byte ranges as segments) onto a 2-page database of zeros.
+    fn replay(parts: &[(u32, &[u8])]) -> Result<Vec<u8>, V3Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("db");
+        let db = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&db_path)
+            .unwrap();
+        db.set_len(2 * u64::from(PS)).unwrap();
+        let mut r = WalReplay::new(GenerationId(1), 0, &db, &db_path, PS, dir.path().join("s"))?;
+        for (offset, bytes) in parts {
+            let f = frame(bytes);
+            let mut obj = Lz4Object::new(&f[..], "k");
+            r.segment(&seg(0, *offset), &mut obj)?.unwrap();
+        }
+        r.finish()?;
+        Ok(std::fs::read(&db_path).unwrap())
+    }
+
+    #[test]
+    fn committed_transactions_are_written_across_segments() {
+        let w = wal(&[(1, 0, 0xa1), (3, 3, 0xa3), (2, 0, 0xb2), (1, 2, 0xb1)]);
+        let cut = 32 + 2 * (24 + PS as usize);
+        let db = replay(&[(0, &w[..cut]), (cut as u32, &w[cut..])]).unwrap();
+        // The second transaction shrank the database to 2 pages.
+        assert_eq!(db.len(), 2 * PS as usize);
+        assert!(db[..PS as usize].iter().all(|b| *b == 0xb1));
+        assert!(db[PS as usize..].iter().all(|b| *b == 0xb2));
+    }
+
+    #[test]
+    fn damage_is_refused() {
+        let w = wal(&[(1, 0, 0xa1), (2, 2, 0xa2), (1, 2, 0xc1)]);
+        let frame_size = 24 + PS as usize;
+        // A flipped page byte breaks the checksum chain.
+        let mut bad = w.clone();
+        bad[32 + frame_size + 24 + 7] ^= 1;
+        let err = replay(&[(0, &bad)]).unwrap_err();
+        assert!(err.to_string().contains("fails its checksum"), "{err}");
+        // A frame of another WAL generation.
+        let mut bad = w.clone();
+        bad[32 + 8] ^= 1;
+        let err = replay(&[(0, &bad)]).unwrap_err();
+        assert!(err.to_string().contains("salts"), "{err}");
+        // A segment missing between two others.
+        let cut = 32 + frame_size;
+        let err = replay(&[
+            (0, &w[..cut]),
+            ((cut + frame_size) as u32, &w[cut + frame_size..]),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&layout::wal_segment_key(GenerationId(1), 0, cut as u32)),
+            "{err}"
+        );
+        // An index ending inside a transaction.
+        let err = replay(&[(0, &w[..cut])]).unwrap_err();
+        assert!(err.to_string().contains("never commits"), "{err}");
+        // A partial frame.
+        let err = replay(&[(0, &w[..cut + 100])]).unwrap_err();
+        assert!(err.to_string().contains("ends inside the frame"), "{err}");
+    }
 
     fn frame(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
