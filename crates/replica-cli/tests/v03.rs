@@ -21,6 +21,28 @@ use tempfile::TempDir;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+fn env_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `cargo xtask test` (it starts the emulators)")
+    })
+}
+
+/// Creates an Azurite container with an account SAS signed by Python's standard
+/// library.
+const CREATE_CONTAINER_PY: &str = r#"
+import base64, datetime, hashlib, hmac, sys, urllib.parse, urllib.request
+endpoint, account, key, container = sys.argv[1:5]
+now = datetime.datetime.now(datetime.timezone.utc)
+fmt = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
+st, se = fmt(now - datetime.timedelta(minutes=5)), fmt(now + datetime.timedelta(hours=1))
+sv = "2025-01-05"
+sts = "\n".join([account, "rwdlac", "b", "sco", st, se, "", "https,http", sv, "", ""])
+sig = base64.b64encode(hmac.new(base64.b64decode(key), sts.encode(), hashlib.sha256).digest()).decode()
+q = urllib.parse.urlencode({"sv": sv, "ss": "b", "srt": "sco", "sp": "rwdlac", "st": st, "se": se, "spr": "https,http", "sig": sig})
+req = urllib.request.Request(f"{endpoint}/{container}?restype=container&{q}", method="PUT", headers={"x-ms-version": sv})
+urllib.request.urlopen(req).read()
+"#;
+
 fn litestream03_bin() -> PathBuf {
     const HINT: &str = "run the tests with `cargo xtask test`, or install it with \
                         `cargo xtask litestream --legacy` and point REPLICA_LITESTREAM03_BIN at the path it prints";
@@ -61,6 +83,8 @@ struct Store {
     yml_replica: String,
     url: String,
     env: Vec<(String, String)>,
+    /// What Litestream 0.3.13 needs in its environment.
+    litestream_env: Vec<(String, String)>,
 }
 
 impl Store {
@@ -70,6 +94,7 @@ impl Store {
             yml_replica: format!("      - url: file://{}\n", path.display()),
             url: format!("file://{}", path.display()),
             env: Vec::new(),
+            litestream_env: Vec::new(),
         }
     }
 
@@ -115,6 +140,114 @@ impl Store {
                 ("AWS_SECRET_ACCESS_KEY".into(), secret),
                 ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
             ],
+            litestream_env: Vec::new(),
+        }
+    }
+
+    /// A fresh directory on the SFTP server (0.3.13 does not check host keys; we do).
+    fn sftp() -> Store {
+        let key = PathBuf::from(env_var("REPLICA_SFTP_KEY"));
+        let host_key_file = std::env::var("REPLICA_SFTP_HOST_KEY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| key.with_file_name("host_ed25519.pub"));
+        let host_key = std::fs::read_to_string(&host_key_file).expect("reading the host key");
+        let host_key = host_key
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (host, port, user) = (
+            env_var("REPLICA_SFTP_HOST"),
+            env_var("REPLICA_SFTP_PORT"),
+            env_var("REPLICA_SFTP_USER"),
+        );
+        let root = format!(
+            "{}/v03-{:016x}",
+            env_var("REPLICA_SFTP_ROOT"),
+            rand::random::<u64>()
+        );
+        let enc = |s: &str| {
+            s.replace('%', "%25")
+                .replace(' ', "%20")
+                .replace('&', "%26")
+                .replace('+', "%2B")
+        };
+        Store {
+            yml_replica: format!(
+                "      - type: sftp\n        host: \"{host}:{port}\"\n        user: {user}\n        key-path: {}\n        path: {root}\n",
+                key.display()
+            ),
+            url: format!(
+                "sftp://{user}@{host}:{port}{root}?key_path={}&host_key={}",
+                enc(&key.display().to_string()),
+                enc(&host_key)
+            ),
+            env: Vec::new(),
+            litestream_env: Vec::new(),
+        }
+    }
+
+    /// A fresh container on Azurite.
+    fn abs() -> Store {
+        let (endpoint, account, key) = (
+            env_var("REPLICA_AZURE_ENDPOINT"),
+            env_var("REPLICA_AZURE_ACCOUNT_NAME"),
+            env_var("REPLICA_AZURE_ACCOUNT_KEY"),
+        );
+        let container = format!("v03-{:016x}", rand::random::<u64>());
+        let o = Command::new("python3")
+            .args(["-c", CREATE_CONTAINER_PY])
+            .args([&endpoint, &account, &key, &container])
+            .output()
+            .expect("running python3 to create the container");
+        assert!(
+            o.status.success(),
+            "creating container {container} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Store {
+            yml_replica: format!(
+                "      - type: abs\n        account-name: {account}\n        account-key: \"{key}\"\n        bucket: {container}\n        path: db\n        endpoint: \"{endpoint}\"\n"
+            ),
+            url: format!("abs://{account}@{container}/db?endpoint={endpoint}"),
+            env: vec![
+                ("AZURE_STORAGE_ACCOUNT".into(), account),
+                ("AZURE_STORAGE_KEY".into(), key),
+            ],
+            litestream_env: Vec::new(),
+        }
+    }
+
+    /// A fresh bucket on fake-gcs-server (anonymous: a plain JSON API insert creates
+    /// it); Litestream 0.3.13 finds the emulator through STORAGE_EMULATOR_HOST.
+    fn gcs() -> Store {
+        let endpoint = env_var("REPLICA_GCS_ENDPOINT");
+        let bucket = format!("v03-{:016x}", rand::random::<u64>());
+        let hostport = endpoint
+            .strip_prefix("http://")
+            .expect("the emulator endpoint is http://")
+            .trim_end_matches('/');
+        let body = format!("{{\"name\":\"{bucket}\"}}");
+        let mut conn = TcpStream::connect(hostport).expect("connecting to the GCS emulator");
+        write!(
+            conn,
+            "POST /storage/v1/b?project=test HTTP/1.1\r\nHost: {hostport}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("sending buckets.insert");
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp)
+            .expect("reading buckets.insert");
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "buckets.insert failed: {resp}"
+        );
+        Store {
+            yml_replica: format!("      - type: gcs\n        bucket: {bucket}\n        path: db\n"),
+            url: format!("gs://{bucket}/db?endpoint={endpoint}"),
+            env: Vec::new(),
+            litestream_env: vec![("STORAGE_EMULATOR_HOST".into(), endpoint)],
         }
     }
 
@@ -162,8 +295,10 @@ fn write_burst(conn: &Connection, next: &mut i64, commits: usize) {
     }
 }
 
-fn start_litestream(config: &Path) -> Proc {
+fn start_litestream(config: &Path, store: &Store) -> Proc {
     let mut cmd = litestream03();
+    cmd.envs(store.litestream_env.iter().map(|(k, v)| (k, v)))
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS");
     cmd.arg("replicate").arg("-config").arg(config);
     Proc::spawn("litestream 0.3.13 replicate", cmd)
 }
@@ -204,7 +339,7 @@ fn produce(store_for: impl FnOnce(&Path) -> Store) -> (Produced, Store) {
         std::thread::sleep(Duration::from_millis(1200));
     };
 
-    let mut ls = start_litestream(&config);
+    let mut ls = start_litestream(&config, &store);
     std::thread::sleep(Duration::from_millis(1000));
     for _ in 0..3 {
         write_burst(&conn, &mut next, 30);
@@ -228,7 +363,7 @@ fn produce(store_for: impl FnOnce(&Path) -> Store) -> (Produced, Store) {
         .expect("checkpoint");
     assert_eq!(busy, 0, "the TRUNCATE checkpoint was blocked");
 
-    let mut ls = start_litestream(&config);
+    let mut ls = start_litestream(&config, &store);
     std::thread::sleep(Duration::from_millis(1500));
     for _ in 0..2 {
         write_burst(&conn, &mut next, 30);
@@ -266,8 +401,10 @@ fn replica_restore(store: &Store, out: &Path, extra: &[&str]) -> support::Output
         .arg(&store.url))
 }
 
-fn litestream_restore(p: &Produced, out: &Path, extra: &[&str]) -> support::Output {
+fn litestream_restore(p: &Produced, store: &Store, out: &Path, extra: &[&str]) -> support::Output {
     run(litestream03()
+        .envs(store.litestream_env.iter().map(|(k, v)| (k, v)))
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
         .args(["restore", "-config"])
         .arg(&p.config)
         .arg("-o")
@@ -352,7 +489,7 @@ fn check_restores(p: &Produced, store: &Store) {
     let o = replica_restore(store, &ours, &[]);
     assert!(o.success(), "replica restore (latest) failed\n{o}");
     assert!(o.stderr.contains("Litestream 0.3 generation"), "{o}");
-    let l = litestream_restore(p, &theirs, &[]);
+    let l = litestream_restore(p, store, &theirs, &[]);
     assert!(l.success(), "litestream restore (latest) failed\n{l}");
     assert_same_db("latest", &ours, &theirs, &p.last);
 
@@ -362,7 +499,7 @@ fn check_restores(p: &Produced, store: &Store) {
         let theirs = p.dir.path().join(format!("at-{i}-ls.db"));
         let o = replica_restore(store, &ours, &["--timestamp", &ts]);
         assert!(o.success(), "replica restore --timestamp {ts} failed\n{o}");
-        let l = litestream_restore(p, &theirs, &["-timestamp", &ts]);
+        let l = litestream_restore(p, store, &theirs, &["-timestamp", &ts]);
         assert!(
             l.success(),
             "litestream restore -timestamp {ts} failed\n{l}"
@@ -379,7 +516,12 @@ fn check_restores(p: &Produced, store: &Store) {
         o.success(),
         "replica restore --generation --index failed\n{o}"
     );
-    let l = litestream_restore(p, &theirs, &["-generation", &first.id, "-index", "0"]);
+    let l = litestream_restore(
+        p,
+        store,
+        &theirs,
+        &["-generation", &first.id, "-index", "0"],
+    );
     assert!(
         l.success(),
         "litestream restore -generation -index failed\n{l}"
@@ -402,6 +544,24 @@ fn file_replica_of_litestream_03_restores_at_every_point() {
 #[test]
 fn s3_replica_of_litestream_03_restores_at_every_point() {
     let (p, store) = produce(|_| Store::s3());
+    check_restores(&p, &store);
+}
+
+#[test]
+fn sftp_replica_of_litestream_03_restores_at_every_point() {
+    let (p, store) = produce(|_| Store::sftp());
+    check_restores(&p, &store);
+}
+
+#[test]
+fn gcs_replica_of_litestream_03_restores_at_every_point() {
+    let (p, store) = produce(|_| Store::gcs());
+    check_restores(&p, &store);
+}
+
+#[test]
+fn abs_replica_of_litestream_03_restores_at_every_point() {
+    let (p, store) = produce(|_| Store::abs());
     check_restores(&p, &store);
 }
 
