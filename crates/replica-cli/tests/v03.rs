@@ -330,12 +330,37 @@ fn produce(store_for: impl FnOnce(&Path) -> Store) -> (Produced, Store) {
 
     let mut next = 1;
     let mut points = Vec::new();
-    // Quiet long enough for 0.3 (100 ms monitor and sync intervals) to ship the burst;
-    // then the next burst waits past a whole second, since S3 keeps LastModified in
-    // whole seconds.
-    let record = |points: &mut Vec<(SystemTime, Vec<String>)>| {
-        std::thread::sleep(Duration::from_millis(2500));
-        points.push((SystemTime::now(), user_dump(&db)));
+    // Once 0.3 has shipped the burst, the time is recorded; then the next burst waits
+    // past a whole second, since S3 and Azure keep LastModified in whole seconds.
+    let mut probes = 0;
+    let mut record = |points: &mut Vec<(SystemTime, Vec<String>)>| {
+        // Shipped means Litestream 0.3.13's own latest restore has the writer's state;
+        // a busy machine can take longer than any fixed pause.
+        let state = user_dump(&db);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            probes += 1;
+            let probe = dir.path().join(format!("probe-{probes}.db"));
+            let o = run(litestream03()
+                .envs(store.litestream_env.iter().map(|(k, v)| (k, v)))
+                .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+                .args(["restore", "-config"])
+                .arg(&config)
+                .arg("-o")
+                .arg(&probe)
+                .arg(&db));
+            let shipped = o.success() && user_dump(&probe) == state;
+            let _ = std::fs::remove_file(&probe);
+            if shipped {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Litestream 0.3.13 did not ship the burst within 60 s\n{o}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        points.push((SystemTime::now(), state));
         std::thread::sleep(Duration::from_millis(1200));
     };
 

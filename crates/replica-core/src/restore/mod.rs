@@ -190,7 +190,16 @@ pub async fn restore(
 
     let bytes_downloaded = match &source {
         Source::Ltx(chain) => apply_chain(replica, chain, &work, opts.parallelism.max(1)).await?,
-        Source::V3(plan) => v3::apply(replica.client(), plan, &work.db_path(), &work.0).await?,
+        Source::V3(plan) => {
+            v3::apply(
+                replica.client(),
+                plan,
+                &work.db_path(),
+                &work.0,
+                opts.parallelism.max(1),
+            )
+            .await?
+        }
     };
     let db = work.db_path();
     check_integrity(&db, opts.integrity).await?;

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 pub use layout::GenerationId;
@@ -73,6 +75,9 @@ pub enum V3Error {
     #[error("replica object {key} is damaged: {detail}")]
     Corrupt { key: String, detail: String },
 
+    #[error("restore cancelled")]
+    Cancelled,
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -102,12 +107,16 @@ fn list_or_none(v: &[String]) -> String {
 }
 
 /// Builds the database of `plan` at `db_path` (which must not exist), using `work` for
-/// scratch files. Returns the compressed bytes downloaded.
+/// downloads and scratch files. The snapshot is applied as its GET streams in; the WAL
+/// segments (one small object per 0.3 sync, often thousands) download `parallelism` at
+/// a time while they are applied strictly in order. Returns the compressed bytes
+/// downloaded.
 pub(super) async fn apply(
     client: &Arc<dyn ReplicaClient>,
     plan: &V3Plan,
     db_path: &Path,
     work: &Path,
+    parallelism: usize,
 ) -> Result<u64, RestoreError> {
     info!(
         generation = %plan.generation,
@@ -116,6 +125,20 @@ pub(super) async fn apply(
         objects = plan.objects(),
         "restoring from Litestream 0.3 generation"
     );
+    let sem = Arc::new(Semaphore::new(parallelism.max(1)));
+    let mut downloads: Vec<JoinHandle<Result<u64, V3Error>>> = Vec::new();
+    for (i, seg) in plan.wal.iter().flat_map(|(_, s)| s).enumerate() {
+        let (sem, client, key, path) = (
+            sem.clone(),
+            client.clone(),
+            seg.key.clone(),
+            download_path(work, i),
+        );
+        downloads.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.map_err(|_| V3Error::Cancelled)?;
+            store::download(client.as_ref(), &key, &path).await
+        }));
+    }
     let handle = tokio::runtime::Handle::current();
     let (client, plan, db_path, work) = (
         client.clone(),
@@ -123,11 +146,38 @@ pub(super) async fn apply(
         db_path.to_path_buf(),
         work.to_path_buf(),
     );
-    tokio::task::spawn_blocking(move || {
-        apply_blocking(&handle, client.as_ref(), &plan, &db_path, &work)
+    let (result, mut downloads, awaited) = tokio::task::spawn_blocking(move || {
+        let mut awaited = 0;
+        let r = apply_blocking(
+            &handle,
+            client.as_ref(),
+            &plan,
+            &db_path,
+            &work,
+            &mut downloads,
+            &mut awaited,
+        );
+        (r, downloads, awaited)
     })
     .await
-    .map_err(|e| RestoreError::Task(e.to_string()))?
+    .map_err(|e| RestoreError::Task(e.to_string()))?;
+    if result.is_err() {
+        // Stop the rest and wait for every task: one still writing a file would race
+        // the removal of the work directory.
+        sem.close();
+        for d in &downloads {
+            d.abort();
+        }
+        // (A handle already awaited must not be polled again.)
+        for d in downloads.iter_mut().skip(awaited) {
+            let _ = d.await;
+        }
+    }
+    result
+}
+
+fn download_path(work: &Path, i: usize) -> PathBuf {
+    work.join(format!("{i:06}.wal.lz4"))
 }
 
 /// Opens one object as a blocking reader of its decompressed bytes.
@@ -149,18 +199,10 @@ fn open(
     ))
 }
 
-/// A read that failed: the GET broke (a store error), or the bytes are damaged.
-fn read_failure(
-    obj: apply::Lz4Object<BufReader<StreamReader>>,
-    key: &str,
-    e: std::io::Error,
-) -> V3Error {
-    match obj.into_inner().into_inner().error {
-        Some(get) => StoreError::from_io(Op::Get, key, get).into(),
-        None => V3Error::Corrupt {
-            key: key.to_owned(),
-            detail: e.to_string().replace(&format!("{key}: "), ""),
-        },
+fn corrupt(key: &str, e: &std::io::Error) -> V3Error {
+    V3Error::Corrupt {
+        key: key.to_owned(),
+        detail: e.to_string().replace(&format!("{key}: "), ""),
     }
 }
 
@@ -170,6 +212,8 @@ fn apply_blocking(
     plan: &V3Plan,
     db_path: &Path,
     work: &Path,
+    downloads: &mut [JoinHandle<Result<u64, V3Error>>],
+    awaited: &mut usize,
 ) -> Result<u64, RestoreError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -187,12 +231,20 @@ fn apply_blocking(
     let mut obj = open(handle, client, key)?;
     let page_size = match apply::apply_snapshot(&mut obj, key, &db, db_path)? {
         Ok(ps) => ps,
-        Err(e) => return Err(read_failure(obj, key, e).into()),
+        // A broken GET is the store's failure; anything else is the object's.
+        Err(e) => {
+            return Err(match obj.into_inner().into_inner().error {
+                Some(get) => V3Error::from(StoreError::from_io(Op::Get, key, get)),
+                None => corrupt(key, &e),
+            }
+            .into());
+        }
     };
     total += obj.compressed_bytes();
     debug!(key, page_size, "snapshot applied");
 
     let scratch = work.join("wal-pending");
+    let mut n = 0;
     for (index, segments) in &plan.wal {
         let mut replay = apply::WalReplay::new(
             plan.generation,
@@ -203,11 +255,22 @@ fn apply_blocking(
             scratch.clone(),
         )?;
         for seg in segments {
-            let mut obj = open(handle, client, &seg.key)?;
+            let i = n;
+            n += 1;
+            let dl = downloads
+                .get_mut(i)
+                .ok_or_else(|| RestoreError::Task("a WAL segment was not downloaded".into()))?;
+            let done = handle.block_on(dl);
+            *awaited = i + 1;
+            total += done.map_err(|e| RestoreError::Task(e.to_string()))??;
+            let path = download_path(work, i);
+            let file = std::fs::File::open(&path).map_err(io_err(&path))?;
+            let mut obj = apply::Lz4Object::new(BufReader::with_capacity(1 << 20, file), &seg.key);
             if let Err(e) = replay.segment(seg, &mut obj)? {
-                return Err(read_failure(obj, &seg.key, e).into());
+                return Err(corrupt(&seg.key, &e).into());
             }
-            total += obj.compressed_bytes();
+            // Free the space early on big restores.
+            let _ = std::fs::remove_file(&path);
         }
         replay.finish()?;
         debug!(

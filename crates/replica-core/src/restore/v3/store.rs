@@ -1,5 +1,5 @@
 //! Every object-store call the 0.3 reader makes, in one place: one LIST of
-//! `generations/` and a GET per object.
+//! `generations/` and a GET per object (streamed, or downloaded to a file).
 //!
 //! 0.3 wrote no metadata: an object's time is the store's modification time
 //! (LastModified, a file's mtime), which is what 0.3 itself restores by.
@@ -12,6 +12,7 @@ use tracing::debug;
 use super::V3Error;
 use super::layout::{self, GENERATIONS_PREFIX, GenerationId, ObjectName};
 use crate::client::{ByteStream, ReplicaClient};
+use crate::error::{Op, StoreError};
 
 /// One snapshot of a generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +98,32 @@ pub async fn list(client: &dyn ReplicaClient) -> Result<Listing, V3Error> {
         g.segments.sort_by_key(|s| (s.index, s.offset));
     }
     Ok(out)
+}
+
+/// Downloads one object to `path` (its compressed bytes); returns the byte count.
+pub async fn download(
+    client: &dyn ReplicaClient,
+    key: &str,
+    path: &std::path::Path,
+) -> Result<u64, V3Error> {
+    let stream = client.get(key, None).await?;
+    let mut stream = tokio::io::BufReader::with_capacity(1 << 16, stream);
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|source| V3Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let n = tokio::io::copy_buf(&mut stream, &mut file)
+        .await
+        .map_err(|e| StoreError::from_io(Op::Get, key, e))?;
+    tokio::io::AsyncWriteExt::flush(&mut file)
+        .await
+        .map_err(|source| V3Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(n)
 }
 
 /// Streams one object.
