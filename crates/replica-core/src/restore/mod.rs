@@ -283,7 +283,9 @@ async fn choose_source(
         }
         Target::V3(t) => {
             let listing = v3::list(replica.client().as_ref()).await?;
-            if listing.is_empty() {
+            // An empty replica is "no replica"; one with only LTX files lacks the
+            // generation asked for, which the plan reports.
+            if listing.is_empty() && replica.list_files(None).await?.is_empty() {
                 return Ok(None);
             }
             return Ok(Some(Source::V3(v3::plan(&listing, &t)?)));
