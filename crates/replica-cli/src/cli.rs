@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use replica_core::engine::Levels;
+use replica_core::restore::v3::GenerationId;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +32,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// List the LTX files in a replica.
     Ltx(LtxArgs),
+    /// List the Litestream 0.3 generations in a replica: time ranges, snapshots, WAL.
+    Generations(GenerationsArgs),
     /// Print the version.
     Version,
 }
@@ -98,6 +101,13 @@ pub struct RestoreArgs {
     /// Restore up to and including this TXID (hex).
     #[arg(long, value_parser = parse_txid)]
     pub txid: Option<u64>,
+    /// Restore from this Litestream 0.3 generation (16 hex digits; see `replica
+    /// generations`), its latest state or the one at --timestamp/--index.
+    #[arg(long, conflicts_with = "txid", value_parser = parse_generation)]
+    pub generation: Option<GenerationId>,
+    /// With --generation: up to and including this WAL index (hex).
+    #[arg(long, requires = "generation", conflicts_with = "timestamp", value_parser = parse_wal_index)]
+    pub index: Option<u32>,
     /// Exit 0 without doing anything if the output already exists.
     #[arg(long)]
     pub if_db_not_exists: bool,
@@ -121,6 +131,29 @@ pub struct LtxArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerationsArgs {
+    pub replica_url: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_generation(s: &str) -> Result<GenerationId, String> {
+    GenerationId::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a generation name (16 lowercase hex digits)"))
+}
+
+fn parse_wal_index(s: &str) -> Result<u32, String> {
+    let h = s.strip_prefix("0x").unwrap_or(s);
+    match u32::from_str_radix(h, 16) {
+        Ok(v) if v <= 0x7fff_ffff => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a hexadecimal WAL index such as 0000002a"
+        )),
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -337,7 +337,7 @@ pub fn stored_checksum_before(
 
 /// SQLite's WAL checksum: pairs of 32-bit words in the writer's byte order, folded into two
 /// wrapping accumulators. `data.len()` is always a multiple of 8 for WAL input.
-fn checksum(data: &[u8], big_endian: bool, seed: (u32, u32)) -> (u32, u32) {
+pub(crate) fn checksum(data: &[u8], big_endian: bool, seed: (u32, u32)) -> (u32, u32) {
     // Separate monomorphic loops keep the byte-order choice out of the hot loop.
     if big_endian {
         checksum_words::<true>(data, seed)

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod generations;
 mod ltx;
 mod replicate;
 mod restore;
@@ -13,6 +14,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Replicate(a) => replicate::run(*a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::Ltx(a) => ltx::run(a).await,
+        Command::Generations(a) => generations::run(a).await,
         Command::Version => {
             println!("replica {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

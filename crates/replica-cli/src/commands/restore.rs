@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use replica::Deployment;
 use replica_core::replica::Replica;
-use replica_core::restore::{self, IntegrityCheck, RestoreOptions, RestoreOutcome, Target};
+use replica_core::restore::{
+    self, IntegrityCheck, RestoreError, RestoreOptions, RestoreOutcome, Target, V3Target,
+};
 
 use crate::backends;
 use crate::cli::{IntegrityArg, RestoreArgs};
@@ -13,10 +15,15 @@ use crate::exit::usage;
 pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let template = RestoreOptions {
         output: PathBuf::new(),
-        target: match (a.txid, a.timestamp) {
-            (Some(t), _) => Target::Txid(t),
-            (None, Some(ts)) => Target::Timestamp(ts),
-            (None, None) => Target::Latest,
+        target: match (a.generation, a.txid, a.timestamp) {
+            (Some(generation), _, timestamp) => Target::V3(V3Target {
+                generation: Some(generation),
+                index: a.index,
+                timestamp,
+            }),
+            (None, Some(t), _) => Target::Txid(t),
+            (None, None, Some(ts)) => Target::Timestamp(ts),
+            (None, None, None) => Target::Latest,
         },
         parallelism: usize::from(a.parallelism),
         integrity: match a.integrity_check {
@@ -54,9 +61,10 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
 async fn restore_one(url: &str, opts: RestoreOptions) -> anyhow::Result<ExitCode> {
     let replica = Replica::new(backends::open(url).await?);
     let started = std::time::Instant::now();
-    let outcome = restore::restore(&replica, &opts)
-        .await
-        .with_context(|| format!("restore of {} failed", opts.output.display()))?;
+    let outcome = match restore::restore(&replica, &opts).await {
+        Err(RestoreError::V3(e)) if e.is_usage() => return Err(usage(e.to_string())),
+        r => r.with_context(|| format!("restore of {} failed", opts.output.display()))?,
+    };
     log_outcome(&opts.output, &outcome, started);
     Ok(ExitCode::SUCCESS)
 }
@@ -100,19 +108,33 @@ async fn restore_config(
 }
 
 fn log_outcome(path: &std::path::Path, outcome: &RestoreOutcome, started: std::time::Instant) {
-    if let RestoreOutcome::Restored {
-        txid,
-        files,
-        bytes_downloaded,
-    } = outcome
-    {
-        tracing::info!(
+    match outcome {
+        RestoreOutcome::Restored {
+            txid,
+            files,
+            bytes_downloaded,
+        } => tracing::info!(
             output = %path.display(),
             txid = format!("{txid:016x}"),
             files,
             bytes_downloaded,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "restore complete"
-        );
+        ),
+        RestoreOutcome::RestoredV3 {
+            generation,
+            index,
+            files,
+            bytes_downloaded,
+        } => tracing::info!(
+            output = %path.display(),
+            generation = %generation,
+            index = format!("{index:08x}"),
+            files,
+            bytes_downloaded,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "restore complete (from Litestream 0.3 generation)"
+        ),
+        RestoreOutcome::OutputExists | RestoreOutcome::NoReplica => {}
     }
 }

@@ -12,3 +12,4 @@ mod replicate;
 mod restore;
 mod sharded;
 mod support;
+mod v03;

@@ -6,8 +6,12 @@
 //! The output path is never written until the database is complete and checked, and
 //! an existing file is never replaced: the final step is a hard link, which fails if
 //! anything appeared at the output path in the meantime.
+//!
+//! A replica path may also hold Litestream 0.3 generations (`v3`); they restore
+//! through the same work directory, check and link.
 
 mod plan;
+pub mod v3;
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -20,6 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 pub use plan::{PlanError, Target, plan};
+pub use v3::{V3Error, V3Target};
 
 use crate::error::StoreError;
 use crate::ltx::{Decoder, LtxError};
@@ -72,6 +77,14 @@ pub enum RestoreOutcome {
     },
     /// `if_db_not_exists` and the output already exists.
     OutputExists,
+    /// Restored from a Litestream 0.3 generation.
+    RestoredV3 {
+        generation: v3::GenerationId,
+        /// The last WAL index applied.
+        index: u32,
+        files: usize,
+        bytes_downloaded: u64,
+    },
     /// `if_replica_exists` and the replica is empty.
     NoReplica,
 }
@@ -89,7 +102,7 @@ pub enum RestoreError {
     StaleSidecar { path: PathBuf },
 
     #[error(
-        "no replica found at {url} (no LTX files); use --if-replica-exists to make this a no-op"
+        "no replica found at {url} (no LTX files, no Litestream 0.3 generations); use --if-replica-exists to make this a no-op"
     )]
     NoReplica { url: String },
 
@@ -125,6 +138,9 @@ pub enum RestoreError {
 
     #[error("restore task failed: {0}")]
     Task(String),
+
+    #[error(transparent)]
+    V3(#[from] V3Error),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
@@ -154,29 +170,18 @@ pub async fn restore(
         }
     }
 
-    let mut files = replica.list_files(None).await?;
-    if files.is_empty() {
-        if opts.if_replica_exists {
-            info!(url = %replica.url(), "no replica; skipping restore");
-            return Ok(RestoreOutcome::NoReplica);
+    let source = match choose_source(replica, opts).await? {
+        Some(s) => s,
+        None => {
+            if opts.if_replica_exists {
+                info!(url = %replica.url(), "no replica; skipping restore");
+                return Ok(RestoreOutcome::NoReplica);
+            }
+            return Err(RestoreError::NoReplica {
+                url: replica.url().to_owned(),
+            });
         }
-        return Err(RestoreError::NoReplica {
-            url: replica.url().to_owned(),
-        });
-    }
-    if let Target::Timestamp(ts) = opts.target {
-        replica.fill_ltx_times(&mut files, Some(ts)).await?;
-    }
-    let chain = plan(&files, opts.target).map_err(|source| RestoreError::Plan {
-        url: replica.url().to_owned(),
-        source,
-    })?;
-    let txid = chain.last().map(|f| f.id.range.max).unwrap_or(0);
-    info!(
-        files = chain.len(),
-        txid = format!("{txid:016x}"),
-        "restore plan"
-    );
+    };
 
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -185,7 +190,19 @@ pub async fn restore(
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
     let work = WorkDir::create(&parent, out)?;
 
-    let bytes_downloaded = apply_chain(replica, &chain, &work, opts.parallelism.max(1)).await?;
+    let bytes_downloaded = match &source {
+        Source::Ltx(chain) => apply_chain(replica, chain, &work, opts.parallelism.max(1)).await?,
+        Source::V3(plan) => {
+            v3::apply(
+                replica.client(),
+                plan,
+                &work.db_path(),
+                &work.0,
+                opts.parallelism.max(1),
+            )
+            .await?
+        }
+    };
     let db = work.db_path();
     check_integrity(&db, opts.integrity).await?;
 
@@ -201,15 +218,131 @@ pub async fn restore(
         .and_then(|d| d.sync_all())
         .map_err(io_err(&parent))?;
     drop(work);
-    if opts.seed_spool && opts.target == Target::Latest {
-        seed_spool(out, txid)?;
+    match source {
+        Source::Ltx(chain) => {
+            let txid = chain.last().map(|f| f.id.range.max).unwrap_or(0);
+            // A 0.3 restore is not a point of the LTX history: replication resumes
+            // from a snapshot, so only LTX restores seed the spool.
+            if opts.seed_spool && opts.target == Target::Latest {
+                seed_spool(out, txid)?;
+            }
+            debug!(path = %out.display(), txid = format!("{txid:016x}"), "restored");
+            Ok(RestoreOutcome::Restored {
+                txid,
+                files: chain.len(),
+                bytes_downloaded,
+            })
+        }
+        Source::V3(plan) => {
+            debug!(path = %out.display(), generation = %plan.generation, "restored");
+            Ok(RestoreOutcome::RestoredV3 {
+                generation: plan.generation,
+                index: plan.last_index(),
+                files: plan.objects(),
+                bytes_downloaded,
+            })
+        }
     }
-    debug!(path = %out.display(), txid = format!("{txid:016x}"), "restored");
-    Ok(RestoreOutcome::Restored {
-        txid,
-        files: chain.len(),
-        bytes_downloaded,
-    })
+}
+
+/// What a restore applies: a chain of LTX files, or a Litestream 0.3 generation.
+#[derive(Debug)]
+enum Source {
+    Ltx(Vec<RemoteFile>),
+    V3(v3::V3Plan),
+}
+
+/// Picks the history to restore from, `None` when the replica holds none.
+///
+/// Where both LTX files and 0.3 generations exist, the choice is Litestream 0.5's: for
+/// the latest state, whichever was updated last; for a timestamp, 0.3 when its newest
+/// snapshot at or before the time is newer than the newest LTX snapshot before it. A
+/// TXID is LTX-only, a generation 0.3-only.
+async fn choose_source(
+    replica: &Replica,
+    opts: &RestoreOptions,
+) -> Result<Option<Source>, RestoreError> {
+    let plan_ltx = |files: &[RemoteFile], target| {
+        let chain = plan(files, target).map_err(|source| RestoreError::Plan {
+            url: replica.url().to_owned(),
+            source,
+        })?;
+        let txid = chain.last().map(|f| f.id.range.max).unwrap_or(0);
+        info!(
+            files = chain.len(),
+            txid = format!("{txid:016x}"),
+            "restore plan"
+        );
+        Ok::<_, RestoreError>(chain)
+    };
+    let v3_target = match opts.target {
+        Target::Txid(_) => {
+            let files = replica.list_files(None).await?;
+            if files.is_empty() {
+                return Ok(None);
+            }
+            return Ok(Some(Source::Ltx(plan_ltx(&files, opts.target)?)));
+        }
+        Target::V3(t) => {
+            let listing = v3::list(replica.client().as_ref()).await?;
+            // An empty replica is "no replica"; one with only LTX files lacks the
+            // generation asked for, which the plan reports.
+            if listing.is_empty() && replica.list_files(None).await?.is_empty() {
+                return Ok(None);
+            }
+            return Ok(Some(Source::V3(v3::plan(&listing, &t)?)));
+        }
+        Target::Latest => V3Target::default(),
+        Target::Timestamp(ts) => V3Target {
+            timestamp: Some(ts),
+            ..Default::default()
+        },
+    };
+    let mut files = replica.list_files(None).await?;
+    let listing = v3::list(replica.client().as_ref()).await?;
+    if let Target::Timestamp(ts) = opts.target {
+        replica.fill_ltx_times(&mut files, Some(ts)).await?;
+    }
+    let use_v3 = match (files.is_empty(), listing.is_empty()) {
+        (true, true) => return Ok(None),
+        (false, true) => false,
+        (true, false) => true,
+        (false, false) => {
+            let use_v3 = match opts.target {
+                Target::Timestamp(ts) => {
+                    let ltx_snapshot = files
+                        .iter()
+                        .filter(|f| f.id.level == crate::layout::SNAPSHOT_LEVEL)
+                        .filter_map(|f| f.time())
+                        .filter(|c| *c < ts)
+                        .max();
+                    let v3_snapshot =
+                        v3::plan::newest_snapshot_at(&listing, Some(ts)).map(|s| s.modified);
+                    v3_snapshot.is_some_and(|v| ltx_snapshot.is_none_or(|l| v > l))
+                }
+                _ => {
+                    let ltx_updated = files.iter().filter_map(|f| f.time()).max();
+                    v3::plan::updated_at(&listing)
+                        .is_some_and(|v| ltx_updated.is_none_or(|l| v > l))
+                }
+            };
+            info!(
+                url = %replica.url(),
+                "the replica holds both LTX files and Litestream 0.3 generations; restoring from the {}, which {}",
+                if use_v3 { "0.3 generations" } else { "LTX files" },
+                match opts.target {
+                    Target::Timestamp(_) => "have the newer snapshot for the timestamp",
+                    _ => "were updated last",
+                }
+            );
+            use_v3
+        }
+    };
+    if use_v3 {
+        Ok(Some(Source::V3(v3::plan(&listing, &v3_target)?)))
+    } else {
+        Ok(Some(Source::Ltx(plan_ltx(&files, opts.target)?)))
+    }
 }
 
 /// Records that `db` holds exactly TXID `txid` of its replica (see

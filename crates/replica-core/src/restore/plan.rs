@@ -19,6 +19,8 @@ pub enum Target {
     /// Everything created strictly before this time (Litestream's rule, so both tools
     /// stop at the same file).
     Timestamp(SystemTime),
+    /// A point of a Litestream 0.3 generation (never an LTX one).
+    V3(super::v3::V3Target),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +59,7 @@ pub fn plan(files: &[RemoteFile], target: Target) -> Result<Vec<RemoteFile>, Pla
         // A file with no known creation time cannot be placed in time; leave it out
         // rather than guess.
         Target::Timestamp(ts) => f.time().is_some_and(|c| c < ts),
+        Target::V3(_) => false,
     };
     let candidates: Vec<&RemoteFile> = files.iter().filter(usable).collect();
 
@@ -78,6 +81,7 @@ pub fn plan(files: &[RemoteFile], target: Target) -> Result<Vec<RemoteFile>, Pla
                 Target::Timestamp(ts) => {
                     format!(" before {}", humantime::format_rfc3339_millis(ts))
                 }
+                Target::V3(_) => " (a Litestream 0.3 target)".into(),
             },
         })?;
 

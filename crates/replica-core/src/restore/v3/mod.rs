@@ -1,0 +1,284 @@
+//! Reading Litestream 0.3 replicas (`generations/<id>/snapshots|wal/…`), so that the
+//! history a 0.3 deployment kept stays restorable after moving to LTX.
+//!
+//! `layout` knows the names, `store` is every object-store call, `plan` applies 0.3's
+//! rules for choosing generation, snapshot and WAL segments, and `apply` rebuilds the
+//! database. The caller ([`super::restore`]) owns the work directory, the integrity
+//! check and the final link, exactly as for LTX restores.
+
+mod apply;
+pub mod layout;
+pub mod plan;
+pub mod store;
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+pub use layout::GenerationId;
+pub use plan::{V3Plan, V3Target, plan};
+pub use store::{Generation, Listing, Segment, Snapshot, list};
+
+use super::{RestoreError, StreamReader};
+use crate::client::ReplicaClient;
+use crate::error::{Op, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum V3Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error(
+        "the store reported no modification time for {key}; Litestream 0.3 objects are placed in time by it"
+    )]
+    NoModificationTime { key: String },
+
+    #[error("--index needs --generation (a WAL index is only meaningful within one generation)")]
+    IndexWithoutGeneration,
+
+    #[error("--index and --timestamp cannot be combined")]
+    IndexAndTimestamp,
+
+    #[error(
+        "there is no Litestream 0.3 generation {generation} (present: {})",
+        list_or_none(available)
+    )]
+    NoSuchGeneration {
+        generation: GenerationId,
+        available: Vec<String>,
+    },
+
+    #[error("no Litestream 0.3 generation {}", match timestamp {
+        Some(ts) => format!("covers {}; `replica generations URL` shows their time ranges", humantime::format_rfc3339_millis(*ts)),
+        None => "has any objects".to_string(),
+    })]
+    NoGenerationAt { timestamp: Option<SystemTime> },
+
+    #[error("generation {prefix} has no usable snapshot: {detail}")]
+    NoSnapshot { prefix: String, detail: String },
+
+    #[error("WAL segment {key} is missing: {detail}")]
+    MissingSegment { key: String, detail: String },
+
+    #[error("WAL index {want:08x} is not in generation {generation}; it reaches {have:08x}")]
+    IndexNotAvailable {
+        generation: GenerationId,
+        want: u32,
+        have: u32,
+    },
+
+    #[error("replica object {key} is damaged: {detail}")]
+    Corrupt { key: String, detail: String },
+
+    #[error("restore cancelled")]
+    Cancelled,
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl V3Error {
+    /// Errors in what the user asked for rather than in the replica.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            V3Error::IndexWithoutGeneration
+                | V3Error::IndexAndTimestamp
+                | V3Error::NoSuchGeneration { .. }
+        )
+    }
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Builds the database of `plan` at `db_path` (which must not exist), using `work` for
+/// downloads and scratch files. The snapshot is applied as its GET streams in; the WAL
+/// segments (one small object per 0.3 sync, often thousands) download `parallelism` at
+/// a time while they are applied strictly in order. Returns the compressed bytes
+/// downloaded.
+pub(super) async fn apply(
+    client: &Arc<dyn ReplicaClient>,
+    plan: &V3Plan,
+    db_path: &Path,
+    work: &Path,
+    parallelism: usize,
+) -> Result<u64, RestoreError> {
+    info!(
+        generation = %plan.generation,
+        snapshot = format!("{:08x}", plan.snapshot.index),
+        wal_indexes = plan.wal.len(),
+        objects = plan.objects(),
+        "restoring from Litestream 0.3 generation"
+    );
+    let sem = Arc::new(Semaphore::new(parallelism.max(1)));
+    let mut downloads: Vec<JoinHandle<Result<u64, V3Error>>> = Vec::new();
+    for (i, seg) in plan.wal.iter().flat_map(|(_, s)| s).enumerate() {
+        let (sem, client, key, path) = (
+            sem.clone(),
+            client.clone(),
+            seg.key.clone(),
+            download_path(work, i),
+        );
+        downloads.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.map_err(|_| V3Error::Cancelled)?;
+            store::download(client.as_ref(), &key, &path).await
+        }));
+    }
+    let handle = tokio::runtime::Handle::current();
+    let (client, plan, db_path, work) = (
+        client.clone(),
+        plan.clone(),
+        db_path.to_path_buf(),
+        work.to_path_buf(),
+    );
+    let (result, mut downloads, awaited) = tokio::task::spawn_blocking(move || {
+        let mut awaited = 0;
+        let r = apply_blocking(
+            &handle,
+            client.as_ref(),
+            &plan,
+            &db_path,
+            &work,
+            &mut downloads,
+            &mut awaited,
+        );
+        (r, downloads, awaited)
+    })
+    .await
+    .map_err(|e| RestoreError::Task(e.to_string()))?;
+    if result.is_err() {
+        // Stop the rest and wait for every task: one still writing a file would race
+        // the removal of the work directory.
+        sem.close();
+        for d in &downloads {
+            d.abort();
+        }
+        // (A handle already awaited must not be polled again.)
+        for d in downloads.iter_mut().skip(awaited) {
+            let _ = d.await;
+        }
+    }
+    result
+}
+
+fn download_path(work: &Path, i: usize) -> PathBuf {
+    work.join(format!("{i:06}.wal.lz4"))
+}
+
+/// Opens one object as a blocking reader of its decompressed bytes.
+fn open(
+    handle: &tokio::runtime::Handle,
+    client: &dyn ReplicaClient,
+    key: &str,
+) -> Result<apply::Lz4Object<BufReader<StreamReader>>, V3Error> {
+    let stream = handle.block_on(store::get(client, key))?;
+    let reader = StreamReader {
+        handle: handle.clone(),
+        stream,
+        bytes: 0,
+        error: None,
+    };
+    Ok(apply::Lz4Object::new(
+        BufReader::with_capacity(1 << 20, reader),
+        key,
+    ))
+}
+
+fn corrupt(key: &str, e: &std::io::Error) -> V3Error {
+    V3Error::Corrupt {
+        key: key.to_owned(),
+        detail: e.to_string().replace(&format!("{key}: "), ""),
+    }
+}
+
+fn apply_blocking(
+    handle: &tokio::runtime::Handle,
+    client: &dyn ReplicaClient,
+    plan: &V3Plan,
+    db_path: &Path,
+    work: &Path,
+    downloads: &mut [JoinHandle<Result<u64, V3Error>>],
+    awaited: &mut usize,
+) -> Result<u64, RestoreError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| V3Error::Io { path, source }
+    };
+    let db = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(db_path)
+        .map_err(io_err(db_path))?;
+    let mut total = 0u64;
+
+    let key = plan.snapshot.key.as_str();
+    let mut obj = open(handle, client, key)?;
+    let page_size = match apply::apply_snapshot(&mut obj, key, &db, db_path)? {
+        Ok(ps) => ps,
+        // A broken GET is the store's failure; anything else is the object's.
+        Err(e) => {
+            return Err(match obj.into_inner().into_inner().error {
+                Some(get) => V3Error::from(StoreError::from_io(Op::Get, key, get)),
+                None => corrupt(key, &e),
+            }
+            .into());
+        }
+    };
+    total += obj.compressed_bytes();
+    debug!(key, page_size, "snapshot applied");
+
+    let scratch = work.join("wal-pending");
+    let mut n = 0;
+    for (index, segments) in &plan.wal {
+        let mut replay = apply::WalReplay::new(
+            plan.generation,
+            *index,
+            &db,
+            db_path,
+            page_size,
+            scratch.clone(),
+        )?;
+        for seg in segments {
+            let i = n;
+            n += 1;
+            let dl = downloads
+                .get_mut(i)
+                .ok_or_else(|| RestoreError::Task("a WAL segment was not downloaded".into()))?;
+            let done = handle.block_on(dl);
+            *awaited = i + 1;
+            total += done.map_err(|e| RestoreError::Task(e.to_string()))??;
+            let path = download_path(work, i);
+            let file = std::fs::File::open(&path).map_err(io_err(&path))?;
+            let mut obj = apply::Lz4Object::new(BufReader::with_capacity(1 << 20, file), &seg.key);
+            if let Err(e) = replay.segment(seg, &mut obj)? {
+                return Err(corrupt(&seg.key, &e).into());
+            }
+            // Free the space early on big restores.
+            let _ = std::fs::remove_file(&path);
+        }
+        replay.finish()?;
+        debug!(
+            index = format!("{index:08x}"),
+            segments = segments.len(),
+            "WAL index applied"
+        );
+    }
+    db.sync_all().map_err(io_err(db_path))?;
+    Ok(total)
+}
