@@ -8,19 +8,26 @@
 //! Temporary files are named `.<name>.<random>.tmp`; because keys may not contain
 //! segments starting with `.`, they can never collide with or be listed as objects.
 //!
+//! Files and the directories a put creates get the replicated database's permission
+//! bits (see [`ReplicaClient::set_file_mode`]), 0600 and 0700 until the engine says
+//! otherwise; directories that already exist are left as they are.
+//!
 //! Unix semantics are assumed (hard links, fsync on directories).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, ErrorKind};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient,
 };
 use replica_core::error::{Op, StoreError};
+use replica_core::file_mode::{self, FileMode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, warn};
 use url::Url;
@@ -30,6 +37,8 @@ use url::Url;
 pub struct FileClient {
     root: PathBuf,
     url: String,
+    /// [`FileMode::bits`] of the database.
+    mode: Arc<AtomicU32>,
 }
 
 impl FileClient {
@@ -40,7 +49,11 @@ impl FileClient {
             Ok(u) => u.to_string(),
             Err(()) => format!("file://{}", root.display()),
         };
-        Self { root, url }
+        Self {
+            root,
+            url,
+            mode: private(),
+        }
     }
 
     /// Accepts `file:///absolute/path` (and `file://localhost/…`, which the URL parser
@@ -101,6 +114,7 @@ impl FileClient {
         Ok(Self {
             root,
             url: url.to_string(),
+            mode: private(),
         })
     }
 
@@ -140,6 +154,14 @@ impl FileClient {
     fn path_of(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
+
+    fn mode(&self) -> FileMode {
+        FileMode::new(self.mode.load(Ordering::Relaxed)).unwrap_or(FileMode::PRIVATE)
+    }
+}
+
+fn private() -> Arc<AtomicU32> {
+    Arc::new(AtomicU32::new(FileMode::PRIVATE.bits()))
 }
 
 impl FromStr for FileClient {
@@ -169,13 +191,18 @@ impl ReplicaClient for FileClient {
         }
     }
 
+    fn set_file_mode(&self, mode: FileMode) {
+        self.mode.store(mode.bits(), Ordering::Relaxed);
+    }
+
     async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         check_key(Op::Put, key)?;
         let dest = self.path_of(key);
         let opts = opts.clone();
         let owned_key = key.to_owned();
+        let mode = self.mode();
         blocking(Op::Put, key, move || {
-            put_blocking(&owned_key, &dest, body, &opts)
+            put_blocking(&owned_key, &dest, body, &opts, mode)
         })
         .await?;
         debug!(key, "put");
@@ -398,8 +425,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// `create_dir_all` that also fsyncs the parent of each directory it creates, so the
-/// new entries survive a crash along with the file put into them.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
+/// new entries survive a crash along with the file put into them. Created directories
+/// get exactly `bits`.
+fn ensure_dir(dir: &Path, bits: u32) -> io::Result<()> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => {
@@ -413,9 +441,9 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(parent) = parent {
-        ensure_dir(parent)?;
+        ensure_dir(parent, bits)?;
     }
-    match fs::create_dir(dir) {
+    match file_mode::create_dir(dir, bits) {
         Ok(()) => {
             if let Some(parent) = parent {
                 sync_dir(parent)?;
@@ -442,16 +470,22 @@ fn temp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{}.{nonce:016x}.tmp", &name[..cut]))
 }
 
-fn put_blocking(key: &str, dest: &Path, body: Payload, opts: &PutOptions) -> Result<(), FsError> {
+fn put_blocking(
+    key: &str,
+    dest: &Path,
+    body: Payload,
+    opts: &PutOptions,
+    mode: FileMode,
+) -> Result<(), FsError> {
     let dir = dest.parent().ok_or_else(|| {
         FsError::Store(io::Error::new(
             ErrorKind::InvalidInput,
             format!("{key} has no parent directory"),
         ))
     })?;
-    ensure_dir(dir)?;
+    ensure_dir(dir, mode.dir())?;
     let tmp = temp_path(dest);
-    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let mut file = file_mode::create_new(&tmp, mode.file())?;
     let result = write_and_place(&mut file, &tmp, dest, body, opts);
     drop(file);
     match result {

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::io::AsyncRead;
 
 use crate::error::StoreError;
+use crate::file_mode::FileMode;
 use crate::layout::LayoutStyle;
 
 /// How a put treats an existing object.
@@ -96,6 +97,12 @@ pub trait ReplicaClient: Debug + Send + Sync {
     fn layout_style(&self) -> LayoutStyle {
         LayoutStyle::LtxDir
     }
+
+    /// The permission bits of the replicated database, set by the engine when it
+    /// starts and when the database file is replaced. Backends that create files and
+    /// directories (file, SFTP) give them [`FileMode::file`] and [`FileMode::dir`] bits
+    /// from then on (0600 and 0700 before); object stores have no modes.
+    fn set_file_mode(&self, _mode: FileMode) {}
 
     async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError>;
 

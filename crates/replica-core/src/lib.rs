@@ -8,10 +8,12 @@
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod file_mode;
 pub mod layout;
 pub mod ltx;
 pub mod registry;
 pub mod replica;
 pub mod requests;
 pub mod restore;
+pub mod root_record;
 pub mod wal;

@@ -95,6 +95,10 @@ impl ReplicaClient for Counted {
         self.inner.layout_style()
     }
 
+    fn set_file_mode(&self, mode: crate::file_mode::FileMode) {
+        self.inner.set_file_mode(mode);
+    }
+
     async fn put(&self, key: &str, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         bump(&self.counts.put);
         let len = match &body {
