@@ -563,6 +563,10 @@ impl ReplicaClient for AbsClient {
         &self.info
     }
 
+    fn set_file_mode(&self, _mode: replica_core::file_mode::FileMode) {
+        // Object stores keep no permission bits.
+    }
+
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         let key = key.as_str();
         let local = |d: String| StoreError::Other {

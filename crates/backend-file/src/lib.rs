@@ -8,19 +8,26 @@
 //! Temporary files are named `.<name>.<random>.tmp`; because keys may not contain
 //! segments starting with `.`, they can never collide with or be listed as objects.
 //!
+//! Files and the directories a put creates get the replicated database's permission
+//! bits (see [`ReplicaClient::set_file_mode`]), 0600 and 0700 until the engine says
+//! otherwise; directories that already exist are left as they are.
+//!
 //! Unix semantics are assumed (hard links, fsync on directories).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, ErrorKind};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
 };
 use replica_core::error::{Op, StoreError};
+use replica_core::file_mode::{self, FileMode};
 use replica_core::key::{Key, KeyPrefix};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, warn};
@@ -31,6 +38,8 @@ use url::Url;
 pub struct FileClient {
     root: PathBuf,
     info: StoreInfo,
+    /// [`FileMode::bits`] of the database.
+    mode: Arc<AtomicU32>,
 }
 
 /// The mtime carries the LTX time (Litestream reads it back from there), so listings
@@ -57,6 +66,7 @@ impl FileClient {
         Self {
             root,
             info: info(url),
+            mode: private(),
         }
     }
 
@@ -118,6 +128,7 @@ impl FileClient {
         Ok(Self {
             root,
             info: info(url.to_string()),
+            mode: private(),
         })
     }
 
@@ -157,6 +168,14 @@ impl FileClient {
     fn path_of(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
+
+    fn mode(&self) -> FileMode {
+        FileMode::new(self.mode.load(Ordering::Relaxed)).unwrap_or(FileMode::PRIVATE)
+    }
+}
+
+fn private() -> Arc<AtomicU32> {
+    Arc::new(AtomicU32::new(FileMode::PRIVATE.bits()))
 }
 
 impl FromStr for FileClient {
@@ -173,12 +192,17 @@ impl ReplicaClient for FileClient {
         &self.info
     }
 
+    fn set_file_mode(&self, mode: FileMode) {
+        self.mode.store(mode.bits(), Ordering::Relaxed);
+    }
+
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         let dest = self.path_of(key);
         let opts = opts.clone();
         let owned_key = key.to_owned();
+        let mode = self.mode();
         blocking(Op::Put, key, move || {
-            put_blocking(&owned_key, &dest, body, &opts)
+            put_blocking(&owned_key, &dest, body, &opts, mode)
         })
         .await?;
         debug!(%key, "put");
@@ -327,8 +351,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// `create_dir_all` that also fsyncs the parent of each directory it creates, so the
-/// new entries survive a crash along with the file put into them.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
+/// new entries survive a crash along with the file put into them. Created directories
+/// get exactly `bits`.
+fn ensure_dir(dir: &Path, bits: u32) -> io::Result<()> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => {
@@ -342,9 +367,9 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(parent) = parent {
-        ensure_dir(parent)?;
+        ensure_dir(parent, bits)?;
     }
-    match fs::create_dir(dir) {
+    match file_mode::create_dir(dir, bits) {
         Ok(()) => {
             if let Some(parent) = parent {
                 sync_dir(parent)?;
@@ -371,16 +396,22 @@ fn temp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{}.{nonce:016x}.tmp", &name[..cut]))
 }
 
-fn put_blocking(key: &str, dest: &Path, body: Payload, opts: &PutOptions) -> Result<(), FsError> {
+fn put_blocking(
+    key: &str,
+    dest: &Path,
+    body: Payload,
+    opts: &PutOptions,
+    mode: FileMode,
+) -> Result<(), FsError> {
     let dir = dest.parent().ok_or_else(|| {
         FsError::Store(io::Error::new(
             ErrorKind::InvalidInput,
             format!("{key} has no parent directory"),
         ))
     })?;
-    ensure_dir(dir)?;
+    ensure_dir(dir, mode.dir())?;
     let tmp = temp_path(dest);
-    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let mut file = file_mode::create_new(&tmp, mode.file())?;
     let result = write_and_place(&mut file, &tmp, dest, body, opts);
     drop(file);
     match result {

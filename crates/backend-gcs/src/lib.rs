@@ -455,6 +455,10 @@ impl ReplicaClient for GcsClient {
         &self.info
     }
 
+    fn set_file_mode(&self, _mode: replica_core::file_mode::FileMode) {
+        // Object stores keep no permission bits.
+    }
+
     /// # Idempotent create-only puts
     ///
     /// A request is retried on 429/5xx and connection failures, including a

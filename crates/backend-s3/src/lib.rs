@@ -531,6 +531,10 @@ impl ReplicaClient for S3Client {
         &self.info
     }
 
+    fn set_file_mode(&self, _mode: replica_core::file_mode::FileMode) {
+        // Object stores keep no permission bits.
+    }
+
     /// # Idempotent create-only puts
     ///
     /// The SDK retries throttling, 5xx, timeouts and connection failures with

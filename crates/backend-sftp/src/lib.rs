@@ -47,6 +47,7 @@ use std::io::{self, ErrorKind};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,6 +59,7 @@ use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
 };
 use replica_core::error::{Op, StoreError};
+use replica_core::file_mode::FileMode;
 use replica_core::key::{Key, KeyPrefix};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
 use russh_sftp::client::RawSftpSession;
@@ -143,6 +145,9 @@ pub struct SftpClient {
     info: StoreInfo,
     conn: Mutex<Option<Arc<Conn>>>,
     limit: Arc<Semaphore>,
+    /// [`FileMode::bits`] of the database: files and created directories get its
+    /// file and directory bits.
+    mode: AtomicU32,
 }
 
 impl fmt::Debug for SftpClient {
@@ -190,6 +195,7 @@ impl SftpClient {
             info,
             conn: Mutex::new(None),
             limit: Arc::new(Semaphore::new(MAX_CONCURRENCY)),
+            mode: AtomicU32::new(FileMode::PRIVATE.bits()),
         })
     }
 
@@ -199,6 +205,10 @@ impl SftpClient {
 
     fn path_of(&self, key: &str) -> String {
         join(&self.cfg.root, key)
+    }
+
+    fn mode(&self) -> FileMode {
+        FileMode::new(self.mode.load(Ordering::Relaxed)).unwrap_or(FileMode::PRIVATE)
     }
 
     /// The shared connection, opened (or reopened) as needed.
@@ -827,9 +837,18 @@ fn mtime_of(a: &FileAttributes) -> Option<SystemTime> {
 // ---------------------------------------------------------------------------------
 // Operations
 
+/// Only the permission bits `bits`, for an open, mkdir or setstat.
+fn with_permissions(bits: u32) -> FileAttributes {
+    FileAttributes {
+        permissions: Some(bits),
+        ..FileAttributes::empty()
+    }
+}
+
 /// Creates `dir` and its missing parents (never above the root's parent chain that
-/// already exists).
-async fn mkdir_all(s: &RawSftpSession, dir: &str) -> Result<(), SftpError> {
+/// already exists), each with exactly `bits`: asked for at mkdir (so it is never
+/// wider, whatever the server's umask), then set, since the umask may have narrowed it.
+async fn mkdir_all(s: &RawSftpSession, dir: &str, bits: u32) -> Result<(), SftpError> {
     let mut missing = Vec::new();
     let mut cur = dir.to_owned();
     loop {
@@ -846,10 +865,15 @@ async fn mkdir_all(s: &RawSftpSession, dir: &str) -> Result<(), SftpError> {
         }
     }
     for d in missing.into_iter().rev() {
-        if let Err(e) = s.mkdir(d.as_str(), FileAttributes::empty()).await {
-            // A concurrent put may have created it.
-            if !s.stat(d.as_str()).await.is_ok_and(|a| a.attrs.is_dir()) {
-                return Err(e);
+        match s.mkdir(d.as_str(), with_permissions(bits)).await {
+            Ok(_) => {
+                s.setstat(d.as_str(), with_permissions(bits)).await?;
+            }
+            // A concurrent put may have created it (then it is left as it is).
+            Err(e) => {
+                if !s.stat(d.as_str()).await.is_ok_and(|a| a.attrs.is_dir()) {
+                    return Err(e);
+                }
             }
         }
     }
@@ -950,17 +974,20 @@ async fn put_once(
     dest: &str,
     body: &Payload,
     opts: &PutOptions,
+    mode: FileMode,
 ) -> Result<(), OpError> {
     let s = &c.sftp;
     let tmp = temp_name(dest);
     let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::TRUNCATE;
-    let handle = match s.open(tmp.as_str(), flags, FileAttributes::empty()).await {
+    // Asked for at open, so the file is never wider while it is written.
+    let create = with_permissions(mode.file());
+    let handle = match s.open(tmp.as_str(), flags, create.clone()).await {
         Ok(h) => h.handle,
         Err(e) if status_code(&e) == Some(StatusCode::NoSuchFile) => {
             if let Some((dir, _)) = dest.rsplit_once('/') {
-                mkdir_all(s, dir).await.map_err(sftp(key))?;
+                mkdir_all(s, dir, mode.dir()).await.map_err(sftp(key))?;
             }
-            s.open(tmp.as_str(), flags, FileAttributes::empty())
+            s.open(tmp.as_str(), flags, create)
                 .await
                 .map_err(sftp(key))?
                 .handle
@@ -969,17 +996,17 @@ async fn put_once(
     };
     let result = async {
         upload(&c, &handle, key, body).await?;
-        if let Some(ts) = opts.timestamp {
-            let secs = unix_secs(ts);
-            let attrs = FileAttributes {
-                atime: Some(secs),
-                mtime: Some(secs),
-                ..FileAttributes::empty()
-            };
-            s.fsetstat(handle.as_str(), attrs)
-                .await
-                .map_err(sftp(key))?;
-        }
+        // The server's umask may have narrowed the bits asked for at open: set them
+        // exactly, with the LTX time, in one request.
+        let secs = opts.timestamp.map(unix_secs);
+        let attrs = FileAttributes {
+            atime: secs,
+            mtime: secs,
+            ..with_permissions(mode.file())
+        };
+        s.fsetstat(handle.as_str(), attrs)
+            .await
+            .map_err(sftp(key))?;
         if c.fsync {
             s.fsync(handle.as_str()).await.map_err(sftp(key))?;
         }
@@ -1186,11 +1213,16 @@ impl ReplicaClient for SftpClient {
         &self.info
     }
 
+    fn set_file_mode(&self, mode: FileMode) {
+        self.mode.store(mode.bits(), Ordering::Relaxed);
+    }
+
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         let key = key.as_str();
         let _permit = self.permit().await?;
         let dest = self.path_of(key);
-        self.run(Op::Put, key, |c| put_once(c, key, &dest, &body, opts))
+        let mode = self.mode();
+        self.run(Op::Put, key, |c| put_once(c, key, &dest, &body, opts, mode))
             .await?;
         debug!(key, "put");
         Ok(())

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use replica_core::engine::Levels;
+use replica_core::file_mode::FileMode;
 use replica_core::restore::v3::GenerationId;
 
 #[derive(Debug, Parser)]
@@ -120,6 +121,10 @@ pub struct RestoreArgs {
     /// Check run on the restored database before it is moved into place.
     #[arg(long, value_enum, default_value = "quick")]
     pub integrity_check: IntegrityArg,
+    /// Permission bits of the restored database, in octal (e.g. 0640). Default: the
+    /// source database's, as the replica records them, else 0600.
+    #[arg(long, value_parser = FileMode::parse)]
+    pub mode: Option<FileMode>,
 }
 
 #[derive(Debug, Args)]

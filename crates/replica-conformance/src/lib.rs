@@ -154,6 +154,10 @@ where
         self.client.info()
     }
 
+    fn set_file_mode(&self, mode: replica_core::file_mode::FileMode) {
+        self.client.set_file_mode(mode);
+    }
+
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         self.client.put(key, body, opts).await
     }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::io::AsyncRead;
 
 use crate::error::StoreError;
+use crate::file_mode::FileMode;
 use crate::key::{Key, KeyPrefix};
 use crate::layout::LayoutStyle;
 
@@ -159,6 +160,13 @@ pub type ByteStream = Pin<Box<dyn AsyncRead + Send>>;
 #[async_trait]
 pub trait ReplicaClient: Debug + Send + Sync {
     fn info(&self) -> &StoreInfo;
+
+    /// The permission bits of the replicated database, set by the engine when it
+    /// starts and when the database file is replaced. Backends that create files and
+    /// directories (file, SFTP) give them [`FileMode::file`] and [`FileMode::dir`] bits
+    /// from then on (0600 and 0700 before); object stores have no modes and ignore it.
+    /// Required, not defaulted, so that a wrapper cannot forget to forward it.
+    fn set_file_mode(&self, mode: FileMode);
 
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError>;
 

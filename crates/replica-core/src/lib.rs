@@ -8,6 +8,7 @@
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod file_mode;
 pub mod key;
 pub mod layout;
 pub mod ltx;
@@ -17,4 +18,5 @@ pub mod registry;
 pub mod replica;
 pub mod requests;
 pub mod restore;
+pub mod root_record;
 pub mod wal;

@@ -110,6 +110,10 @@ impl ReplicaClient for MemoryClient {
         &self.info
     }
 
+    fn set_file_mode(&self, _mode: crate::file_mode::FileMode) {
+        // Objects in memory have no permission bits.
+    }
+
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         let key = key.as_str();
         self.refuse(Op::Put, key)?;

@@ -79,6 +79,10 @@ impl ReplicaClient for Counted {
         self.inner.info()
     }
 
+    fn set_file_mode(&self, mode: crate::file_mode::FileMode) {
+        self.inner.set_file_mode(mode);
+    }
+
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         bump(&self.counts.put);
         // A payload that cannot be sized fails in the backend, which says why.

@@ -11,6 +11,7 @@
 //!   retention: 72h
 //!   levels: [30s, 5m, 1h]    # compaction intervals of L1, L2, …; [] for none
 //!   l0_retention: 1h         # per-sync point-in-time recovery for this long
+//!   restore_mode: "0640"     # mode of restored databases (default: the source's)
 //! shards:
 //!   count: 8
 //!   path: ./data/shard_{index}.db
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use replica_core::engine::Levels;
+use replica_core::file_mode::FileMode;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -75,6 +77,7 @@ struct RawReplication {
     retention: Option<String>,
     levels: Option<Vec<String>>,
     l0_retention: Option<String>,
+    restore_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +107,8 @@ pub struct Config {
     pub levels: Levels,
     pub l0_retention: Duration,
     pub restore_on_boot: bool,
+    /// Permission bits of restored databases; `None`: the source database's.
+    pub restore_mode: Option<FileMode>,
     pub shard_count: Option<u32>,
     pub databases: Vec<Database>,
 }
@@ -181,6 +186,11 @@ impl Config {
                 Levels::new(&intervals).map_err(|e| invalid("replication.levels", e.to_string()))?
             }
         };
+        let restore_mode = r
+            .restore_mode
+            .map(|m| FileMode::parse(&m))
+            .transpose()
+            .map_err(|e| invalid("replication.restore_mode", e))?;
         let replica_url = r.replica_url.filter(|u| !u.trim().is_empty());
         if enabled && replica_url.is_none() {
             return Err(invalid(
@@ -276,6 +286,7 @@ impl Config {
             levels,
             l0_retention,
             restore_on_boot: r.restore_on_boot.unwrap_or(true),
+            restore_mode,
             shard_count,
             databases,
         })
@@ -403,6 +414,24 @@ databases:
             assert!(e.contains(key), "{key}: {e}");
             assert!(e.contains("/etc/app/replica.yml"), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn restore_mode_is_octal_quoted_or_not() {
+        let with = |v: &str| {
+            parse(&format!(
+                "replication:\n  replica_url: file:///r\n  restore_mode: {v}\ndatabases: [a.db]\n"
+            ))
+        };
+        for v in ["\"0640\"", "0640", "'640'"] {
+            assert_eq!(with(v).unwrap().restore_mode, FileMode::new(0o640), "{v}");
+        }
+        let e = with("rw-r-----").unwrap_err().to_string();
+        assert!(
+            e.contains("replication.restore_mode") && e.contains("octal"),
+            "{e}"
+        );
+        assert_eq!(parse(FULL).unwrap().restore_mode, None);
     }
 
     #[test]

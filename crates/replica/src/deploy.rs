@@ -246,6 +246,7 @@ impl Deployment {
             let replica = self.open(&db.url).await?;
             let opts = RestoreOptions {
                 output: db.path.clone(),
+                mode: template.mode.or(self.config.restore_mode),
                 ..template.clone()
             };
             let sem = sem.clone();

@@ -35,6 +35,8 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         if_replica_exists: a.if_replica_exists,
         // A one-off restore leaves no spool behind; the deployment's boot restore does.
         seed_spool: false,
+        // With --config, the file's restore_mode applies unless --mode is given.
+        mode: a.mode,
     };
     // `-o` means one database from one URL, whatever REPLICA_CONFIG says.
     match (&a.output, &a.config) {

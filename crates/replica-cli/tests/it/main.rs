@@ -8,6 +8,8 @@ mod bad_input;
 mod crash;
 mod interop;
 mod long_running;
+mod modes;
+mod redaction;
 mod replicate;
 mod restore;
 mod sharded;

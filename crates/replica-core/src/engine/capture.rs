@@ -26,6 +26,7 @@ use super::spool::{Durability, Spool, SpoolState};
 use super::sqlite::Connections;
 use super::watch::{IDLE_WAIT, WalWatch};
 use super::{EngineConfig, EngineError, Shared};
+use crate::file_mode::FileMode;
 use crate::layout::SNAPSHOT_LEVEL;
 use crate::ltx::{self, FLAG_NO_CHECKSUM, Header, LtxError};
 use crate::wal::{self, WalHeader, WalPosition};
@@ -144,7 +145,9 @@ impl Capturer {
         })?;
         // Opened only once the database is known to be one, so a bad path leaves no
         // spool behind.
-        let spool = Spool::open(db_path)?;
+        let mode = FileMode::of(&meta);
+        let spool = Spool::open(db_path, mode)?;
+        shared.db_mode.store(mode.bits(), Ordering::Relaxed);
         let now = Instant::now();
         // The snapshot clock continues from the replica's newest snapshot, so restarts
         // neither postpone snapshots for ever nor add one per start.
@@ -475,11 +478,9 @@ impl Capturer {
             path: self.db_path.clone(),
             source,
         })?;
-        self.db_id = self
-            .db_file
-            .metadata()
-            .map(|m| (m.dev(), m.ino()))
-            .unwrap_or((meta.dev(), meta.ino()));
+        let meta = self.db_file.metadata().unwrap_or(meta);
+        self.db_id = (meta.dev(), meta.ino());
+        self.follow_mode(FileMode::of(&meta))?;
         self.generation = None;
         self.cut = None;
         self.batch = Batch::default();
@@ -487,6 +488,19 @@ impl Capturer {
         self.replaced = false;
         self.missing_logged = false;
         self.snapshot(SnapshotReason::Replaced)
+    }
+
+    /// Gives the spool, and through the engine the replica, the mode of a replacing
+    /// database file.
+    fn follow_mode(&mut self, mode: FileMode) -> Result<(), EngineError> {
+        if self.spool.mode() == mode {
+            return Ok(());
+        }
+        info!(db = %self.db_path.display(), mode = %mode, "the new database file has another mode; the spool and the replica follow it");
+        self.spool.set_mode(mode)?;
+        self.shared.db_mode.store(mode.bits(), Ordering::Relaxed);
+        self.shared.mode_changed.notify_one();
+        Ok(())
     }
 
     /// Scans newly committed frames into the batch, following WAL resets.

@@ -18,12 +18,12 @@ mod watch;
 mod watch;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use capture::SnapshotReason;
 pub use levels::{Levels, LevelsError};
@@ -31,8 +31,10 @@ pub use manifest::Manifest;
 pub use spool::{Durability, Pending, Spool, SpoolError, SpoolState};
 
 use crate::error::StoreError;
+use crate::file_mode::FileMode;
 use crate::replica::Replica;
 use crate::requests::{Counted, RequestCounts};
+use crate::root_record;
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -174,6 +176,10 @@ pub struct Shared {
     capture_done: AtomicBool,
     pub stats: Stats,
     last_snapshot_txid: AtomicU64,
+    /// The database's permission bits; capture sets them at start and when the file
+    /// is replaced (then `mode_changed` fires).
+    db_mode: AtomicU32,
+    mode_changed: Notify,
 }
 
 impl Shared {
@@ -198,6 +204,10 @@ impl Shared {
     fn notify_shipper(&self) {
         self.ship.notify_one();
     }
+
+    fn db_mode(&self) -> FileMode {
+        FileMode::new(self.db_mode.load(Ordering::Relaxed)).unwrap_or(FileMode::PRIVATE)
+    }
 }
 
 /// A running replication of one database.
@@ -209,6 +219,7 @@ pub struct Replicator {
     capture: Option<std::thread::JoinHandle<Result<(), EngineError>>>,
     shipper: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
     maintenance: Option<tokio::task::JoinHandle<()>>,
+    modes: Option<tokio::task::JoinHandle<()>>,
     capture_exit: Arc<Notify>,
 }
 
@@ -244,6 +255,11 @@ impl Replicator {
             .await
             .map_err(|e| EngineError::Thread("capture", e.to_string()))??
         };
+        // Files the backend creates, and the record a restore reads, follow the
+        // database's mode (see `file_mode`).
+        let mode = shared.db_mode();
+        replica.client().set_file_mode(mode);
+        root_record::ensure_mode(replica.client().as_ref(), mode).await?;
         // One spool, and so one pool of reusable files, for capture, shipper and
         // maintenance: capture draws files from the pool, the others return them.
         let spool = capturer.spool().clone();
@@ -274,6 +290,7 @@ impl Replicator {
             }
             .run(),
         );
+        let modes = tokio::spawn(follow_modes(replica.clone(), shared.clone(), mode));
         let shipper = tokio::spawn(ship::run(ship::Shipper {
             spool: spool.clone(),
             replica,
@@ -289,6 +306,7 @@ impl Replicator {
             capture: Some(capture),
             shipper: Some(shipper),
             maintenance: Some(maintenance),
+            modes: Some(modes),
             capture_exit,
         })
     }
@@ -315,6 +333,9 @@ impl Replicator {
         self.shared.request_stop();
         // Compaction and retention can wait for the next run; the flush cannot.
         if let Some(m) = self.maintenance.take() {
+            m.abort();
+        }
+        if let Some(m) = self.modes.take() {
             m.abort();
         }
         let capture = self.capture.take();
@@ -347,6 +368,29 @@ impl Drop for Replicator {
         self.shared.request_stop();
         if let Some(m) = self.maintenance.take() {
             m.abort();
+        }
+        if let Some(m) = self.modes.take() {
+            m.abort();
+        }
+    }
+}
+
+/// When capture finds the database replaced by a file with another mode, the backend
+/// creates files with the new one and the replica's record says it.
+async fn follow_modes(replica: Replica, shared: Arc<Shared>, mut recorded: FileMode) {
+    loop {
+        shared.mode_changed.notified().await;
+        let mode = shared.db_mode();
+        replica.client().set_file_mode(mode);
+        if mode == recorded {
+            continue;
+        }
+        match root_record::ensure_mode(replica.client().as_ref(), mode).await {
+            Ok(()) => recorded = mode,
+            // The next start writes it; until then a restore uses the old mode.
+            Err(e) => {
+                warn!(url = %replica.url(), error = %e, "could not record the database's new mode")
+            }
         }
     }
 }

@@ -4,14 +4,21 @@
 //!
 //! Files appear here atomically (temp, fsync, rename) and leave only after their
 //! upload succeeded, so a crash or an outage never loses a captured transaction.
+//!
+//! The spool holds the database's pages, so every file and directory in it gets the
+//! database's permission bits ([`FileMode::file`], [`FileMode::dir`]), whatever the
+//! umask, and keeps following them when the database's mode changes.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::file_mode::{self, FileMode};
 use crate::layout::{FileId, TxRange, parse_file_name};
 use crate::ltx::{Encoder, Header, LtxError};
 use crate::wal::WalPosition;
@@ -99,6 +106,8 @@ pub struct Spool {
     dir: PathBuf,
     /// Spent files in `free/`, reused for new ones (see [`Spool::recycle`]).
     free: Arc<Mutex<Vec<PathBuf>>>,
+    /// The database's permission bits ([`FileMode::bits`]).
+    mode: Arc<AtomicU32>,
 }
 
 /// How many spent files a spool keeps for reuse: an L1 interval's worth of L0 files
@@ -122,12 +131,15 @@ impl Spool {
         db.with_file_name(format!(".{name}-replica"))
     }
 
-    pub fn open(db: &Path) -> Result<Self, SpoolError> {
+    /// Opens (or creates) the spool of `db`, whose permission bits are `mode`. What
+    /// an earlier run left there is brought to `mode` too.
+    pub fn open(db: &Path, mode: FileMode) -> Result<Self, SpoolError> {
         let dir = Self::dir_for(db);
         for sub in ["pending/0", "pending/9", "shipped/0", "tmp", "free"] {
             let sub = dir.join(sub);
-            fs::create_dir_all(&sub).map_err(io(&sub))?;
+            file_mode::create_dir_all(&sub, mode.dir()).map_err(io(&sub))?;
         }
+        apply_mode(&dir, mode)?;
         // Leftovers of an interrupted write are never valid files.
         let tmp = dir.join("tmp");
         if let Ok(entries) = fs::read_dir(&tmp) {
@@ -142,7 +154,20 @@ impl Spool {
         Ok(Self {
             dir,
             free: Arc::new(Mutex::new(free)),
+            mode: Arc::new(AtomicU32::new(mode.bits())),
         })
+    }
+
+    /// The database's permission bits, as given to [`Self::open`] or [`Self::set_mode`].
+    pub fn mode(&self) -> FileMode {
+        FileMode::new(self.mode.load(Ordering::Relaxed)).unwrap_or(FileMode::PRIVATE)
+    }
+
+    /// Follows a new mode of the database (a replaced file): files created from now on
+    /// get it, and everything already in the spool is changed to it.
+    pub fn set_mode(&self, mode: FileMode) -> Result<(), SpoolError> {
+        self.mode.store(mode.bits(), Ordering::Relaxed);
+        apply_mode(&self.dir, mode)
     }
 
     /// Disposes of a spooled file that is no longer needed: it joins the free files
@@ -177,6 +202,7 @@ impl Spool {
                 .write(true)
                 .truncate(true)
                 .open(&path)
+                .and_then(|f| file_mode::set_file(&f, self.mode().file()).map(|()| f))
             {
                 Ok(f) => return Ok((path, f)),
                 // Gone or unusable: fall back to a new file.
@@ -185,8 +211,8 @@ impl Spool {
                 }
             }
         }
-        let path = self.tmp_path(what);
-        let f = File::create(&path).map_err(io(&path))?;
+        let path = self.scratch_path(what);
+        let f = file_mode::create_new(&path, self.mode().file()).map_err(io(&path))?;
         Ok((path, f))
     }
 
@@ -238,7 +264,9 @@ impl Spool {
                     .write(true)
                     .create(true)
                     .truncate(false)
+                    .mode(self.mode().file())
                     .open(&path)
+                    .and_then(|f| file_mode::set_file(&f, self.mode().file()).map(|()| f))
                     .map_err(io(&path))?,
                 true,
             ),
@@ -309,8 +337,19 @@ impl Spool {
         }
     }
 
-    /// A fresh path in the spool's scratch directory.
+    /// A fresh path in the spool's scratch directory, holding an empty file with the
+    /// spool's mode: a caller that opens it with `File::create` keeps that mode, where
+    /// a file it created would get the umask's.
     pub fn tmp_path(&self, what: &str) -> PathBuf {
+        let path = self.scratch_path(what);
+        // If this fails, so does the caller's create, which reports the error.
+        if let Err(e) = file_mode::create_new(&path, self.mode().file()) {
+            tracing::debug!(path = %path.display(), error = %e, "creating a spool scratch file");
+        }
+        path
+    }
+
+    fn scratch_path(&self, what: &str) -> PathBuf {
         self.dir
             .join("tmp")
             .join(format!("{what}-{:016x}", rand::random::<u64>()))
@@ -360,7 +399,7 @@ impl Spool {
                 file.sync_all().map_err(io(&tmp))?;
             }
             let dest = self.pending_path(id);
-            rename_into(&tmp, &dest)?;
+            self.rename_into(&tmp, &dest)?;
             if let (Durability::Now, Some(parent)) = (durability, dest.parent()) {
                 sync_dir(parent).map_err(io(parent))?;
             }
@@ -483,7 +522,21 @@ impl Spool {
     /// Keeps an uploaded file (moved from `path`) as a local copy for compaction, so
     /// merging L0 into L1 needs no GET. Only a cache: a missing copy is downloaded.
     pub fn keep_shipped(&self, path: &Path, id: FileId) -> Result<(), SpoolError> {
-        rename_into(path, &self.shipped_path(id))
+        self.rename_into(path, &self.shipped_path(id))
+    }
+
+    /// Renames `from` to `to`, creating `to`'s directory if it is missing (the common
+    /// directories exist from [`Spool::open`], so this is one syscall).
+    fn rename_into(&self, from: &Path, to: &Path) -> Result<(), SpoolError> {
+        match fs::rename(from, to) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => {
+                if let Some(parent) = to.parent() {
+                    file_mode::create_dir_all(parent, self.mode().dir()).map_err(io(parent))?;
+                }
+                fs::rename(from, to).map_err(io(to))
+            }
+            r => r.map_err(io(to)),
+        }
     }
 
     /// The local copy of an uploaded file, if there is one.
@@ -596,18 +649,24 @@ fn decode_state(bytes: &[u8]) -> Result<SpoolState, String> {
     serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
-/// Renames `from` to `to`, creating `to`'s directory if it is missing (the common
-/// directories exist from [`Spool::open`], so this is one syscall).
-fn rename_into(from: &Path, to: &Path) -> Result<(), SpoolError> {
-    match fs::rename(from, to) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => {
-            if let Some(parent) = to.parent() {
-                fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            fs::rename(from, to).map_err(io(to))
+/// Gives the spool directory and everything in it `mode`'s bits (files a version
+/// before modes were kept, or a database whose mode changed since, left behind). The
+/// spool is a few directories and at most a few hundred files.
+fn apply_mode(dir: &Path, mode: FileMode) -> Result<(), SpoolError> {
+    file_mode::set_path(dir, mode.dir()).map_err(io(dir))?;
+    for e in fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => apply_mode(&path, mode)?,
+            Ok(t) if t.is_file() => match file_mode::set_path(&path, mode.file()) {
+                // Uploaded and removed meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r.map_err(io(&path))?,
+            },
+            _ => {}
         }
-        r => r.map_err(io(to)),
     }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -633,7 +692,7 @@ mod tests {
     #[test]
     fn state_is_saved_in_place_and_a_torn_one_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("app.db")).unwrap();
+        let spool = Spool::open(&dir.path().join("app.db"), FileMode::PRIVATE).unwrap();
         assert_eq!(spool.load_state(), None);
         let long = state(
             u64::MAX,
@@ -685,7 +744,7 @@ mod tests {
     fn spent_files_are_reused_not_deleted() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("app.db")).unwrap();
+        let spool = Spool::open(&dir.path().join("app.db"), FileMode::PRIVATE).unwrap();
         let big = write_l0(&spool, 2, 40);
         let ino = fs::metadata(&big.path).unwrap().ino();
         spool.keep_shipped(&big.path, big.id).unwrap();
@@ -698,7 +757,7 @@ mod tests {
         assert_eq!(spool.pending().unwrap(), vec![small.clone()]);
         // A reopened spool reuses what was left in free/.
         spool.remove(&small).unwrap();
-        let again = Spool::open(&dir.path().join("app.db")).unwrap();
+        let again = Spool::open(&dir.path().join("app.db"), FileMode::PRIVATE).unwrap();
         let third = write_l0(&again, 4, 2);
         assert_eq!(fs::metadata(&third.path).unwrap().ino(), ino);
         assert!(again.verify(&third));
@@ -716,9 +775,67 @@ mod tests {
     }
 
     #[test]
+    fn everything_in_the_spool_follows_the_database_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let m = |b| FileMode::new(b).unwrap();
+        let spool = Spool::open(&db, m(0o640)).unwrap();
+        spool.save_state(&state(1, None), Durability::Now).unwrap();
+        let kept = write_l0(&spool, 2, 3);
+        spool.keep_shipped(&kept.path, kept.id).unwrap();
+        spool.remove_shipped(kept.id);
+        write_l0(&spool, 3, 1);
+        let scratch = spool.tmp_path("merge");
+        // Opened the way the shipper opens it: the mode stays.
+        drop(File::create(&scratch).unwrap());
+        // Left by an earlier version, with the umask's bits.
+        let old = spool
+            .dir()
+            .join("pending/0/0000000000000004-0000000000000004.ltx");
+        fs::write(&old, b"x").unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+
+        let modes = |root: &Path| {
+            let mut out = Vec::new();
+            let mut stack = vec![root.to_path_buf()];
+            while let Some(p) = stack.pop() {
+                let meta = fs::metadata(&p).unwrap();
+                if meta.is_dir() {
+                    stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                }
+                out.push((p, meta.is_dir(), meta.mode() & 0o7777));
+            }
+            out
+        };
+        let check = |file: u32, dir: u32| {
+            let all = modes(spool.dir());
+            assert!(all.len() >= 12, "{all:?}");
+            for (p, is_dir, bits) in all {
+                let want = if is_dir { dir } else { file };
+                if p != old {
+                    assert_eq!(bits, want, "{}", p.display());
+                }
+            }
+        };
+        check(0o640, 0o750);
+        assert_eq!(fs::metadata(&old).unwrap().mode() & 0o777, 0o644);
+        // Reopened: what was left behind is brought to the mode too.
+        let spool = Spool::open(&db, m(0o640)).unwrap();
+        assert_eq!(fs::metadata(&old).unwrap().mode() & 0o777, 0o640);
+        // A replacing database with a narrower mode: everything follows at once.
+        spool.set_mode(m(0o600)).unwrap();
+        assert_eq!(spool.mode(), m(0o600));
+        let all = modes(spool.dir());
+        for (p, is_dir, bits) in all {
+            assert_eq!(bits, if is_dir { 0o700 } else { 0o600 }, "{}", p.display());
+        }
+    }
+
+    #[test]
     fn a_legacy_json_state_is_read_then_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("app.db")).unwrap();
+        let spool = Spool::open(&dir.path().join("app.db"), FileMode::PRIVATE).unwrap();
         let s = state(3, None);
         fs::write(spool.legacy_state_path(), serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(spool.load_state(), Some(s));

@@ -27,8 +27,10 @@ pub use plan::{PlanError, Target, plan};
 pub use v3::{V3Error, V3Target};
 
 use crate::error::StoreError;
+use crate::file_mode::{self, FileMode};
 use crate::ltx::{Decoder, LtxError};
 use crate::replica::{RemoteFile, Replica};
+use crate::root_record::{self, RootRecordError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntegrityCheck {
@@ -51,6 +53,9 @@ pub struct RestoreOptions {
     /// After a restore of the latest state, record in the database's spool that the
     /// file is the replica's head, so replication resumes without a new snapshot.
     pub seed_spool: bool,
+    /// Permission bits of the restored database. `None`: the source database's, as
+    /// the replica records them, or 0600 when it does not.
+    pub mode: Option<FileMode>,
 }
 
 impl RestoreOptions {
@@ -63,6 +68,7 @@ impl RestoreOptions {
             if_db_not_exists: false,
             if_replica_exists: false,
             seed_spool: false,
+            mode: None,
         }
     }
 }
@@ -170,7 +176,9 @@ pub async fn restore(
         }
     }
 
-    let source = match choose_source(replica, opts).await? {
+    let (source, mode) = tokio::join!(choose_source(replica, opts), restored_mode(replica, opts));
+    let mode = mode?;
+    let source = match source? {
         Some(s) => s,
         None => {
             if opts.if_replica_exists {
@@ -187,8 +195,8 @@ pub async fn restore(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let work = WorkDir::create(&parent, out)?;
+    file_mode::create_dir_all(&parent, mode.dir()).map_err(io_err(&parent))?;
+    let work = WorkDir::create(&parent, out, mode)?;
 
     let bytes_downloaded = match &source {
         Source::Ltx(chain) => apply_chain(replica, chain, &work, opts.parallelism.max(1)).await?,
@@ -205,6 +213,8 @@ pub async fn restore(
     };
     let db = work.db_path();
     check_integrity(&db, opts.integrity).await?;
+    file_mode::set_path(&db, mode.bits()).map_err(io_err(&db))?;
+    give_to_directory_owner(&db, &parent, out)?;
 
     // A hard link never replaces an existing file, unlike rename.
     std::fs::hard_link(&db, out).map_err(|e| {
@@ -361,9 +371,41 @@ fn seed_spool(db: &Path, txid: u64) -> Result<(), RestoreError> {
         n => u32::from(n),
     };
     let state = SpoolState::for_file(txid, page_size, &meta);
-    Spool::open(db)
+    Spool::open(db, FileMode::of(&meta))
         .and_then(|s| s.save_state(&state, Durability::Now))
         .map_err(|e| RestoreError::Task(format!("recording the restored state: {e}")))
+}
+
+/// The mode the restored database gets: asked for, or recorded by the replica (one
+/// GET), or 0600.
+async fn restored_mode(replica: &Replica, opts: &RestoreOptions) -> Result<FileMode, RestoreError> {
+    if let Some(m) = opts.mode {
+        return Ok(m);
+    }
+    match root_record::read(replica.client().as_ref()).await {
+        Ok(r) => Ok(r.and_then(|r| r.mode).unwrap_or(FileMode::PRIVATE)),
+        Err(RootRecordError::Store(e)) => Err(e.into()),
+        // Not worth failing a restore over: the private mode is the safe guess.
+        Err(e @ RootRecordError::Malformed { .. }) => {
+            tracing::warn!(error = %e, mode = %FileMode::PRIVATE, "restoring with the private mode");
+            Ok(FileMode::PRIVATE)
+        }
+    }
+}
+
+/// Run as root into a directory that belongs to someone else (a container whose
+/// service runs as its own user, with the restore in an init step as root), the
+/// restored file belongs to the directory's owner, as if that user had restored it.
+fn give_to_directory_owner(db: &Path, dir: &Path, out: &Path) -> Result<(), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::metadata(db).map_err(io_err(db))?;
+    let theirs = std::fs::metadata(dir).map_err(io_err(dir))?;
+    if ours.uid() != 0 || theirs.uid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(db, Some(theirs.uid()), Some(theirs.gid())).map_err(io_err(db))?;
+    info!(path = %out.display(), uid = theirs.uid(), gid = theirs.gid(), "restored database given to the owner of its directory");
+    Ok(())
 }
 
 fn sidecar(db: &Path, suffix: &str) -> PathBuf {
@@ -373,12 +415,13 @@ fn sidecar(db: &Path, suffix: &str) -> PathBuf {
 }
 
 /// A private directory beside the output for downloads and the database under
-/// construction; removed on drop, so a failed restore leaves nothing behind.
+/// construction, with the restored database's mode; removed on drop, so a failed
+/// restore leaves nothing behind.
 #[derive(Debug)]
-struct WorkDir(PathBuf);
+struct WorkDir(PathBuf, FileMode);
 
 impl WorkDir {
-    fn create(parent: &Path, out: &Path) -> Result<Self, RestoreError> {
+    fn create(parent: &Path, out: &Path, mode: FileMode) -> Result<Self, RestoreError> {
         let name = out
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -388,8 +431,8 @@ impl WorkDir {
             std::process::id(),
             rand::random::<u32>()
         ));
-        std::fs::create_dir(&dir).map_err(io_err(&dir))?;
-        Ok(Self(dir))
+        file_mode::create_dir(&dir, mode.dir()).map_err(io_err(&dir))?;
+        Ok(Self(dir, mode))
     }
 
     fn db_path(&self) -> PathBuf {
@@ -427,6 +470,7 @@ async fn apply_chain(
         let client = replica.client().clone();
         let f = f.clone();
         let path = work.download_path(i);
+        let bits = work.1.file();
         let mut cancelled = cancelled.clone();
         downloads.push(tokio::spawn(async move {
             let _permit = sem
@@ -434,21 +478,14 @@ async fn apply_chain(
                 .await
                 .map_err(|_| RestoreError::Task("cancelled".into()))?;
             tokio::select! {
-                r = download(client.as_ref(), &f, &path) => r,
+                r = download(client.as_ref(), &f, &path, bits) => r,
                 _ = cancelled.wait_for(|c| *c) => Err(RestoreError::Task("cancelled".into())),
             }
         }));
     }
 
     let db_path = work.db_path();
-    let db = Arc::new(
-        File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&db_path)
-            .map_err(io_err(&db_path))?,
-    );
+    let db = Arc::new(file_mode::create_new(&db_path, work.1.file()).map_err(io_err(&db_path))?);
     let mut total = 0;
     let mut page_size = None;
     let mut result = Ok(());
@@ -573,13 +610,23 @@ async fn download(
     client: &dyn crate::client::ReplicaClient,
     f: &RemoteFile,
     path: &Path,
+    bits: u32,
 ) -> Result<u64, RestoreError> {
     // Large buffers on both sides: tokio runs each file read and write on its blocking
     // pool, so 8 KiB chunks cost a thread hand-off per 8 KiB (seconds per GiB).
     const CHUNK: usize = 1 << 20;
     let stream = client.get(&f.key, None).await?;
     let mut stream = tokio::io::BufReader::with_capacity(CHUNK, stream);
-    let file = tokio::fs::File::create(path).await.map_err(io_err(path))?;
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(bits)
+        .open(path)
+        .await
+        .map_err(io_err(path))?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(bits))
+        .await
+        .map_err(io_err(path))?;
     let mut file = tokio::io::BufWriter::with_capacity(CHUNK, file);
     let n = tokio::io::copy_buf(&mut stream, &mut file)
         .await
@@ -762,4 +809,22 @@ async fn check_integrity(db: &Path, level: IntegrityCheck) -> Result<(), Restore
     })
     .await
     .map_err(|e| RestoreError::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_work_directory_has_the_restored_mode_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("app.db");
+        let mode = FileMode::new(0o640).unwrap();
+        let work = WorkDir::create(dir.path(), &out, mode).unwrap();
+        let path = work.0.clone();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o750);
+        drop(work);
+        assert!(!path.exists());
+    }
 }

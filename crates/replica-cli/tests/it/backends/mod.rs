@@ -17,12 +17,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use tempfile::TempDir;
 
 use crate::support::{
-    Proc, SIGINT, integrity_ok, litestream_cmd, open_wal_db, parse_ltx_json, replica_cmd, run,
-    user_dump, wait_until,
+    Proc, SIGINT, integrity_ok, litestream_cmd, new_db, parse_ltx_json, replica_cmd, run,
+    user_dump, wait_until, write_batches,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,32 +97,6 @@ fn litestream(f: &dyn StoreFixture) -> Command {
     f.creds(&mut cmd);
     f.litestream_env(&mut cmd);
     cmd
-}
-
-/// A WAL database with the table the scenarios write.
-fn new_db(path: &Path) -> Connection {
-    let conn = open_wal_db(path);
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)")
-        .expect("schema");
-    conn
-}
-
-/// `batches` transactions of `rows` inserts of up to 3 kB and a delete, 40 ms apart.
-fn write_batches(conn: &Connection, batches: usize, rows: usize) {
-    for i in 0..batches {
-        conn.execute_batch("BEGIN").expect("begin");
-        for j in 0..rows {
-            conn.execute(
-                "INSERT INTO t(v, b) VALUES (?1, randomblob(?2))",
-                (format!("batch {i} row {j}"), (100 + (j * 37) % 3000) as i64),
-            )
-            .expect("insert");
-        }
-        conn.execute("DELETE FROM t WHERE id % 7 = 0", [])
-            .expect("delete");
-        conn.execute_batch("COMMIT").expect("commit");
-        std::thread::sleep(Duration::from_millis(40));
-    }
 }
 
 #[track_caller]

@@ -1,9 +1,14 @@
 //! What the replication tests write: transactions of random rows into the tables of
 //! [`SCHEMA`], from a seeded RNG so a failing run can be repeated.
 
+use std::path::Path;
+use std::time::Duration;
+
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore};
 use rusqlite::{Connection, params};
+
+use super::open_wal_db;
 
 /// `t` for rows of every size ([`insert_rows`]), a `WITHOUT ROWID` table `kv` and a
 /// table `blobs` for values of several MiB.
@@ -48,4 +53,30 @@ pub fn random_blob(rng: &mut StdRng, len: usize) -> Vec<u8> {
     let mut b = vec![0u8; len];
     rng.fill_bytes(&mut b);
     b
+}
+
+/// A WAL database with the table the scenarios write.
+pub fn new_db(path: &Path) -> Connection {
+    let conn = open_wal_db(path);
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)")
+        .expect("schema");
+    conn
+}
+
+/// `batches` transactions of `rows` inserts of up to 3 kB and a delete, 40 ms apart.
+pub fn write_batches(conn: &Connection, batches: usize, rows: usize) {
+    for i in 0..batches {
+        conn.execute_batch("BEGIN").expect("begin");
+        for j in 0..rows {
+            conn.execute(
+                "INSERT INTO t(v, b) VALUES (?1, randomblob(?2))",
+                (format!("batch {i} row {j}"), (100 + (j * 37) % 3000) as i64),
+            )
+            .expect("insert");
+        }
+        conn.execute("DELETE FROM t WHERE id % 7 = 0", [])
+            .expect("delete");
+        conn.execute_batch("COMMIT").expect("commit");
+        std::thread::sleep(Duration::from_millis(40));
+    }
 }
