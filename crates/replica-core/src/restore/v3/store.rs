@@ -1,5 +1,5 @@
 //! Every object-store call the 0.3 reader makes, in one place: one LIST of
-//! `generations/` and a GET per object (streamed, or downloaded to a file).
+//! `generations/` and a GET per object (streamed, or fetched into memory or a file).
 //!
 //! 0.3 wrote no metadata: an object's time is the store's modification time
 //! (LastModified, a file's mtime), which is what 0.3 itself restores by.
