@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
@@ -75,9 +74,6 @@ pub enum V3Error {
     #[error("replica object {key} is damaged: {detail}")]
     Corrupt { key: String, detail: String },
 
-    #[error("restore cancelled")]
-    Cancelled,
-
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -107,10 +103,10 @@ fn list_or_none(v: &[String]) -> String {
 }
 
 /// Builds the database of `plan` at `db_path` (which must not exist), using `work` for
-/// downloads and scratch files. The snapshot is applied as its GET streams in; the WAL
-/// segments (one small object per 0.3 sync, often thousands) download `parallelism` at
-/// a time while they are applied strictly in order. Returns the compressed bytes
-/// downloaded.
+/// large downloads and scratch files. The snapshot is applied as its GET streams in;
+/// the WAL segments (one small object per 0.3 sync, often thousands) download
+/// `parallelism` ahead while they are applied strictly in order. Returns the
+/// compressed bytes downloaded.
 pub(super) async fn apply(
     client: &Arc<dyn ReplicaClient>,
     plan: &V3Plan,
@@ -125,20 +121,6 @@ pub(super) async fn apply(
         objects = plan.objects(),
         "restoring from Litestream 0.3 generation"
     );
-    let sem = Arc::new(Semaphore::new(parallelism.max(1)));
-    let mut downloads: Vec<JoinHandle<Result<u64, V3Error>>> = Vec::new();
-    for (i, seg) in plan.wal.iter().flat_map(|(_, s)| s).enumerate() {
-        let (sem, client, key, path) = (
-            sem.clone(),
-            client.clone(),
-            seg.key.clone(),
-            download_path(work, i),
-        );
-        downloads.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await.map_err(|_| V3Error::Cancelled)?;
-            store::download(client.as_ref(), &key, &path).await
-        }));
-    }
     let handle = tokio::runtime::Handle::current();
     let (client, plan, db_path, work) = (
         client.clone(),
@@ -146,34 +128,82 @@ pub(super) async fn apply(
         db_path.to_path_buf(),
         work.to_path_buf(),
     );
-    let (result, mut downloads, awaited) = tokio::task::spawn_blocking(move || {
-        let mut awaited = 0;
+    tokio::task::spawn_blocking(move || {
+        let mut window = Window {
+            handle: handle.clone(),
+            client: client.clone(),
+            segments: plan
+                .wal
+                .iter()
+                .flat_map(|(_, s)| s.iter().cloned())
+                .collect(),
+            work: work.clone(),
+            ahead: parallelism.max(1),
+            spawned: std::collections::VecDeque::new(),
+            next: 0,
+        };
         let r = apply_blocking(
             &handle,
             client.as_ref(),
             &plan,
             &db_path,
             &work,
-            &mut downloads,
-            &mut awaited,
+            &mut window,
         );
-        (r, downloads, awaited)
-    })
-    .await
-    .map_err(|e| RestoreError::Task(e.to_string()))?;
-    if result.is_err() {
-        // Stop the rest and wait for every task: one still writing a file would race
-        // the removal of the work directory.
-        sem.close();
-        for d in &downloads {
+        // Stop the downloads still running and wait for them: one still writing a
+        // file would race the removal of the work directory.
+        for d in &window.spawned {
             d.abort();
         }
-        // (A handle already awaited must not be polled again.)
-        for d in downloads.iter_mut().skip(awaited) {
-            let _ = d.await;
+        for d in window.spawned.drain(..) {
+            let _ = handle.block_on(d);
+        }
+        r
+    })
+    .await
+    .map_err(|e| RestoreError::Task(e.to_string()))?
+}
+
+/// The WAL segments downloading ahead of the one being applied: at most `ahead` at a
+/// time (in memory when small), started in order as the applier moves on.
+struct Window {
+    handle: tokio::runtime::Handle,
+    client: Arc<dyn ReplicaClient>,
+    segments: Vec<Segment>,
+    work: PathBuf,
+    ahead: usize,
+    spawned: std::collections::VecDeque<JoinHandle<Result<(store::Fetched, u64), V3Error>>>,
+    next: usize,
+}
+
+impl Window {
+    fn fill(&mut self) {
+        while self.spawned.len() < self.ahead && self.next < self.segments.len() {
+            let (client, seg, path) = (
+                self.client.clone(),
+                self.segments[self.next].clone(),
+                download_path(&self.work, self.next),
+            );
+            self.spawned.push_back(self.handle.spawn(async move {
+                store::fetch(client.as_ref(), &seg.key, seg.size, &path).await
+            }));
+            self.next += 1;
         }
     }
-    result
+
+    /// The next segment's download, in order.
+    fn take(&mut self) -> Result<(store::Fetched, u64), RestoreError> {
+        self.fill();
+        let d = self
+            .spawned
+            .pop_front()
+            .ok_or_else(|| RestoreError::Task("a WAL segment was not downloaded".into()))?;
+        self.fill();
+        Ok(self
+            .handle
+            .block_on(d)
+            .map_err(|e| RestoreError::Task(e.to_string()))??)
+    }
 }
 
 fn download_path(work: &Path, i: usize) -> PathBuf {
@@ -212,8 +242,7 @@ fn apply_blocking(
     plan: &V3Plan,
     db_path: &Path,
     work: &Path,
-    downloads: &mut [JoinHandle<Result<u64, V3Error>>],
-    awaited: &mut usize,
+    window: &mut Window,
 ) -> Result<u64, RestoreError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -227,6 +256,8 @@ fn apply_blocking(
         .map_err(io_err(db_path))?;
     let mut total = 0u64;
 
+    // The first segments download while the snapshot streams in.
+    window.fill();
     let key = plan.snapshot.key.as_str();
     let mut obj = open(handle, client, key)?;
     let page_size = match apply::apply_snapshot(&mut obj, key, &db, db_path)? {
@@ -244,7 +275,6 @@ fn apply_blocking(
     debug!(key, page_size, "snapshot applied");
 
     let scratch = work.join("wal-pending");
-    let mut n = 0;
     for (index, segments) in &plan.wal {
         let mut replay = apply::WalReplay::new(
             plan.generation,
@@ -255,22 +285,26 @@ fn apply_blocking(
             scratch.clone(),
         )?;
         for seg in segments {
-            let i = n;
-            n += 1;
-            let dl = downloads
-                .get_mut(i)
-                .ok_or_else(|| RestoreError::Task("a WAL segment was not downloaded".into()))?;
-            let done = handle.block_on(dl);
-            *awaited = i + 1;
-            total += done.map_err(|e| RestoreError::Task(e.to_string()))??;
-            let path = download_path(work, i);
-            let file = std::fs::File::open(&path).map_err(io_err(&path))?;
-            let mut obj = apply::Lz4Object::new(BufReader::with_capacity(1 << 20, file), &seg.key);
-            if let Err(e) = replay.segment(seg, &mut obj)? {
+            let (fetched, n) = window.take()?;
+            total += n;
+            let applied = match &fetched {
+                store::Fetched::Memory(bytes) => {
+                    let mut obj = apply::Lz4Object::new(&bytes[..], &seg.key);
+                    replay.segment(seg, &mut obj)?
+                }
+                store::Fetched::File(path) => {
+                    let file = std::fs::File::open(path).map_err(io_err(path))?;
+                    let mut obj =
+                        apply::Lz4Object::new(BufReader::with_capacity(1 << 20, file), &seg.key);
+                    let r = replay.segment(seg, &mut obj)?;
+                    // Free the space early on big restores.
+                    let _ = std::fs::remove_file(path);
+                    r
+                }
+            };
+            if let Err(e) = applied {
                 return Err(corrupt(&seg.key, &e).into());
             }
-            // Free the space early on big restores.
-            let _ = std::fs::remove_file(&path);
         }
         replay.finish()?;
         debug!(

@@ -1,5 +1,5 @@
 //! Every object-store call the 0.3 reader makes, in one place: one LIST of
-//! `generations/` and a GET per object (streamed, or downloaded to a file).
+//! `generations/` and a GET per object (streamed, or fetched into memory or a file).
 //!
 //! 0.3 wrote no metadata: an object's time is the store's modification time
 //! (LastModified, a file's mtime), which is what 0.3 itself restores by.
@@ -107,30 +107,46 @@ pub async fn list(client: &dyn ReplicaClient) -> Result<Listing, V3Error> {
     Ok(out)
 }
 
-/// Downloads one object to `path` (its compressed bytes); returns the byte count.
-pub async fn download(
+/// A downloaded object: small ones stay in memory (0.3 writes one small object per
+/// sync, and a file apiece costs more than the bytes), large ones go to a file.
+#[derive(Debug)]
+pub enum Fetched {
+    Memory(Vec<u8>),
+    File(std::path::PathBuf),
+}
+
+/// Objects up to this size are fetched into memory.
+pub const IN_MEMORY_MAX: u64 = 8 << 20;
+
+/// Downloads one object (its compressed bytes); returns it and the byte count.
+pub async fn fetch(
     client: &dyn ReplicaClient,
     key: &str,
+    size: u64,
     path: &std::path::Path,
-) -> Result<u64, V3Error> {
+) -> Result<(Fetched, u64), V3Error> {
     let stream = client.get(&Key::new(key)?, None).await?;
     let mut stream = tokio::io::BufReader::with_capacity(1 << 16, stream);
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|source| V3Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let get_err = |e| V3Error::from(StoreError::from_io(Op::Get, key, e));
+    if size <= IN_MEMORY_MAX {
+        let mut buf = Vec::with_capacity(size as usize);
+        let n = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut buf)
+            .await
+            .map_err(get_err)?;
+        return Ok((Fetched::Memory(buf), n as u64));
+    }
+    let file_err = |source| V3Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = tokio::fs::File::create(path).await.map_err(file_err)?;
     let n = tokio::io::copy_buf(&mut stream, &mut file)
         .await
-        .map_err(|e| StoreError::from_io(Op::Get, key, e))?;
+        .map_err(get_err)?;
     tokio::io::AsyncWriteExt::flush(&mut file)
         .await
-        .map_err(|source| V3Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(n)
+        .map_err(file_err)?;
+    Ok((Fetched::File(path.to_path_buf()), n))
 }
 
 /// Streams one object.
