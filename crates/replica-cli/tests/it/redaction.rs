@@ -7,7 +7,6 @@
 use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -218,37 +217,13 @@ fn s3_debug_output_of_a_failing_run_has_no_secret_and_no_content() {
     assert_no_secret("S3", &out, &secret);
 }
 
-/// Creates a container with an account SAS minted by Python's standard library.
-const CREATE_CONTAINER_PY: &str = r#"
-import base64, datetime, hashlib, hmac, sys, urllib.parse, urllib.request
-endpoint, account, key, container = sys.argv[1:5]
-now = datetime.datetime.now(datetime.timezone.utc)
-fmt = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
-st, se = fmt(now - datetime.timedelta(minutes=5)), fmt(now + datetime.timedelta(hours=1))
-sv = "2025-01-05"
-sts = "\n".join([account, "rwdlac", "b", "sco", st, se, "", "https,http", sv, "", ""])
-sig = base64.b64encode(hmac.new(base64.b64decode(key), sts.encode(), hashlib.sha256).digest()).decode()
-q = urllib.parse.urlencode({"sv": sv, "ss": "b", "srt": "sco", "sp": "rwdlac", "st": st, "se": se, "spr": "https,http", "sig": sig})
-req = urllib.request.Request(f"{endpoint}/{container}?restype=container&{q}", method="PUT", headers={"x-ms-version": "2025-01-05"})
-urllib.request.urlopen(req).read()
-"#;
-
 #[test]
 fn azure_debug_output_of_a_failing_run_has_no_secret_and_no_content() {
     let endpoint = var("REPLICA_AZURE_ENDPOINT");
     let account = var("REPLICA_AZURE_ACCOUNT_NAME");
     let key = var("REPLICA_AZURE_ACCOUNT_KEY");
     let container = format!("redact-{:016x}", rand::random::<u64>());
-    let o = Command::new("python3")
-        .args(["-c", CREATE_CONTAINER_PY])
-        .args([&endpoint, &account, &key, &container])
-        .output()
-        .expect("running python3 to create the container");
-    assert!(
-        o.status.success(),
-        "creating the container: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    crate::support::create_abs_container(&endpoint, &account, &key, &container);
     let (target, path) = via_proxy(&endpoint);
     let proxy = Proxy::start(&target);
     let url = format!(

@@ -4,22 +4,7 @@
 use std::process::Command;
 
 use super::{SecretFixture, StoreFixture};
-
-/// Creates a container with an account SAS minted by Python's standard library (an
-/// independent implementation of the signing algorithm the backend uses).
-const CREATE_CONTAINER_PY: &str = r#"
-import base64, datetime, hashlib, hmac, sys, urllib.parse, urllib.request
-endpoint, account, key, container = sys.argv[1:5]
-now = datetime.datetime.now(datetime.timezone.utc)
-fmt = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
-st, se = fmt(now - datetime.timedelta(minutes=5)), fmt(now + datetime.timedelta(hours=1))
-sv = "2025-01-05"
-sts = "\n".join([account, "rwdlac", "b", "sco", st, se, "", "https,http", sv, "", ""])
-sig = base64.b64encode(hmac.new(base64.b64decode(key), sts.encode(), hashlib.sha256).digest()).decode()
-q = urllib.parse.urlencode({"sv": sv, "ss": "b", "srt": "sco", "sp": "rwdlac", "st": st, "se": se, "spr": "https,http", "sig": sig})
-req = urllib.request.Request(f"{endpoint}/{container}?restype=container&{q}", method="PUT", headers={"x-ms-version": "2025-01-05"})
-urllib.request.urlopen(req).read()
-"#;
+use crate::support::create_abs_container;
 
 struct Azure {
     endpoint: String,
@@ -42,17 +27,7 @@ impl Azure {
             key: var("REPLICA_AZURE_ACCOUNT_KEY"),
             container: format!("e2e-{:016x}", rand::random::<u64>()),
         };
-        let o = Command::new("python3")
-            .args(["-c", CREATE_CONTAINER_PY])
-            .args([&az.endpoint, &az.account, &az.key, &az.container])
-            .output()
-            .expect("running python3 to create the container");
-        assert!(
-            o.status.success(),
-            "creating container {} failed: {}",
-            az.container,
-            String::from_utf8_lossy(&o.stderr)
-        );
+        create_abs_container(&az.endpoint, &az.account, &az.key, &az.container);
         az
     }
 }

@@ -9,6 +9,7 @@ mod process;
 mod replica;
 mod selftest;
 mod sqlite;
+mod stores;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 pub use process::*;
 pub use replica::*;
 pub use sqlite::*;
+pub use stores::*;
 pub use workload::*;
 
 /// The Litestream version the interop tests are written against.
