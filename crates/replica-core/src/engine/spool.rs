@@ -337,18 +337,6 @@ impl Spool {
         }
     }
 
-    /// A fresh path in the spool's scratch directory, holding an empty file with the
-    /// spool's mode: a caller that opens it with `File::create` keeps that mode, where
-    /// a file it created would get the umask's.
-    pub fn tmp_path(&self, what: &str) -> PathBuf {
-        let path = self.scratch_path(what);
-        // If this fails, so does the caller's create, which reports the error.
-        if let Err(e) = file_mode::create_new(&path, self.mode().file()) {
-            tracing::debug!(path = %path.display(), error = %e, "creating a spool scratch file");
-        }
-        path
-    }
-
     fn scratch_path(&self, what: &str) -> PathBuf {
         self.dir
             .join("tmp")
@@ -786,9 +774,9 @@ mod tests {
         spool.keep_shipped(&kept.path, kept.id).unwrap();
         spool.remove_shipped(kept.id);
         write_l0(&spool, 3, 1);
-        let scratch = spool.tmp_path("merge");
-        // Opened the way the shipper opens it: the mode stays.
-        drop(File::create(&scratch).unwrap());
+        // A scratch file, as merges, compactions and downloads take them.
+        let (_path, file) = spool.scratch("merge").unwrap();
+        drop(file);
         // Left by an earlier version, with the umask's bits.
         let old = spool
             .dir()
