@@ -45,37 +45,6 @@ impl Payload {
             Payload::File(p) => Ok(tokio::fs::metadata(p).await?.len()),
         }
     }
-
-    /// The bytes at `range` (cut at the end of the body), for backends that upload in
-    /// parts. A file is opened per call so that parts can be read concurrently.
-    pub async fn read_range(&self, range: Range<u64>) -> std::io::Result<Bytes> {
-        match self {
-            Payload::Bytes(b) => {
-                let end = usize::try_from(range.end)
-                    .unwrap_or(usize::MAX)
-                    .min(b.len());
-                let start = usize::try_from(range.start).unwrap_or(usize::MAX).min(end);
-                Ok(b.slice(start..end))
-            }
-            Payload::File(p) => {
-                use tokio::io::{AsyncReadExt, AsyncSeekExt};
-                let mut f = tokio::fs::File::open(p).await?;
-                f.seek(std::io::SeekFrom::Start(range.start)).await?;
-                let want = range.end.saturating_sub(range.start);
-                let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-                f.take(want).read_to_end(&mut buf).await?;
-                Ok(Bytes::from(buf))
-            }
-        }
-    }
-
-    /// Where the body's bytes come from, for error messages.
-    pub fn describe(&self) -> String {
-        match self {
-            Payload::Bytes(b) => format!("{} bytes in memory", b.len()),
-            Payload::File(p) => format!("payload file {}", p.display()),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

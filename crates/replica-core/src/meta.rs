@@ -56,21 +56,10 @@ pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
 /// A create-only put's token. A conditional put whose response is lost gets retried
 /// (by the SDK or by us) and then fails its own precondition; the object it finds
 /// carries this token if, and only if, the first attempt landed. So a precondition
-/// failure is resolved by reading the object's metadata back, never by resending.
+/// failure is resolved by reading the object's metadata back, never by resending
+/// (each backend does that with its own HEAD).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutId(String);
-
-/// What a precondition failure meant, once the object's token has been read back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PutConflict {
-    /// The object carries our token: an earlier attempt of this put landed.
-    Ours,
-    /// Someone else's object holds the key: a lost race.
-    Theirs,
-    /// Nothing holds the key now (a concurrent write did not complete, or the object
-    /// was deleted since).
-    Vanished,
-}
 
 impl PutId {
     pub fn random() -> Self {
@@ -79,16 +68,6 @@ impl PutId {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    /// Resolves a failed precondition from the token found on the object now at the
-    /// key: `None` if the object is gone, `Some(None)` if it has no token.
-    pub fn resolve(&self, found: Option<Option<&str>>) -> PutConflict {
-        match found {
-            None => PutConflict::Vanished,
-            Some(Some(t)) if t == self.0 => PutConflict::Ours,
-            Some(_) => PutConflict::Theirs,
-        }
     }
 }
 
@@ -162,15 +141,5 @@ mod tests {
                 Some(at_ms(ms))
             );
         }
-    }
-
-    #[test]
-    fn put_id_resolution() {
-        let id = PutId::random();
-        assert_ne!(id, PutId::random());
-        assert_eq!(id.resolve(Some(Some(id.as_str()))), PutConflict::Ours);
-        assert_eq!(id.resolve(Some(Some("other"))), PutConflict::Theirs);
-        assert_eq!(id.resolve(Some(None)), PutConflict::Theirs);
-        assert_eq!(id.resolve(None), PutConflict::Vanished);
     }
 }

@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use crate::client::{Payload, PutMode, PutOptions, ReplicaClient};
 use crate::error::{Op, StoreError};
-use crate::key::{Key, KeyPrefix};
+use crate::key::Key;
 use crate::layout::{FileId, LayoutStyle};
 
 /// HEADs in flight while filling in LTX times (Litestream batches 50; a restore
@@ -151,11 +151,6 @@ impl Replica {
         self.client
             .put(&self.key(id), Payload::File(path.to_path_buf()), &opts)
             .await
-    }
-
-    /// The listing prefix of the whole layout.
-    pub fn levels_prefix(&self) -> KeyPrefix {
-        self.style.levels_prefix()
     }
 }
 
