@@ -31,6 +31,7 @@
 //! retry of our own successful write is recognised as success. Throttling (429),
 //! timeouts and 5xx are retried by the SDK's exponential retry policy.
 
+mod cas;
 mod config;
 pub mod sas;
 
@@ -55,6 +56,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
+    Version, Versioned,
 };
 use replica_core::error::{Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
@@ -772,6 +774,19 @@ impl ReplicaClient for AbsClient {
                 Err(first)
             }
         }
+    }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Versioned, StoreError> {
+        self.get_versioned_blob(key).await
+    }
+
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, StoreError> {
+        self.put_blob_if(key, body, expected).await
     }
 }
 

@@ -23,8 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use replica_core::client::{
-    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
+    ByteStream, Capabilities, MAX_VERSIONED_LEN, ObjectInfo, Payload, PutMode, PutOptions,
+    ReplicaClient, StoreInfo, Version, Versioned,
 };
 use replica_core::error::{Op, StoreError};
 use replica_core::file_mode::{self, FileMode};
@@ -290,6 +292,117 @@ impl ReplicaClient for FileClient {
             .await
             .map_err(|e| join_error(Op::Delete, "", e))?
     }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Versioned, StoreError> {
+        let path = self.path_of(key);
+        let body = blocking(Op::Get, key, move || Ok(read_small(&path)?)).await?;
+        let body = body.ok_or_else(|| StoreError::NotFound {
+            key: key.to_string(),
+        })?;
+        Ok(Versioned {
+            version: Version::of_content(&body),
+            body,
+        })
+    }
+
+    /// Compare and swap under an exclusive `flock` on a hidden lock file beside the
+    /// object: read, compare, write a temp file, rename, all while holding it. The
+    /// kernel drops the lock when its holder dies, so a crash never leaves it held.
+    /// Safe between processes on one machine, and on network file systems whose
+    /// `flock` reaches the server (NFSv4).
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, StoreError> {
+        let dest = self.path_of(key);
+        let expected = expected.cloned();
+        let owned_key = key.to_owned();
+        let mode = self.mode();
+        blocking(Op::Put, key, move || {
+            put_if_blocking(&owned_key, &dest, body, expected, mode)
+        })
+        .await?
+    }
+}
+
+/// The whole file, or `None` if it does not exist; larger than a record may be is an
+/// error rather than a read of unbounded size.
+fn read_small(path: &Path) -> io::Result<Option<Bytes>> {
+    use std::io::Read;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    file.take(MAX_VERSIONED_LEN as u64 + 1)
+        .read_to_end(&mut body)?;
+    if body.len() > MAX_VERSIONED_LEN {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "{} is larger than {MAX_VERSIONED_LEN} bytes",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(body.into()))
+}
+
+fn put_if_blocking(
+    key: &str,
+    dest: &Path,
+    body: Bytes,
+    expected: Option<Version>,
+    mode: FileMode,
+) -> Result<Result<Version, StoreError>, FsError> {
+    let dir = dest.parent().ok_or_else(|| {
+        FsError::Store(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("{key} has no parent directory"),
+        ))
+    })?;
+    ensure_dir(dir, mode.dir())?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock_path = dir.join(format!(".{name}.lock"));
+    let lock = match file_mode::create_new(&lock_path, mode.file()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            File::options().read(true).write(true).open(&lock_path)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    lock.lock()?;
+    let current = read_small(dest)?.map(|b| Version::of_content(&b));
+    let refused = match (&expected, &current) {
+        (None, None) => None,
+        (Some(e), Some(c)) if e == c => None,
+        (None, Some(_)) => Some(StoreError::AlreadyExists {
+            key: key.to_owned(),
+        }),
+        (Some(_), _) => Some(StoreError::Conflict {
+            key: key.to_owned(),
+        }),
+    };
+    if let Some(e) = refused {
+        return Ok(Err(e));
+    }
+    let version = Version::of_content(&body);
+    let opts = PutOptions {
+        mode: PutMode::Overwrite,
+        timestamp: None,
+    };
+    put_blocking(key, dest, Payload::Bytes(body), &opts, mode)?;
+    drop(lock);
+    Ok(Ok(version))
 }
 
 async fn blocking<T, F>(op: Op, key: &str, f: F) -> Result<T, StoreError>

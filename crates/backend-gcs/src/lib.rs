@@ -27,6 +27,7 @@
 //! Every request is retried on 408, 429, 5xx and connection failures, with
 //! exponential backoff and jitter, up to [`MAX_ATTEMPTS`] attempts.
 
+mod cas;
 mod config;
 mod error;
 
@@ -49,6 +50,7 @@ use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
+    Version, Versioned,
 };
 use replica_core::error::{Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
@@ -662,6 +664,19 @@ impl ReplicaClient for GcsClient {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Versioned, StoreError> {
+        self.get_versioned_object(key).await
+    }
+
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, StoreError> {
+        self.put_object_if(key, body, expected).await
     }
 }
 

@@ -48,6 +48,7 @@
 //!
 //! (the bucket must exist; `tests/s3.rs` creates one with [`S3Client::sdk_client`]).
 
+mod cas;
 mod config;
 mod error;
 
@@ -69,6 +70,7 @@ use aws_sdk_s3::types::{
 use bytes::Bytes;
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
+    Version, Versioned,
 };
 use replica_core::error::{Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
@@ -771,6 +773,19 @@ impl ReplicaClient for S3Client {
             }
         }
         Ok(())
+    }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Versioned, StoreError> {
+        self.get_versioned_object(key).await
+    }
+
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, StoreError> {
+        self.put_object_if(key, body, expected).await
     }
 }
 

@@ -57,6 +57,7 @@ use bytes::Bytes;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
+    Version, Versioned,
 };
 use replica_core::error::{Op, StoreError};
 use replica_core::file_mode::FileMode;
@@ -71,6 +72,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use url::Url;
 
+mod cas;
 mod config;
 mod conn;
 mod error;
@@ -412,6 +414,30 @@ impl ReplicaClient for SftpClient {
             .await?;
         }
         Ok(())
+    }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Versioned, StoreError> {
+        let key = key.as_str();
+        let _permit = self.permit().await?;
+        let path = self.path_of(key);
+        self.run(Op::Get, key, |c| cas::get_versioned(c, key, &path))
+            .await
+    }
+
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, StoreError> {
+        let key = key.as_str();
+        let _permit = self.permit().await?;
+        let dest = self.path_of(key);
+        let mode = self.mode();
+        self.run(Op::Put, key, |c| {
+            cas::put_if(c, key, &dest, &body, expected, mode)
+        })
+        .await
     }
 }
 

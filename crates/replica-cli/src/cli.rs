@@ -75,6 +75,18 @@ pub struct ReplicateArgs {
     /// How long to keep retrying uploads at shutdown.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub flush_timeout: Duration,
+    /// Lifetime of the replica's lease (one writer per replica), renewed every third
+    /// of it [default: 30s, or replication.lease_ttl]
+    #[arg(long, value_parser = parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// How long to wait for another replicator to release the lease before giving
+    /// up [default: 5m, or replication.lease_wait]
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub lease_wait: Option<Duration>,
+    /// Replicate even to a replica that records another database, making this one
+    /// its latest state.
+    #[arg(long)]
+    pub take_over_replica: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -168,6 +180,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+/// A duration that may be zero ("do not wait").
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 0s, 30s, 5m)"))
 }
 
 fn parse_levels(s: &str) -> Result<Levels, String> {

@@ -33,6 +33,8 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
             )
             || c.downcast_ref::<DeployError>()
                 .is_some_and(DeployError::is_config)
+            || c.downcast_ref::<replica_core::engine::EngineError>()
+                .is_some_and(replica_core::engine::EngineError::is_config)
     });
     if config { 2 } else { 1 }
 }

@@ -83,6 +83,8 @@ pub const ALL: &[Case] = &[
     case("ltx_time_is_never_store_time", Needs::Nothing),
     case("create_only_existing", Needs::CreateOnly),
     case("create_only_race", Needs::CreateOnly),
+    case("conditional_put", Needs::Nothing),
+    case("conditional_put_race", Needs::Nothing),
     case("permission_denied", Needs::PermissionHook),
 ];
 
@@ -1081,6 +1083,117 @@ pub async fn create_only_race(client: Arc<dyn ReplicaClient>) {
         RACE_ROUNDS,
         "one object per round"
     );
+    s.cleanup().await;
+}
+
+/// The compare-and-swap the lease is built on: `put_if` with no version creates
+/// only; `get_versioned` returns the body with the version to name; a put naming the
+/// current version replaces the body and returns a new version; a stale version, or
+/// one of an object deleted since, is refused with Conflict and changes nothing.
+pub async fn conditional_put(client: Arc<dyn ReplicaClient>) {
+    let s = start(client, "conditional_put").await;
+    let k = key("lock.json");
+    let v1 =
+        s.c.put_if(&k, Bytes::from_static(b"{\"n\":1}"), None)
+            .await
+            .unwrap_or_else(|e| panic!("creating with put_if: {}", describe(&e)));
+    match s.c.put_if(&k, Bytes::from_static(b"{\"n\":9}"), None).await {
+        Err(StoreError::AlreadyExists { .. }) => {}
+        other => panic!("a second create must fail with AlreadyExists, got {other:?}"),
+    }
+    let read =
+        s.c.get_versioned(&k)
+            .await
+            .unwrap_or_else(|e| panic!("get_versioned: {}", describe(&e)));
+    assert_eq!(&read.body[..], b"{\"n\":1}");
+    assert_eq!(
+        read.version, v1,
+        "get_versioned names the version put_if returned"
+    );
+    let v2 =
+        s.c.put_if(&k, Bytes::from_static(b"{\"n\":2}"), Some(&v1))
+            .await
+            .unwrap_or_else(|e| panic!("put_if with the current version: {}", describe(&e)));
+    assert_ne!(v1, v2, "a write must change the version");
+    match s
+        .c
+        .put_if(&k, Bytes::from_static(b"{\"n\":3}"), Some(&v1))
+        .await
+    {
+        Err(StoreError::Conflict { key: kk }) => assert_eq!(kk, "lock.json"),
+        other => panic!("a stale version must fail with Conflict, got {other:?}"),
+    }
+    assert_eq!(
+        s.get("lock.json", None).await,
+        b"{\"n\":2}",
+        "a refused put changes nothing"
+    );
+    let v = s.c.get_versioned(&k).await.map(|v| v.version);
+    assert_eq!(v.ok(), Some(v2.clone()));
+    s.c.delete_many(std::slice::from_ref(&k))
+        .await
+        .unwrap_or_else(|e| panic!("delete: {}", describe(&e)));
+    match s
+        .c
+        .put_if(&k, Bytes::from_static(b"{\"n\":4}"), Some(&v2))
+        .await
+    {
+        Err(StoreError::Conflict { .. }) => {}
+        other => panic!("a version of a deleted object must fail with Conflict, got {other:?}"),
+    }
+    match s.c.get_versioned(&k).await {
+        Err(StoreError::NotFound { .. }) => {}
+        other => panic!("get_versioned of a missing object must be NotFound, got {other:?}"),
+    }
+    s.cleanup().await;
+}
+
+/// Eight writers read the same version and race to replace it: exactly one wins, the
+/// rest get Conflict, and the winner's body is what is stored. Several rounds.
+pub async fn conditional_put_race(client: Arc<dyn ReplicaClient>) {
+    const WRITERS: usize = 8;
+    let s = start(client, "conditional_put_race").await;
+    let k = key("lock.json");
+    let mut version =
+        s.c.put_if(&k, Bytes::from_static(b"start"), None)
+            .await
+            .unwrap_or_else(|e| panic!("creating with put_if: {}", describe(&e)));
+    for round in 0..RACE_ROUNDS {
+        let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
+        let mut tasks = Vec::new();
+        for i in 0..WRITERS {
+            let (c, barrier, k, v) = (s.c.clone(), barrier.clone(), k.clone(), version.clone());
+            tasks.push(tokio::spawn(async move {
+                let body = Bytes::from(format!("round {round} writer {i}"));
+                barrier.wait().await;
+                let res = c.put_if(&k, body.clone(), Some(&v)).await;
+                (body, res)
+            }));
+        }
+        let mut winners = Vec::new();
+        let mut problems = Vec::new();
+        for t in tasks {
+            let (body, res) = t.await.unwrap_or_else(|e| resume(e));
+            match res {
+                Ok(v) => winners.push((body, v)),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => problems.push(describe(&e)),
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "round {round}: losers must fail with Conflict, got: {problems:?}"
+        );
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} of {WRITERS} compare-and-swap puts naming one version succeeded",
+            winners.len()
+        );
+        let (body, v) = winners.remove(0);
+        assert_eq!(s.get("lock.json", None).await, &body[..], "round {round}");
+        version = v;
+    }
     s.cleanup().await;
 }
 

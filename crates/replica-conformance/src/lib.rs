@@ -75,7 +75,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use replica_core::client::{ByteStream, ObjectInfo, Payload, PutOptions, ReplicaClient, StoreInfo};
+use replica_core::client::{
+    ByteStream, ObjectInfo, Payload, PutOptions, ReplicaClient, StoreInfo, Version, Versioned,
+};
 use replica_core::error::StoreError;
 use replica_core::key::{Key, KeyPrefix};
 
@@ -180,6 +182,19 @@ where
 
     async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
         self.client.delete_many(keys).await
+    }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Versioned, StoreError> {
+        self.client.get_versioned(key).await
+    }
+
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: bytes::Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, StoreError> {
+        self.client.put_if(key, body, expected).await
     }
 }
 
@@ -347,6 +362,8 @@ macro_rules! conformance_suite {
             ltx_time_is_never_store_time
             create_only_existing
             create_only_race
+            conditional_put
+            conditional_put_race
         }
     };
 }

@@ -24,6 +24,8 @@ pub(crate) fn variant(e: &StoreError) -> &'static str {
     match e {
         StoreError::NotFound { .. } => "NotFound",
         StoreError::AlreadyExists { .. } => "AlreadyExists",
+        StoreError::Conflict { .. } => "Conflict",
+        StoreError::Fenced { .. } => "Fenced",
         StoreError::PermissionDenied { .. } => "PermissionDenied",
         StoreError::Transient { .. } => "Transient",
         StoreError::InvalidUrl { .. } => "InvalidUrl",

@@ -91,6 +91,22 @@ fn catches_racy_create_only() {
 }
 
 #[test]
+fn catches_a_store_that_ignores_if_match() {
+    let f = Faults {
+        ignores_if_match: true,
+        ..Faults::default()
+    };
+    assert_fails(
+        || cases::conditional_put(faulty(f)),
+        "a second create must fail with AlreadyExists",
+    );
+    assert_fails(
+        || cases::conditional_put_race(faulty(f)),
+        "compare-and-swap puts naming one version succeeded",
+    );
+}
+
+#[test]
 fn catches_a_list_without_paging() {
     let f = Faults {
         list_first_page: Some(1000),

@@ -122,6 +122,45 @@ impl StoreInfo {
 
 pub type ByteStream = Pin<Box<dyn AsyncRead + Send>>;
 
+/// The token a conditional put compares against: an ETag (S3, Azure), a generation
+/// (GCS), a digest of the content (file, SFTP). Opaque to the core; only equality
+/// matters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(String);
+
+impl Version {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The version of a store that keeps none (file, SFTP): a digest of the length
+    /// and the bytes. Small records that change on every write (the lease carries a
+    /// nonce) never repeat a digest by accident.
+    pub fn of_content(body: &[u8]) -> Self {
+        Self(format!("{:x}-{:016x}", body.len(), crate::ltx::crc64(body)))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A small object read whole, with the version a conditional put can name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub body: Bytes,
+    pub version: Version,
+}
+
+/// Small records (the lease) are refused above this size by `get_versioned`.
+pub const MAX_VERSIONED_LEN: usize = 64 << 10;
+
 /// An object store as the core sees it. Implementations translate these calls into
 /// their protocol and nothing more: keys arrive validated ([`Key`]), payload sizing and
 /// ranges come from [`Payload`], metadata names and the timestamp codec from
@@ -155,4 +194,25 @@ pub trait ReplicaClient: Debug + Send + Sync {
 
     /// Deletes every key; keys that do not exist are not an error.
     async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError>;
+
+    /// Reads a small object (at most [`MAX_VERSIONED_LEN`] bytes) whole, with its
+    /// current version, in one request, so that the body and the version belong
+    /// together.
+    async fn get_versioned(&self, key: &Key) -> Result<Versioned, StoreError>;
+
+    /// Compare-and-swap: writes `body` only if the object's current version is
+    /// `expected`, or, with `None`, only if the object does not exist. Of N racing
+    /// puts naming the same version exactly one succeeds. A mismatch is
+    /// [`StoreError::Conflict`] (`AlreadyExists` for `None`), and nothing is written.
+    /// Returns the new version.
+    ///
+    /// A retry after a lost response may be refused because the first attempt
+    /// landed; callers resolve that by reading the object back (the lease does, its
+    /// body holds a unique nonce), never by resending unconditionally.
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, StoreError>;
 }

@@ -38,6 +38,17 @@ pub enum StoreError {
     #[error("object {key} already exists (create-only put)")]
     AlreadyExists { key: String },
 
+    /// A conditional put named a version the object no longer has: someone else
+    /// wrote it since it was read.
+    #[error("object {key} changed since it was read (conditional put refused)")]
+    Conflict { key: String },
+
+    /// Not sent: this process's lease on the replica is not valid now. `lost`: another
+    /// writer took it, for good; otherwise it lapsed while the store did not answer,
+    /// and writes resume once a renewal proves no one else took it.
+    #[error("{key} was not written: {}", if *lost { "another replicator took this replica's lease" } else { "this process's lease on the replica lapsed; uploads resume once it is renewed" })]
+    Fenced { key: String, lost: bool },
+
     #[error("permission denied to {op} {key}: {detail}; check the credentials and their grants")]
     PermissionDenied { op: Op, key: String, detail: String },
 
@@ -63,6 +74,15 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Transient { .. })
+    }
+
+    /// The store refused a conditional write: the object exists, or has another
+    /// version than the one named.
+    pub fn is_precondition(&self) -> bool {
+        matches!(
+            self,
+            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. }
+        )
     }
 
     pub fn is_not_found(&self) -> bool {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod file_mode;
 pub mod key;
 pub mod layout;
+pub mod lease;
 pub mod ltx;
 pub mod memory;
 pub mod meta;

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::{Bound, Range};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::client::{
-    ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
+    ByteStream, Capabilities, MAX_VERSIONED_LEN, ObjectInfo, Payload, PutMode, PutOptions,
+    ReplicaClient, StoreInfo, Version, Versioned,
 };
 use crate::error::{Op, StoreError};
 use crate::key::{Key, KeyPrefix};
@@ -36,6 +38,9 @@ pub struct Faults {
     pub denied: bool,
     /// `list` reports the time of the put (the store's clock) as the LTX time.
     pub list_store_time_as_ltx_time: bool,
+    /// `put_if` ignores the version it is given and overwrites, like a store that
+    /// drops `If-Match`.
+    pub ignores_if_match: bool,
 }
 
 /// One stored object: its bytes, the store's time of the put, and the LTX time it was
@@ -45,6 +50,8 @@ struct Object {
     data: Bytes,
     stored: SystemTime,
     ltx_time: Option<SystemTime>,
+    /// Unique across the store's life, as a generation is.
+    version: u64,
 }
 
 type Objects = Arc<Mutex<BTreeMap<String, Object>>>;
@@ -55,6 +62,7 @@ type Objects = Arc<Mutex<BTreeMap<String, Object>>>;
 #[derive(Debug)]
 pub struct MemoryClient {
     objects: Objects,
+    next_version: AtomicU64,
     info: StoreInfo,
     faults: Faults,
 }
@@ -79,6 +87,7 @@ impl MemoryClient {
         let url = format!("memory://{:p}", Arc::as_ptr(&objects));
         Self {
             objects,
+            next_version: AtomicU64::new(1),
             info: StoreInfo::new("memory", url, capabilities),
             faults,
         }
@@ -141,6 +150,7 @@ impl ReplicaClient for MemoryClient {
             data,
             stored: SystemTime::now(),
             ltx_time,
+            version: self.next_version.fetch_add(1, Ordering::Relaxed),
         };
         let exists = || StoreError::AlreadyExists {
             key: key.to_owned(),
@@ -257,5 +267,62 @@ impl ReplicaClient for MemoryClient {
             objects.remove(k.as_str());
         }
         Ok(())
+    }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Versioned, StoreError> {
+        let key = key.as_str();
+        self.refuse(Op::Get, key)?;
+        let objects = self.lock();
+        let o = objects.get(key).ok_or_else(|| StoreError::NotFound {
+            key: key.to_owned(),
+        })?;
+        if o.data.len() > MAX_VERSIONED_LEN {
+            return Err(StoreError::Other {
+                op: Op::Get,
+                key: key.to_owned(),
+                source: format!("larger than {MAX_VERSIONED_LEN} bytes").into(),
+            });
+        }
+        Ok(Versioned {
+            body: o.data.clone(),
+            version: Version::new(o.version.to_string()),
+        })
+    }
+
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, StoreError> {
+        let key = key.as_str();
+        self.refuse(Op::Put, key)?;
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let mut objects = self.lock();
+        let current = objects.get(key).map(|o| o.version.to_string());
+        if !self.faults.ignores_if_match {
+            match (expected, current) {
+                (None, None) => {}
+                (Some(e), Some(c)) if e.as_str() == c => {}
+                (None, Some(_)) => {
+                    return Err(StoreError::AlreadyExists {
+                        key: key.to_owned(),
+                    });
+                }
+                (Some(_), _) => {
+                    return Err(StoreError::Conflict {
+                        key: key.to_owned(),
+                    });
+                }
+            }
+        }
+        let object = Object {
+            data: body,
+            stored: SystemTime::now(),
+            ltx_time: None,
+            version,
+        };
+        objects.insert(key.to_owned(), object);
+        Ok(Version::new(version.to_string()))
     }
 }

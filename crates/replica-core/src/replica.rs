@@ -10,6 +10,7 @@ use crate::client::{Payload, PutMode, PutOptions, ReplicaClient};
 use crate::error::{Op, StoreError};
 use crate::key::Key;
 use crate::layout::{FileId, LayoutStyle};
+use crate::ltx::TRAILER_SIZE;
 
 /// HEADs in flight while filling in LTX times (Litestream batches 50; a restore
 /// should not wait on one round trip per file).
@@ -137,7 +138,11 @@ impl Replica {
         }
     }
 
-    /// Uploads a local LTX file under its layout key.
+    /// Uploads a local LTX file under its layout key, create-only: every object of
+    /// the layout is written once. If the name is taken, the object there must hold
+    /// the same database state (the same post-apply checksum: an earlier attempt of
+    /// ours whose success we did not see, or an identical compaction); anything else
+    /// was written by another replicator, and is [`StoreError::Conflict`].
     pub async fn upload(
         &self,
         id: FileId,
@@ -145,13 +150,58 @@ impl Replica {
         timestamp: SystemTime,
     ) -> Result<(), StoreError> {
         let opts = PutOptions {
-            mode: PutMode::Overwrite,
+            mode: PutMode::CreateOnly,
             timestamp: Some(timestamp),
         };
-        self.client
-            .put(&self.key(id), Payload::File(path.to_path_buf()), &opts)
+        let key = self.key(id);
+        match self
+            .client
+            .put(&key, Payload::File(path.to_path_buf()), &opts)
             .await
+        {
+            Err(StoreError::AlreadyExists { .. }) => {
+                let ours = local_post_apply_checksum(path)
+                    .map_err(|e| StoreError::from_io(Op::Put, &key, e))?;
+                if self.post_apply_checksum(&key).await? == ours {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict {
+                        key: key.to_string(),
+                    })
+                }
+            }
+            r => r,
+        }
     }
+
+    /// The post-apply checksum in the trailer of the object at `key` (a HEAD and an
+    /// 8-byte ranged GET).
+    async fn post_apply_checksum(&self, key: &Key) -> Result<Option<u64>, StoreError> {
+        use tokio::io::AsyncReadExt;
+        let size = self.client.head(key).await?.size;
+        let Some(start) = size.checked_sub(TRAILER_SIZE as u64) else {
+            return Ok(None);
+        };
+        let mut body = self.client.get(key, Some(start..start + 8)).await?;
+        let mut buf = [0u8; 8];
+        match body.read_exact(&mut buf).await {
+            Ok(_) => Ok(Some(u64::from_be_bytes(buf))),
+            Err(e) => Err(StoreError::from_io(Op::Get, key, e)),
+        }
+    }
+}
+
+fn local_post_apply_checksum(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let Some(start) = len.checked_sub(TRAILER_SIZE as u64) else {
+        return Ok(None);
+    };
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = [0u8; 8];
+    f.read_exact(&mut buf)?;
+    Ok(Some(u64::from_be_bytes(buf)))
 }
 
 fn join_failed(key: &Key, e: tokio::task::JoinError) -> StoreError {

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
-use crate::client::{ByteStream, ObjectInfo, Payload, PutOptions, ReplicaClient, StoreInfo};
+use crate::client::{
+    ByteStream, ObjectInfo, Payload, PutOptions, ReplicaClient, StoreInfo, Version, Versioned,
+};
 use crate::error::StoreError;
 use crate::key::{Key, KeyPrefix};
 
@@ -117,5 +120,23 @@ impl ReplicaClient for Counted {
         }
         bump(&self.counts.delete);
         self.inner.delete_many(keys).await
+    }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Versioned, StoreError> {
+        bump(&self.counts.get);
+        self.inner.get_versioned(key).await
+    }
+
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, StoreError> {
+        bump(&self.counts.put);
+        let len = body.len() as u64;
+        let v = self.inner.put_if(key, body, expected).await?;
+        self.counts.put_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(v)
     }
 }

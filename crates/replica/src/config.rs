@@ -12,6 +12,9 @@
 //!   levels: [30s, 5m, 1h]    # compaction intervals of L1, L2, …; [] for none
 //!   l0_retention: 1h         # per-sync point-in-time recovery for this long
 //!   restore_mode: "0640"     # mode of restored databases (default: the source's)
+//!   lease_ttl: 30s           # one writer per replica: the lease's lifetime
+//!   lease_wait: 5m           # how long to wait for another holder to let go
+//!   take_over_replica: false # replace a replica that records another database
 //! shards:
 //!   count: 8
 //!   path: ./data/shard_{index}.db
@@ -27,6 +30,7 @@ use std::time::Duration;
 
 use replica_core::engine::Levels;
 use replica_core::file_mode::FileMode;
+use replica_core::lease::LeaseConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -78,6 +82,9 @@ struct RawReplication {
     levels: Option<Vec<String>>,
     l0_retention: Option<String>,
     restore_mode: Option<String>,
+    lease_ttl: Option<String>,
+    lease_wait: Option<String>,
+    take_over_replica: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +116,8 @@ pub struct Config {
     pub restore_on_boot: bool,
     /// Permission bits of restored databases; `None`: the source database's.
     pub restore_mode: Option<FileMode>,
+    pub lease: LeaseConfig,
+    pub take_over_replica: bool,
     pub shard_count: Option<u32>,
     pub databases: Vec<Database>,
 }
@@ -172,6 +181,18 @@ impl Config {
             r.l0_retention,
             Duration::from_secs(3600),
         )?;
+        let default_lease = LeaseConfig::default();
+        let lease = LeaseConfig {
+            ttl: duration("replication.lease_ttl", r.lease_ttl, default_lease.ttl)?,
+            wait: match r.lease_wait.as_deref().map(str::trim) {
+                Some("0") | Some("0s") => Duration::ZERO,
+                _ => duration(
+                    "replication.lease_wait",
+                    r.lease_wait.clone(),
+                    default_lease.wait,
+                )?,
+            },
+        };
         let levels = match r.levels {
             None => Levels::default(),
             Some(list) => {
@@ -287,6 +308,8 @@ impl Config {
             l0_retention,
             restore_on_boot: r.restore_on_boot.unwrap_or(true),
             restore_mode,
+            lease,
+            take_over_replica: r.take_over_replica.unwrap_or(false),
             shard_count,
             databases,
         })

@@ -10,6 +10,7 @@ use replica_core::client::{Payload, PutMode, PutOptions};
 use replica_core::engine::{EngineConfig, EngineError, Replicator};
 use replica_core::error::StoreError;
 use replica_core::key::Key;
+use replica_core::lease::Lease;
 use replica_core::registry::Registry;
 use replica_core::replica::Replica;
 use replica_core::restore::{self, RestoreError, RestoreOptions, RestoreOutcome};
@@ -77,6 +78,7 @@ impl DeployError {
     pub fn is_config(&self) -> bool {
         match self {
             DeployError::Config(_) | DeployError::ShardCountChanged { .. } => true,
+            DeployError::Engine { source, .. } => source.is_config(),
             DeployError::Store { source, .. } => matches!(source, StoreError::InvalidUrl { .. }),
             _ => false,
         }
@@ -88,15 +90,21 @@ struct ShardRecord {
     shard_count: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Deployment {
     pub config: Config,
     registry: Registry,
+    /// Leases taken before the boot restore, handed to the replicators by `start`.
+    leases: std::sync::Mutex<std::collections::HashMap<PathBuf, Lease>>,
 }
 
 impl Deployment {
     pub fn new(config: Config, registry: Registry) -> Self {
-        Self { config, registry }
+        Self {
+            config,
+            registry,
+            leases: Default::default(),
+        }
     }
 
     /// Loads `file` and resolves URLs with every backend built into this crate.
@@ -111,6 +119,8 @@ impl Deployment {
             retention: self.config.retention,
             levels: self.config.levels,
             l0_retention: self.config.l0_retention,
+            lease: self.config.lease,
+            take_over_replica: self.config.take_over_replica,
             ..EngineConfig::default()
         }
     }
@@ -216,7 +226,11 @@ impl Deployment {
 
     /// Restores every configured database whose file is missing, in parallel. A
     /// database without a replica yet starts empty; an existing file is never touched.
+    ///
+    /// Each database's lease is taken first, so that a restore includes everything
+    /// the previous owner flushed before it let go; `start` then replicates under it.
     pub async fn restore_missing(&self) -> Result<Vec<(PathBuf, RestoreOutcome)>, DeployError> {
+        self.take_leases().await?;
         let template = RestoreOptions {
             if_db_not_exists: true,
             if_replica_exists: true,
@@ -282,6 +296,56 @@ impl Deployment {
         }
     }
 
+    /// Takes the lease of every database's replica that this deployment does not hold
+    /// yet, all at once (each may wait for a previous owner).
+    pub async fn take_leases(&self) -> Result<(), DeployError> {
+        let cfg = self.config.lease;
+        let mut tasks = Vec::new();
+        for db in &self.config.databases {
+            if self.held(&db.path) {
+                continue;
+            }
+            let replica = self.open(&db.url).await?;
+            let path = db.path.clone();
+            tasks.push(tokio::spawn(async move {
+                let label = path.display().to_string();
+                let r = Lease::acquire(replica.client().clone(), cfg, Some(&label)).await;
+                (path, r)
+            }));
+        }
+        let mut first_err = None;
+        for t in tasks {
+            match t.await {
+                Ok((path, Ok(lease))) => {
+                    if let Ok(mut leases) = self.leases.lock() {
+                        leases.insert(path, lease);
+                    }
+                }
+                Ok((db, Err(e))) => {
+                    first_err.get_or_insert(DeployError::Engine {
+                        db,
+                        source: e.into(),
+                    });
+                }
+                Err(e) => {
+                    first_err.get_or_insert(DeployError::Engine {
+                        db: PathBuf::from("?"),
+                        source: EngineError::Thread("lease", e.to_string()),
+                    });
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn held(&self, db: &Path) -> bool {
+        self.leases.lock().is_ok_and(|l| l.contains_key(db))
+    }
+
+    fn take_lease(&self, db: &Path) -> Option<Lease> {
+        self.leases.lock().ok().and_then(|mut l| l.remove(db))
+    }
+
     /// Starts replicating every configured database, and records the shard count.
     pub async fn start(&self) -> Result<Running, DeployError> {
         if !self.config.enabled {
@@ -289,6 +353,7 @@ impl Deployment {
         }
         // Started together: each start lists its replica once, and a thousand
         // sequential listings would keep the service waiting.
+        self.take_leases().await?;
         let sem = Arc::new(Semaphore::new(START_PARALLELISM));
         let mut tasks = Vec::new();
         for db in &self.config.databases {
@@ -302,10 +367,14 @@ impl Deployment {
                 })?;
             }
             let replica = self.open(&db.url).await?;
+            let lease = self.take_lease(&db.path);
             let (path, cfg, sem) = (db.path.clone(), self.engine_config(), sem.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                let r = Replicator::start(&path, replica, cfg).await;
+                let r = match lease {
+                    Some(lease) => Replicator::start_leased(&path, replica, cfg, lease).await,
+                    None => Replicator::start(&path, replica, cfg).await,
+                };
                 (path, r)
             }));
         }

@@ -355,6 +355,20 @@ impl replica_core::client::ReplicaClient for BreakingGets {
     async fn delete_many(&self, keys: &[Key]) -> Result<(), replica_core::error::StoreError> {
         self.inner.delete_many(keys).await
     }
+    async fn get_versioned(
+        &self,
+        key: &Key,
+    ) -> Result<replica_core::client::Versioned, replica_core::error::StoreError> {
+        self.inner.get_versioned(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: bytes::Bytes,
+        expected: Option<&replica_core::client::Version>,
+    ) -> Result<replica_core::client::Version, replica_core::error::StoreError> {
+        self.inner.put_if(key, body, expected).await
+    }
 }
 
 struct Failing(Option<std::io::Error>);

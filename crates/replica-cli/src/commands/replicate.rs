@@ -4,6 +4,7 @@ use std::time::Duration;
 use anyhow::Context;
 use replica::{Deployment, Mode};
 use replica_core::engine::{EngineConfig, Replicator};
+use replica_core::lease::LeaseConfig;
 use replica_core::replica::Replica;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
@@ -61,6 +62,11 @@ async fn run_single(
         levels: a.levels,
         l0_retention: a.l0_retention,
         spool_limit: a.spool_limit,
+        lease: LeaseConfig {
+            ttl: a.lease_ttl.unwrap_or(LeaseConfig::default().ttl),
+            wait: a.lease_wait.unwrap_or(LeaseConfig::default().wait),
+        },
+        take_over_replica: a.take_over_replica,
         ..EngineConfig::default()
     };
     let replicator = Replicator::start(db, Replica::new(client), cfg)
@@ -97,7 +103,14 @@ async fn run_config(
     file: &std::path::Path,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
-    let dep = Deployment::from_config(file)?;
+    let mut dep = Deployment::from_config(file)?;
+    dep.config.take_over_replica |= a.take_over_replica;
+    if let Some(ttl) = a.lease_ttl {
+        dep.config.lease.ttl = ttl;
+    }
+    if let Some(wait) = a.lease_wait {
+        dep.config.lease.wait = wait;
+    }
     if dep.config.mode == Mode::Embedded {
         return Err(usage(format!(
             "{} sets replication.mode: embedded, so the service replicates its databases in-process; \

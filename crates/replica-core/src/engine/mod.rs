@@ -32,6 +32,7 @@ pub use spool::{Durability, Pending, Spool, SpoolError, SpoolState};
 
 use crate::error::StoreError;
 use crate::file_mode::FileMode;
+use crate::lease::{Fenced, Lease, LeaseConfig, LeaseError, LeaseState};
 use crate::replica::Replica;
 use crate::requests::{Counted, RequestCounts};
 use crate::root_record;
@@ -64,6 +65,11 @@ pub struct EngineConfig {
     pub busy_timeout: Duration,
     /// Upper bound on the bytes merged into one L0 upload.
     pub max_upload_bytes: u64,
+    /// The replica's lease: how long it lasts, how long to wait for another holder.
+    pub lease: LeaseConfig,
+    /// Replicate even to a replica that records another database, making this one
+    /// its latest state.
+    pub take_over_replica: bool,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +87,8 @@ impl Default for EngineConfig {
             truncate_pages: 121_359,
             busy_timeout: Duration::from_secs(5),
             max_upload_bytes: 256 << 20,
+            lease: LeaseConfig::default(),
+            take_over_replica: false,
         }
     }
 }
@@ -139,8 +147,39 @@ pub enum EngineError {
     )]
     FlushIncomplete { files: usize, dir: PathBuf },
 
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+
+    #[error(transparent)]
+    Foreign(#[from] crate::root_record::ForeignReplica),
+
+    #[error(
+        "replication of {db} stopped: {holder} took the lease of {url}; this process wrote nothing after that (its spool keeps the changes it captured)"
+    )]
+    LeaseLost {
+        db: PathBuf,
+        url: String,
+        holder: String,
+    },
+
+    #[error(
+        "replication of {db} stopped: {url} already holds {key} with other content, so another replicator writes this replica; nothing was overwritten, and the spool keeps every change"
+    )]
+    OtherWriter {
+        db: PathBuf,
+        url: String,
+        key: String,
+    },
+
     #[error("{0} thread failed: {1}")]
     Thread(&'static str, String),
+}
+
+impl EngineError {
+    /// The user's setup is wrong (exit 2), rather than something failing at run time.
+    pub fn is_config(&self) -> bool {
+        matches!(self, EngineError::Foreign(_))
+    }
 }
 
 /// Counters read by the CLI, benchmarks and metrics. Request counts are per
@@ -174,6 +213,8 @@ pub struct Shared {
     /// Set by capture when the sync interval says the spool should be shipped now.
     ship_due: AtomicBool,
     capture_done: AtomicBool,
+    /// Set when capture or the shipper ends with an error.
+    failed: AtomicBool,
     pub stats: Stats,
     last_snapshot_txid: AtomicU64,
     /// The database's permission bits; capture sets them at start and when the file
@@ -221,20 +262,40 @@ pub struct Replicator {
     maintenance: Option<tokio::task::JoinHandle<()>>,
     modes: Option<tokio::task::JoinHandle<()>>,
     capture_exit: Arc<Notify>,
+    lease: Option<Lease>,
+    lease_state: Arc<LeaseState>,
 }
 
 impl Replicator {
-    /// Opens `db` (creating it in WAL mode if missing), works out where it stands
-    /// against the replica, and starts capturing and shipping.
+    /// Takes the replica's lease (waiting for another holder as `cfg.lease` says),
+    /// then [`Replicator::start_leased`].
     pub async fn start(
         db: &Path,
         replica: Replica,
         cfg: EngineConfig,
     ) -> Result<Self, EngineError> {
+        let label = db.display().to_string();
+        let lease = Lease::acquire(replica.client().clone(), cfg.lease, Some(&label)).await?;
+        Self::start_leased(db, replica, cfg, lease).await
+    }
+
+    /// Opens `db` (creating it in WAL mode if missing), checks that the replica is
+    /// this database's, works out where it stands against the replica, and starts
+    /// capturing and shipping. Every write goes through `lease` ([`Fenced`]).
+    pub async fn start_leased(
+        db: &Path,
+        replica: Replica,
+        cfg: EngineConfig,
+        lease: Lease,
+    ) -> Result<Self, EngineError> {
         let shared = Arc::new(Shared::default());
-        let replica = Replica::new(Arc::new(Counted::new(
-            replica.client().clone(),
-            shared.stats.requests.clone(),
+        let lease_state = lease.state();
+        let replica = Replica::new(Arc::new(Fenced::new(
+            Arc::new(Counted::new(
+                replica.client().clone(),
+                shared.stats.requests.clone(),
+            )),
+            lease_state.clone(),
         )));
         // The only LIST of the run: from here on the manifest is kept in memory.
         let manifest = Manifest::new(replica.list_files(None).await?);
@@ -259,10 +320,10 @@ impl Replicator {
         // database's mode (see `file_mode`).
         let mode = shared.db_mode();
         replica.client().set_file_mode(mode);
-        root_record::ensure_mode(replica.client().as_ref(), mode).await?;
         // One spool, and so one pool of reusable files, for capture, shipper and
         // maintenance: capture draws files from the pool, the others return them.
         let spool = capturer.spool().clone();
+        check_identity(&db, &replica, &spool, mode, remote_max == 0, &cfg).await?;
         let capture_exit = Arc::new(Notify::new());
         let capture = {
             let (shared, exit) = (shared.clone(), capture_exit.clone());
@@ -270,6 +331,9 @@ impl Replicator {
                 .name("replica-capture".into())
                 .spawn(move || {
                     let r = capturer.run();
+                    if r.is_err() {
+                        shared.failed.store(true, Ordering::Release);
+                    }
                     shared.capture_done.store(true, Ordering::Release);
                     shared.ship.notify_one();
                     exit.notify_one();
@@ -291,13 +355,25 @@ impl Replicator {
             .run(),
         );
         let modes = tokio::spawn(follow_modes(replica.clone(), shared.clone(), mode));
-        let shipper = tokio::spawn(ship::run(ship::Shipper {
-            spool: spool.clone(),
-            replica,
-            cfg,
-            shared: shared.clone(),
-            manifest,
-        }));
+        let shipper = {
+            let s = ship::Shipper {
+                db: db.clone(),
+                spool: spool.clone(),
+                replica,
+                cfg,
+                shared: shared.clone(),
+                manifest,
+            };
+            let (shared, exit) = (shared.clone(), capture_exit.clone());
+            tokio::spawn(async move {
+                let r = ship::run(s).await;
+                if r.is_err() {
+                    shared.failed.store(true, Ordering::Release);
+                    exit.notify_one();
+                }
+                r
+            })
+        };
         info!(db = %db.display(), "replicating");
         Ok(Self {
             db,
@@ -308,6 +384,8 @@ impl Replicator {
             maintenance: Some(maintenance),
             modes: Some(modes),
             capture_exit,
+            lease: Some(lease),
+            lease_state,
         })
     }
 
@@ -319,12 +397,18 @@ impl Replicator {
         &self.shared.stats
     }
 
-    /// Resolves if the capture thread stops on its own, which only an error does.
+    /// Resolves if replication stops on its own, which only an error does: capture
+    /// or the shipper failed, or the lease was lost.
     pub async fn failed(&self) {
-        if self.shared.capture_done.load(Ordering::Acquire) {
-            return;
+        loop {
+            if self.shared.failed.load(Ordering::Acquire) || self.lease_state.is_lost() {
+                return;
+            }
+            tokio::select! {
+                _ = self.capture_exit.notified() => {}
+                _ = self.lease_state.lost() => {}
+            }
         }
-        self.capture_exit.notified().await;
     }
 
     /// Stops capture after spooling everything committed, then uploads the spool,
@@ -358,9 +442,55 @@ impl Replicator {
             },
             None => Ok(()),
         };
+        if self.lease_state.is_lost() {
+            return Err(EngineError::LeaseLost {
+                db: self.db.clone(),
+                url: self.lease_state.url().to_owned(),
+                holder: self.lease_state.lost_to(),
+            });
+        }
         captured?;
-        shipped
+        shipped?;
+        // Clean: everything captured is in the replica; the next owner may start now.
+        if let Some(lease) = self.lease.take() {
+            lease.release().await;
+        }
+        Ok(())
     }
+}
+
+/// Refuses a replica that holds another database, records this one's identity
+/// there and in the spool.
+async fn check_identity(
+    db: &Path,
+    replica: &Replica,
+    spool: &Spool,
+    mode: FileMode,
+    replica_empty: bool,
+    cfg: &EngineConfig,
+) -> Result<(), EngineError> {
+    let io = |source| EngineError::Io {
+        path: spool.dir().join(root_record::LOCAL_ID_FILE),
+        source,
+    };
+    let local_id = root_record::read_local_id(spool.dir()).map_err(io)?;
+    let name = db
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let local = root_record::LocalDatabase {
+        name: &name,
+        id: local_id.as_deref(),
+        replica_empty,
+        take_over: cfg.take_over_replica,
+    };
+    let identity = root_record::ensure(replica.client().as_ref(), mode, &local)
+        .await
+        .map_err(|e| match e {
+            root_record::EnsureError::Store(e) => EngineError::Store(e),
+            root_record::EnsureError::Foreign(e) => EngineError::Foreign(e),
+        })?;
+    root_record::write_local_id(spool.dir(), &identity.id).map_err(io)
 }
 
 impl Drop for Replicator {

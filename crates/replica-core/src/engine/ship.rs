@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::manifest::Manifest;
 use super::spool::{self, Durability, Pending, Spool};
 use super::{EngineConfig, EngineError, Shared};
+use crate::error::StoreError;
 use crate::layout::{FileId, SNAPSHOT_LEVEL, TxRange};
 use crate::ltx::{HEADER_SIZE, Header};
 use crate::replica::{RemoteFile, Replica};
@@ -24,6 +25,7 @@ use crate::replica::{RemoteFile, Replica};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct Shipper {
+    pub db: PathBuf,
     pub spool: Spool,
     pub replica: Replica,
     pub cfg: EngineConfig,
@@ -33,6 +35,7 @@ pub struct Shipper {
 
 pub async fn run(s: Shipper) -> Result<(), EngineError> {
     let Shipper {
+        db,
         spool,
         replica,
         cfg,
@@ -97,6 +100,15 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
                 backoff = Duration::from_millis(250);
                 last_upload = Some(Instant::now());
             }
+            // Another writer: uploading more could only make it worse.
+            Err(EngineError::Store(StoreError::Conflict { key })) => {
+                return Err(EngineError::OtherWriter {
+                    db: db.clone(),
+                    url: replica.url().to_owned(),
+                    key,
+                });
+            }
+            Err(e @ EngineError::Store(StoreError::Fenced { lost: true, .. })) => return Err(e),
             Err(e) => {
                 shared.stats.upload_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(url = %replica.url(), error = %e, retry_in_ms = backoff.as_millis() as u64, spooled_files = pending.len(), "upload failed; keeping files in the spool");
@@ -218,6 +230,7 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
         cfg,
         shared,
         manifest,
+        ..
     } = s;
     let first = &pending[0];
     let group = leading_run(pending, cfg.max_upload_bytes);

@@ -177,7 +177,7 @@ pub async fn restore(
     }
 
     let (source, mode) = tokio::join!(choose_source(replica, opts), restored_mode(replica, opts));
-    let mode = mode?;
+    let (mode, identity) = mode?;
     let source = match source? {
         Some(s) => s,
         None => {
@@ -234,7 +234,7 @@ pub async fn restore(
             // A 0.3 restore is not a point of the LTX history: replication resumes
             // from a snapshot, so only LTX restores seed the spool.
             if opts.seed_spool && opts.target == Target::Latest {
-                seed_spool(out, txid)?;
+                seed_spool(out, txid, identity.as_ref())?;
             }
             debug!(path = %out.display(), txid = format!("{txid:016x}"), "restored");
             Ok(RestoreOutcome::Restored {
@@ -357,7 +357,11 @@ async fn choose_source(
 
 /// Records that `db` holds exactly TXID `txid` of its replica (see
 /// [`RestoreOptions::seed_spool`]).
-fn seed_spool(db: &Path, txid: u64) -> Result<(), RestoreError> {
+fn seed_spool(
+    db: &Path,
+    txid: u64,
+    identity: Option<&root_record::Identity>,
+) -> Result<(), RestoreError> {
     use crate::engine::{Durability, Spool, SpoolState};
     let mut header = [0u8; 18];
     let meta = File::open(db)
@@ -371,26 +375,32 @@ fn seed_spool(db: &Path, txid: u64) -> Result<(), RestoreError> {
         n => u32::from(n),
     };
     let state = SpoolState::for_file(txid, page_size, &meta);
-    Spool::open(db, FileMode::of(&meta))
-        .and_then(|s| s.save_state(&state, Durability::Now))
-        .map_err(|e| RestoreError::Task(format!("recording the restored state: {e}")))
+    let spool = Spool::open(db, FileMode::of(&meta))
+        .and_then(|s| s.save_state(&state, Durability::Now).map(|()| s))
+        .map_err(|e| RestoreError::Task(format!("recording the restored state: {e}")))?;
+    // The restored database is the replica's database: replication finds its id.
+    if let Some(identity) = identity {
+        root_record::write_local_id(spool.dir(), &identity.id).map_err(io_err(spool.dir()))?;
+    }
+    Ok(())
 }
 
-/// The mode the restored database gets: asked for, or recorded by the replica (one
-/// GET), or 0600.
-async fn restored_mode(replica: &Replica, opts: &RestoreOptions) -> Result<FileMode, RestoreError> {
-    if let Some(m) = opts.mode {
-        return Ok(m);
-    }
-    match root_record::read(replica.client().as_ref()).await {
-        Ok(r) => Ok(r.and_then(|r| r.mode).unwrap_or(FileMode::PRIVATE)),
-        Err(RootRecordError::Store(e)) => Err(e.into()),
+/// The mode the restored database gets (asked for, or recorded by the replica, or
+/// 0600), and the identity the replica records: one GET of its record.
+async fn restored_mode(
+    replica: &Replica,
+    opts: &RestoreOptions,
+) -> Result<(FileMode, Option<root_record::Identity>), RestoreError> {
+    let (mode, identity) = match root_record::read(replica.client().as_ref()).await {
+        Ok(r) => r.map(|r| (r.mode, r.database)).unwrap_or_default(),
+        Err(RootRecordError::Store(e)) => return Err(e.into()),
         // Not worth failing a restore over: the private mode is the safe guess.
         Err(e @ RootRecordError::Malformed { .. }) => {
             tracing::warn!(error = %e, mode = %FileMode::PRIVATE, "restoring with the private mode");
-            Ok(FileMode::PRIVATE)
+            (None, None)
         }
-    }
+    };
+    Ok((opts.mode.or(mode).unwrap_or(FileMode::PRIVATE), identity))
 }
 
 /// Run as root into a directory that belongs to someone else (a container whose
