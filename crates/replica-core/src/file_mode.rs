@@ -30,6 +30,11 @@ impl FileMode {
         FileMode(meta.mode() & 0o777)
     }
 
+    /// The mode of the file at `path`, if it exists.
+    pub fn of_path(path: &std::path::Path) -> Option<FileMode> {
+        fs::metadata(path).ok().map(|m| FileMode::of(&m))
+    }
+
     /// Octal, with or without a leading `0` or `0o`: `0640`, `640`, `0o640`.
     pub fn parse(s: &str) -> Result<FileMode, String> {
         let t = s.trim();

@@ -231,14 +231,23 @@ pub fn read_local_id(spool_dir: &std::path::Path) -> std::io::Result<Option<Stri
     }
 }
 
-/// Records the local database's id in its spool directory (temp file, rename).
-pub fn write_local_id(spool_dir: &std::path::Path, id: &str) -> std::io::Result<()> {
+/// Records the local database's id in its spool directory (temp file, rename), with
+/// the spool's file mode.
+pub fn write_local_id(
+    spool_dir: &std::path::Path,
+    id: &str,
+    mode: FileMode,
+) -> std::io::Result<()> {
+    use std::io::Write;
     let path = spool_dir.join(LOCAL_ID_FILE);
     if read_local_id(spool_dir)?.as_deref() == Some(id) {
         return Ok(());
     }
     let tmp = spool_dir.join(format!(".{LOCAL_ID_FILE}.tmp"));
-    std::fs::write(&tmp, id)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = crate::file_mode::create_new(&tmp, mode.file())?;
+    f.write_all(id.as_bytes())?;
+    drop(f);
     std::fs::rename(&tmp, &path)
 }
 

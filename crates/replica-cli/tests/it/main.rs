@@ -7,6 +7,7 @@ mod backends;
 mod bad_input;
 mod crash;
 mod interop;
+mod lease;
 mod long_running;
 mod modes;
 mod redaction;

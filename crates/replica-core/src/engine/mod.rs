@@ -275,6 +275,11 @@ impl Replicator {
         cfg: EngineConfig,
     ) -> Result<Self, EngineError> {
         let label = db.display().to_string();
+        // The lease may be the replica's first object: its directories get the
+        // database's bits, as everything else does.
+        if let Some(mode) = FileMode::of_path(db) {
+            replica.client().set_file_mode(mode);
+        }
         let lease = Lease::acquire(replica.client().clone(), cfg.lease, Some(&label)).await?;
         Self::start_leased(db, replica, cfg, lease).await
     }
@@ -490,7 +495,7 @@ async fn check_identity(
             root_record::EnsureError::Store(e) => EngineError::Store(e),
             root_record::EnsureError::Foreign(e) => EngineError::Foreign(e),
         })?;
-    root_record::write_local_id(spool.dir(), &identity.id).map_err(io)
+    root_record::write_local_id(spool.dir(), &identity.id, mode).map_err(io)
 }
 
 impl Drop for Replicator {

@@ -375,12 +375,14 @@ fn seed_spool(
         n => u32::from(n),
     };
     let state = SpoolState::for_file(txid, page_size, &meta);
-    let spool = Spool::open(db, FileMode::of(&meta))
+    let mode = FileMode::of(&meta);
+    let spool = Spool::open(db, mode)
         .and_then(|s| s.save_state(&state, Durability::Now).map(|()| s))
         .map_err(|e| RestoreError::Task(format!("recording the restored state: {e}")))?;
     // The restored database is the replica's database: replication finds its id.
     if let Some(identity) = identity {
-        root_record::write_local_id(spool.dir(), &identity.id).map_err(io_err(spool.dir()))?;
+        root_record::write_local_id(spool.dir(), &identity.id, mode)
+            .map_err(io_err(spool.dir()))?;
     }
     Ok(())
 }

@@ -90,5 +90,5 @@ impl SecretFixture for Azure {
 super::scenarios!(Azure::new();
     replica_writes_and_both_tools_restore,
     litestream_writes_and_replica_restores,
-    secret_never_appears_in_output_of_failing_runs,
+    secret_never_appears_in_output_of_failing_runs,    rolling_deploy_hands_over_without_loss,
 );

@@ -97,7 +97,7 @@ impl StoreFixture for Gcs {
 
 super::scenarios!(Gcs::new();
     replica_writes_and_both_tools_restore,
-    litestream_writes_and_replica_restores,
+    litestream_writes_and_replica_restores,    rolling_deploy_hands_over_without_loss,
 );
 
 /// `gcs://` names the same replica as `gs://`.

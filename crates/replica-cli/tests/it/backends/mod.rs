@@ -67,7 +67,7 @@ pub trait SecretFixture: StoreFixture {
 }
 
 /// Writes `litestream.yml` for one database replicated to `path` in the fixture's store.
-fn litestream_config(
+pub fn litestream_config(
     f: &dyn StoreFixture,
     dir: &Path,
     db: &Path,
@@ -229,7 +229,14 @@ pub fn secret_never_appears_in_output_of_failing_runs(f: &dyn SecretFixture) {
     let runs = [
         (
             "replicate to a closed port",
-            vec!["replicate".to_owned(), path(&db), f.unreachable_url("x")],
+            // The lease is retried for --lease-wait while the store does not answer.
+            vec![
+                "replicate".to_owned(),
+                "--lease-wait".into(),
+                "3s".into(),
+                path(&db),
+                f.unreachable_url("x"),
+            ],
         ),
         (
             "restore from a closed port",
@@ -284,6 +291,8 @@ pub fn secret_never_appears_in_output_of_failing_runs(f: &dyn SecretFixture) {
 }
 
 /// One `#[test]` per scenario for a fixture: `scenarios!(Fixture::new(); name, …)`.
+pub use crate::lease::rolling_deploy_hands_over_without_loss;
+
 macro_rules! scenarios {
     ($fixture:expr; $($scenario:ident),+ $(,)?) => {
         $(

@@ -120,4 +120,5 @@ super::scenarios!(S3::new();
     replica_writes_and_both_tools_restore,
     litestream_writes_and_replica_restores,
     secret_never_appears_in_output_of_failing_runs,
+    rolling_deploy_hands_over_without_loss,
 );

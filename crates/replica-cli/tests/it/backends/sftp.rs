@@ -129,5 +129,5 @@ impl SecretFixture for Sftp {
 super::scenarios!(Sftp::new();
     replica_writes_and_both_tools_restore,
     litestream_writes_and_replica_restores,
-    secret_never_appears_in_output_of_failing_runs,
+    secret_never_appears_in_output_of_failing_runs,    rolling_deploy_hands_over_without_loss,
 );

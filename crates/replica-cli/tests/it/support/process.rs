@@ -13,6 +13,8 @@ pub enum Signal {
     Int,
     Term,
     Kill,
+    Stop,
+    Cont,
 }
 
 impl Signal {
@@ -21,6 +23,8 @@ impl Signal {
             Signal::Int => libc::SIGINT,
             Signal::Term => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
+            Signal::Stop => libc::SIGSTOP,
+            Signal::Cont => libc::SIGCONT,
         }
     }
 }
@@ -28,6 +32,8 @@ impl Signal {
 pub const SIGINT: Signal = Signal::Int;
 pub const SIGTERM: Signal = Signal::Term;
 pub const SIGKILL: Signal = Signal::Kill;
+pub const SIGSTOP: Signal = Signal::Stop;
+pub const SIGCONT: Signal = Signal::Cont;
 
 /// A long-running child (`replica replicate`, `litestream replicate`, ...).
 ///
