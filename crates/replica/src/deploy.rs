@@ -255,8 +255,10 @@ impl Deployment {
             .filter(|d| only.is_empty() || only.iter().any(|p| same_path(p, &d.path)))
             .collect();
         let sem = Arc::new(Semaphore::new(RESTORE_PARALLELISM));
-        let mut tasks = Vec::new();
-        for db in chosen {
+        // A JoinSet aborts its tasks when dropped: a restore interrupted by a signal
+        // stops every download, and each removes its work directory.
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, db) in chosen.into_iter().enumerate() {
             let replica = self.open(&db.url).await?;
             let opts = RestoreOptions {
                 output: db.path.clone(),
@@ -265,21 +267,21 @@ impl Deployment {
             };
             let sem = sem.clone();
             let path = db.path.clone();
-            tasks.push(tokio::spawn(async move {
+            tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 let r = restore::restore(&replica, &opts).await;
-                (path, r)
-            }));
+                (i, path, r)
+            });
         }
         let mut out = Vec::new();
         let mut first_err = None;
-        for t in tasks {
-            match t.await {
-                Ok((path, Ok(outcome))) => {
+        while let Some(t) = tasks.join_next().await {
+            match t {
+                Ok((i, path, Ok(outcome))) => {
                     info!(db = %path.display(), ?outcome, "boot restore");
-                    out.push((path, outcome));
+                    out.push((i, path, outcome));
                 }
-                Ok((db, Err(source))) => {
+                Ok((_, db, Err(source))) => {
                     first_err.get_or_insert(DeployError::Restore { db, source });
                 }
                 Err(e) => {
@@ -290,9 +292,10 @@ impl Deployment {
                 }
             }
         }
+        out.sort_by_key(|(i, _, _)| *i);
         match first_err {
             Some(e) => Err(e),
-            None => Ok(out),
+            None => Ok(out.into_iter().map(|(_, p, o)| (p, o)).collect()),
         }
     }
 

@@ -69,9 +69,14 @@ async fn run_single(
         take_over_replica: a.take_over_replica,
         ..EngineConfig::default()
     };
-    let replicator = Replicator::start(db, Replica::new(client), cfg)
-        .await
-        .with_context(|| format!("cannot replicate {}", db.display()))?;
+    let replicator = tokio::select! {
+        r = Replicator::start(db, Replica::new(client), cfg) => {
+            r.with_context(|| format!("cannot replicate {}", db.display()))?
+        }
+        sig = signals.next() => anyhow::bail!(
+            "stopped by signal {sig} before replication of {} started", db.display()
+        ),
+    };
     let mut child = a.exec.as_deref().map(child::spawn).transpose()?;
     let mut failed = false;
     let mut code = 0u8;
@@ -139,7 +144,14 @@ async fn run_config(
     // Nothing is written anywhere before the shard guard has passed.
     dep.check_shards().await?;
     if dep.config.restore_on_boot {
-        let restored = dep.restore_missing().await?;
+        // The lease wait and the restore stop at a signal; a restore dropped halfway
+        // removes its work directory.
+        let restored = tokio::select! {
+            r = dep.restore_missing() => r?,
+            sig = signals.next() => anyhow::bail!(
+                "stopped by signal {sig} before replication started (waiting for the lease or restoring); nothing was left half-restored"
+            ),
+        };
         info!(databases = restored.len(), "boot restore done");
     }
     let running = dep.start().await?;

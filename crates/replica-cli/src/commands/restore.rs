@@ -7,6 +7,7 @@ use replica_core::replica::Replica;
 use replica_core::restore::{
     self, IntegrityCheck, RestoreError, RestoreOptions, RestoreOutcome, Target, V3Target,
 };
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::backends;
 use crate::cli::{IntegrityArg, RestoreArgs};
@@ -38,6 +39,18 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         // With --config, the file's restore_mode applies unless --mode is given.
         mode: a.mode,
     };
+    // A signal drops the restore: its downloads stop and its work directory is
+    // removed, so nothing is left beside the output.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        r = restore_chosen(a, template) => r,
+        _ = term.recv() => Err(anyhow::anyhow!("restore interrupted by SIGTERM; nothing was written at the output")),
+        _ = int.recv() => Err(anyhow::anyhow!("restore interrupted by SIGINT; nothing was written at the output")),
+    }
+}
+
+async fn restore_chosen(a: RestoreArgs, template: RestoreOptions) -> anyhow::Result<ExitCode> {
     // `-o` means one database from one URL, whatever REPLICA_CONFIG says.
     match (&a.output, &a.config) {
         (Some(out), _) => {

@@ -6,6 +6,7 @@
 mod backends;
 mod bad_input;
 mod crash;
+mod faults;
 mod interop;
 mod lease;
 mod long_running;

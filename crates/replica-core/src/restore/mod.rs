@@ -10,6 +10,7 @@
 //! A replica path may also hold Litestream 0.3 generations (`v3`); they restore
 //! through the same work directory, check and link.
 
+mod fetch;
 mod plan;
 pub mod v3;
 
@@ -31,6 +32,7 @@ use crate::file_mode::{self, FileMode};
 use crate::ltx::{Decoder, LtxError};
 use crate::replica::{RemoteFile, Replica};
 use crate::root_record::{self, RootRecordError};
+use fetch::Fetch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntegrityCheck {
@@ -438,6 +440,7 @@ impl WorkDir {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "db".into());
+        remove_stale_work_dirs(parent, &name);
         let dir = parent.join(format!(
             ".{name}.restore-{}-{:08x}",
             std::process::id(),
@@ -453,6 +456,51 @@ impl WorkDir {
 
     fn download_path(&self, i: usize) -> PathBuf {
         self.0.join(format!("{i:06}.ltx"))
+    }
+}
+
+/// Tasks aborted when dropped.
+struct AbortOnDrop<T>(Vec<JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Removes the work directories of restores of the same output whose process is
+/// gone (killed with SIGKILL, or by a power loss), so they do not pile up beside it.
+fn remove_stale_work_dirs(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.restore-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(p, _)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive =
+            !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists();
+        if alive {
+            continue;
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => {
+                info!(path = %e.path().display(), "removed the work directory of an interrupted restore")
+            }
+            Err(err) => {
+                tracing::warn!(path = %e.path().display(), error = %err, "could not remove the work directory of an interrupted restore")
+            }
+        }
     }
 }
 
@@ -476,7 +524,9 @@ async fn apply_chain(
 ) -> Result<u64, RestoreError> {
     let sem = Arc::new(Semaphore::new(parallelism));
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
-    let mut downloads: Vec<JoinHandle<Result<u64, RestoreError>>> = Vec::new();
+    // Aborted if the restore is dropped (a signal), so that no download keeps
+    // writing into the work directory while it is removed.
+    let mut downloads = AbortOnDrop(Vec::new());
     for (i, f) in chain.iter().enumerate().skip(1) {
         let sem = sem.clone();
         let client = replica.client().clone();
@@ -484,13 +534,13 @@ async fn apply_chain(
         let path = work.download_path(i);
         let bits = work.1.file();
         let mut cancelled = cancelled.clone();
-        downloads.push(tokio::spawn(async move {
+        downloads.0.push(tokio::spawn(async move {
             let _permit = sem
                 .acquire_owned()
                 .await
                 .map_err(|_| RestoreError::Task("cancelled".into()))?;
             tokio::select! {
-                r = download(client.as_ref(), &f, &path, bits) => r,
+                r = download(client, &f, &path, bits) => r,
                 _ = cancelled.wait_for(|c| *c) => Err(RestoreError::Task("cancelled".into())),
             }
         }));
@@ -512,7 +562,7 @@ async fn apply_chain(
         }
     }
     let rest = if result.is_ok() { &chain[1..] } else { &[][..] };
-    for (i, (f, dl)) in rest.iter().zip(downloads.iter_mut()).enumerate() {
+    for (i, (f, dl)) in rest.iter().zip(downloads.0.iter_mut()).enumerate() {
         let i = i + 1;
         awaited = i;
         let bytes = match dl.await {
@@ -552,7 +602,7 @@ async fn apply_chain(
         sem.close();
         let _ = cancel.send(true);
         // (A handle already awaited must not be polled again.)
-        for d in downloads.into_iter().skip(awaited) {
+        for d in downloads.0.iter_mut().skip(awaited) {
             let _ = d.await;
         }
     }
@@ -569,10 +619,12 @@ async fn stream_base(
     db: &Arc<File>,
     db_path: &Path,
 ) -> Result<(u64, u32), RestoreError> {
-    let stream = replica.client().get(&f.key, None).await?;
+    let mut fetch = Fetch::new(replica.client().clone(), f.key.clone(), f.size);
+    let stream = fetch.open(0).await?;
     let reader = StreamReader {
         handle: tokio::runtime::Handle::current(),
         stream,
+        fetch: Some(fetch),
         bytes: 0,
         error: None,
     };
@@ -591,44 +643,84 @@ async fn stream_base(
     .map_err(|e| RestoreError::Task(e.to_string()))?
 }
 
-/// A blocking `Read` over an object's byte stream, for use on the blocking pool.
+/// A blocking `Read` over an object's byte stream, for use on the blocking pool; with
+/// a `fetch`, a response that breaks off is resumed with a ranged GET.
 struct StreamReader {
     handle: tokio::runtime::Handle,
     stream: crate::client::ByteStream,
+    fetch: Option<Fetch>,
     bytes: u64,
     error: Option<std::io::Error>,
 }
 
-impl Read for StreamReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let r = self
-            .handle
-            .block_on(tokio::io::AsyncReadExt::read(&mut self.stream, buf));
-        match r {
-            Ok(n) => {
-                self.bytes += n as u64;
-                Ok(n)
+impl StreamReader {
+    /// Replaces a broken stream with one from the current offset, or gives the error
+    /// to report.
+    fn resume(&mut self, err: Option<std::io::Error>) -> std::io::Result<()> {
+        let offset = self.bytes;
+        let Some(fetch) = self.fetch.as_mut() else {
+            let e = err.unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into());
+            let copy = std::io::Error::new(e.kind(), e.to_string());
+            self.error = Some(e);
+            return Err(copy);
+        };
+        let resumed = self.handle.block_on(async {
+            fetch.may_resume(offset, err.as_ref())?;
+            let what = err
+                .as_ref()
+                .map_or("the response ended early".into(), |e| e.to_string());
+            fetch.failed(offset, &what).await;
+            fetch.open(offset).await
+        });
+        match resumed {
+            Ok(s) => {
+                self.stream = s;
+                Ok(())
             }
             Err(e) => {
-                let copy = std::io::Error::new(e.kind(), e.to_string());
-                self.error = Some(e);
-                Err(copy)
+                let io = std::io::Error::other(e.to_string());
+                self.error = Some(std::io::Error::other(e.to_string()));
+                Err(io)
             }
         }
     }
 }
 
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let r = self
+                .handle
+                .block_on(tokio::io::AsyncReadExt::read(&mut self.stream, buf));
+            match r {
+                Ok(0)
+                    if !buf.is_empty()
+                        && self.fetch.as_ref().is_some_and(|f| self.bytes < f.size) =>
+                {
+                    self.resume(None)?
+                }
+                Ok(n) => {
+                    self.bytes += n as u64;
+                    return Ok(n);
+                }
+                Err(e) => self.resume(Some(e))?,
+            }
+        }
+    }
+}
+
+/// Downloads `f` to `path`, resuming a response that breaks off ([`fetch`]).
 async fn download(
-    client: &dyn crate::client::ReplicaClient,
+    client: Arc<dyn crate::client::ReplicaClient>,
     f: &RemoteFile,
     path: &Path,
     bits: u32,
 ) -> Result<u64, RestoreError> {
-    // Large buffers on both sides: tokio runs each file read and write on its blocking
-    // pool, so 8 KiB chunks cost a thread hand-off per 8 KiB (seconds per GiB).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Large buffers: tokio runs each file write on its blocking pool, so small
+    // chunks cost a thread hand-off each (seconds per GiB).
     const CHUNK: usize = 1 << 20;
-    let stream = client.get(&f.key, None).await?;
-    let mut stream = tokio::io::BufReader::with_capacity(CHUNK, stream);
+    let mut fetch = Fetch::new(client, f.key.clone(), f.size);
     let file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -640,14 +732,30 @@ async fn download(
         .await
         .map_err(io_err(path))?;
     let mut file = tokio::io::BufWriter::with_capacity(CHUNK, file);
-    let n = tokio::io::copy_buf(&mut stream, &mut file)
-        .await
-        .map_err(|e| StoreError::from_io(crate::error::Op::Get, &f.key, e))?;
-    tokio::io::AsyncWriteExt::flush(&mut file)
-        .await
-        .map_err(io_err(path))?;
-    debug!(key = %f.key, bytes = n, "downloaded");
-    Ok(n)
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let mut stream = fetch.open(offset).await?;
+        let broke = loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break None,
+                Ok(n) => {
+                    file.write_all(&buf[..n]).await.map_err(io_err(path))?;
+                    offset += n as u64;
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        if broke.is_none() && offset >= f.size {
+            break;
+        }
+        fetch.may_resume(offset, broke.as_ref())?;
+        let what = broke.map_or("the response ended early".into(), |e| e.to_string());
+        fetch.failed(offset, &what).await;
+    }
+    file.flush().await.map_err(io_err(path))?;
+    debug!(key = %f.key, bytes = offset, resumed = fetch.failures, "downloaded");
+    Ok(offset)
 }
 
 /// Applies one downloaded LTX file, then removes the download. Returns the page size.

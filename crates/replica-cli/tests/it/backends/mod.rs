@@ -10,7 +10,7 @@
 
 mod abs;
 mod gcs;
-mod s3;
+pub mod s3;
 mod sftp;
 
 use std::path::Path;

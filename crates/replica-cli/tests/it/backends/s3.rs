@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::{SecretFixture, StoreFixture};
 
-struct S3 {
+pub struct S3 {
     endpoint: String,
     key: String,
     secret: String,
@@ -16,7 +16,7 @@ struct S3 {
 
 impl S3 {
     /// The emulator from the environment and a fresh bucket on it.
-    fn new() -> S3 {
+    pub fn new() -> S3 {
         let endpoint = std::env::var("REPLICA_S3_ENDPOINT").unwrap_or_else(|_| {
             panic!(
                 "REPLICA_S3_ENDPOINT is not set: run `cargo xtask test` (it starts the S3 emulator)"
@@ -31,6 +31,11 @@ impl S3 {
         };
         s3.create_bucket();
         s3
+    }
+
+    /// The emulator's endpoint, `http://host:port`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// moto does not check signatures, so a plain PUT creates the bucket.

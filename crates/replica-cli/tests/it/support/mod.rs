@@ -5,6 +5,7 @@
 //! `cargo xtask test`) or the default cache venv that `cargo xtask litestream`
 //! installs; a missing oracle is a test failure, never a silent skip.
 
+mod fault_proxy;
 mod process;
 mod replica;
 mod selftest;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use fault_proxy::*;
 pub use process::*;
 pub use replica::*;
 pub use sqlite::*;

@@ -220,6 +220,7 @@ fn open(
     let reader = StreamReader {
         handle: handle.clone(),
         stream,
+        fetch: None,
         bytes: 0,
         error: None,
     };

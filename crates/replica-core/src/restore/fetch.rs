@@ -1,0 +1,89 @@
+//! Object reads that survive a bad network: a GET refused with a transient error is
+//! retried with backoff, and a response that breaks off (an error, or an end before
+//! the size the listing gave) is continued with a ranged GET from the last byte
+//! received, as Litestream 0.5 does since its 55 GB restore failed on "unexpected
+//! EOF". Bounded: [`ATTEMPTS`] failures per object, then the restore fails naming it.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::client::{ByteStream, ReplicaClient};
+use crate::error::{Op, StoreError};
+use crate::key::Key;
+
+/// Failed requests or broken responses tolerated per object.
+pub(super) const ATTEMPTS: u32 = 10;
+
+/// One object, read from `offset` on, with the retries counted across resumes.
+pub(super) struct Fetch {
+    pub client: Arc<dyn ReplicaClient>,
+    pub key: Key,
+    /// The object's size from the listing.
+    pub size: u64,
+    pub failures: u32,
+}
+
+impl Fetch {
+    pub fn new(client: Arc<dyn ReplicaClient>, key: Key, size: u64) -> Self {
+        Self {
+            client,
+            key,
+            size,
+            failures: 0,
+        }
+    }
+
+    /// A stream of the object from `offset` (the whole object at 0), retrying
+    /// transient refusals.
+    pub async fn open(&mut self, offset: u64) -> Result<ByteStream, StoreError> {
+        loop {
+            let range = (offset > 0).then_some(offset..self.size);
+            match self.client.get(&self.key, range).await {
+                Ok(s) => return Ok(s),
+                Err(e) if e.is_transient() && self.failures < ATTEMPTS => {
+                    self.failed(offset, &e.to_string()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Notes a failure at `offset` and sleeps before the next attempt.
+    pub async fn failed(&mut self, offset: u64, what: &str) {
+        self.failures += 1;
+        warn!(key = %self.key, offset, size = self.size, attempt = self.failures, error = what, "read of a replica file failed; resuming from where it stopped");
+        tokio::time::sleep(backoff(self.failures)).await;
+    }
+
+    /// Whether a response that ended at `offset`, or failed with `err`, may be
+    /// resumed; otherwise the error to report.
+    pub fn may_resume(&self, offset: u64, err: Option<&io::Error>) -> Result<(), StoreError> {
+        if self.failures < ATTEMPTS {
+            return Ok(());
+        }
+        let detail = match err {
+            Some(e) => format!(
+                "the response broke off at byte {offset} of {}: {e}",
+                self.size
+            ),
+            None => format!("the response ended at byte {offset} of {}", self.size),
+        };
+        Err(StoreError::Transient {
+            op: Op::Get,
+            key: self.key.to_string(),
+            source: format!("{detail}, after {ATTEMPTS} attempts").into(),
+        })
+    }
+}
+
+/// 100 ms doubling to 5 s, with up to 50% jitter so parallel downloads do not retry
+/// in step.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1 << failures.min(6))
+        .min(Duration::from_secs(5));
+    base + base.mul_f64(rand::random::<f64>() / 2.0)
+}
