@@ -4,7 +4,9 @@
 use azure_storage_blob::models::{BlobClientDownloadOptions, BlockBlobClientUploadOptions};
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
-use replica_core::client::{MAX_VERSIONED_LEN, Version, Versioned};
+use replica_core::client::{
+    MAX_VERSIONED_LEN, Version, Versioned, missing_version, record_too_large,
+};
 use replica_core::error::{Op, StoreError};
 use replica_core::key::Key;
 
@@ -23,11 +25,7 @@ impl AbsClient {
             .etag
             .as_ref()
             .map(|e| Version::new(e.to_string()))
-            .ok_or_else(|| StoreError::Other {
-                op: Op::Get,
-                key: key.to_string(),
-                source: "the store returned no ETag, which a conditional write needs".into(),
-            })?;
+            .ok_or_else(|| missing_version(Op::Get, key))?;
         let mut body = Vec::new();
         let mut stream = rsp.body;
         while let Some(chunk) = stream.try_next().await.map_err(|e| StoreError::Transient {
@@ -37,11 +35,7 @@ impl AbsClient {
         })? {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_VERSIONED_LEN {
-                return Err(StoreError::Other {
-                    op: Op::Get,
-                    key: key.to_string(),
-                    source: format!("larger than {MAX_VERSIONED_LEN} bytes").into(),
-                });
+                return Err(record_too_large(key));
             }
         }
         Ok(Versioned {
@@ -73,11 +67,7 @@ impl AbsClient {
             Ok(r) => r
                 .etag
                 .map(|e| Version::new(e.to_string()))
-                .ok_or_else(|| StoreError::Other {
-                    op: Op::Put,
-                    key: key.to_string(),
-                    source: "the store returned no ETag, which a conditional write needs".into(),
-                }),
+                .ok_or_else(|| missing_version(Op::Put, key)),
             Err(e) => {
                 let refused = matches!(http_parts(&e), Some((s, code)) if u16::from(s) == 412
                     || (u16::from(s) == 409 && code == Some("BlobAlreadyExists"))

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use replica_core::client::{
     ByteStream, Capabilities, MAX_VERSIONED_LEN, ObjectInfo, Payload, PutMode, PutOptions,
-    ReplicaClient, StoreInfo, Version, Versioned,
+    ReplicaClient, StoreInfo, Version, Versioned, check_version,
 };
 use replica_core::error::{Op, StoreError};
 use replica_core::file_mode::{self, FileMode};
@@ -382,17 +382,7 @@ fn put_if_blocking(
     };
     lock.lock()?;
     let current = read_small(dest)?.map(|b| Version::of_content(&b));
-    let refused = match (&expected, &current) {
-        (None, None) => None,
-        (Some(e), Some(c)) if e == c => None,
-        (None, Some(_)) => Some(StoreError::AlreadyExists {
-            key: key.to_owned(),
-        }),
-        (Some(_), _) => Some(StoreError::Conflict {
-            key: key.to_owned(),
-        }),
-    };
-    if let Some(e) = refused {
+    if let Err(e) = check_version(key, expected.as_ref(), current.as_ref()) {
         return Ok(Err(e));
     }
     let version = Version::of_content(&body);

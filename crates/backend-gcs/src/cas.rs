@@ -9,7 +9,7 @@ use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::objects::download::Range as GcsRange;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
-use replica_core::client::{MAX_VERSIONED_LEN, Version, Versioned};
+use replica_core::client::{MAX_VERSIONED_LEN, Version, Versioned, record_too_large};
 use replica_core::error::{Op, StoreError};
 use replica_core::key::Key;
 
@@ -26,11 +26,7 @@ impl GcsClient {
                 .await
                 .map_err(|f| self.fail(f, Op::Get, key))?;
             if u64::try_from(obj.size).unwrap_or(u64::MAX) > MAX_VERSIONED_LEN as u64 {
-                return Err(StoreError::Other {
-                    op: Op::Get,
-                    key: key.to_string(),
-                    source: format!("larger than {MAX_VERSIONED_LEN} bytes").into(),
-                });
+                return Err(record_too_large(key));
             }
             let req = GetObjectRequest {
                 bucket: self.config.bucket.clone(),

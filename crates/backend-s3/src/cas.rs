@@ -4,7 +4,9 @@
 
 use aws_sdk_s3::primitives::ByteStream as SdkStream;
 use bytes::Bytes;
-use replica_core::client::{MAX_VERSIONED_LEN, Version, Versioned};
+use replica_core::client::{
+    MAX_VERSIONED_LEN, Version, Versioned, missing_version, record_too_large,
+};
 use replica_core::error::{Op, StoreError};
 use replica_core::key::Key;
 use tokio::io::AsyncReadExt;
@@ -31,11 +33,7 @@ impl S3Client {
             .await
             .map_err(|e| StoreError::from_io(Op::Get, key, e))?;
         if body.len() > MAX_VERSIONED_LEN {
-            return Err(StoreError::Other {
-                op: Op::Get,
-                key: key.to_string(),
-                source: format!("larger than {MAX_VERSIONED_LEN} bytes").into(),
-            });
+            return Err(record_too_large(key));
         }
         Ok(Versioned {
             body: body.into(),
@@ -90,9 +88,6 @@ impl S3Client {
 }
 
 fn etag(tag: Option<&str>, key: &Key, op: Op) -> Result<Version, StoreError> {
-    tag.map(Version::new).ok_or_else(|| StoreError::Other {
-        op,
-        key: key.to_string(),
-        source: "the store returned no ETag, which a conditional write needs".into(),
-    })
+    tag.map(Version::new)
+        .ok_or_else(|| missing_version(op, key))
 }

@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use super::*;
-use replica_core::client::MAX_VERSIONED_LEN;
+use replica_core::client::{MAX_VERSIONED_LEN, check_version, record_too_large};
 
 /// A mutex older than this is taken to belong to a dead process.
 const STALE_AFTER: Duration = Duration::from_secs(10);
@@ -33,11 +33,7 @@ pub(crate) async fn read_small(c: &Conn, key: &str, path: &str) -> Result<Option
             Ok(d) => {
                 body.extend_from_slice(&d.data);
                 if body.len() > MAX_VERSIONED_LEN {
-                    break Err(OpError::Store(StoreError::Other {
-                        op: Op::Get,
-                        key: key.to_owned(),
-                        source: format!("larger than {MAX_VERSIONED_LEN} bytes").into(),
-                    }));
+                    break Err(OpError::Store(record_too_large(key)));
                 }
             }
             Err(e) if status_code(&e) == Some(StatusCode::Eof) => break Ok(()),
@@ -131,22 +127,7 @@ async fn swap(
     let current = read_small(&c, key, dest)
         .await?
         .map(|b| Version::of_content(&b));
-    match (expected, &current) {
-        (None, None) => {}
-        (Some(e), Some(cur)) if e == cur => {}
-        (None, Some(_)) => {
-            return Err(StoreError::AlreadyExists {
-                key: key.to_owned(),
-            }
-            .into());
-        }
-        (Some(_), _) => {
-            return Err(StoreError::Conflict {
-                key: key.to_owned(),
-            }
-            .into());
-        }
-    }
+    check_version(key, expected, current.as_ref())?;
     let opts = PutOptions {
         mode: PutMode::Overwrite,
         timestamp: None,

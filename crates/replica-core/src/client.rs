@@ -161,6 +161,43 @@ pub struct Versioned {
 /// Small records (the lease) are refused above this size by `get_versioned`.
 pub const MAX_VERSIONED_LEN: usize = 64 << 10;
 
+/// The compare of a compare-and-swap, for stores that do it themselves (file, SFTP,
+/// memory): `expected` must be the `current` version, or both absent.
+pub fn check_version(
+    key: &str,
+    expected: Option<&Version>,
+    current: Option<&Version>,
+) -> Result<(), StoreError> {
+    match (expected, current) {
+        (None, None) => Ok(()),
+        (Some(e), Some(c)) if e == c => Ok(()),
+        (None, Some(_)) => Err(StoreError::AlreadyExists {
+            key: key.to_owned(),
+        }),
+        (Some(_), _) => Err(StoreError::Conflict {
+            key: key.to_owned(),
+        }),
+    }
+}
+
+/// A record read by `get_versioned` that is larger than [`MAX_VERSIONED_LEN`].
+pub fn record_too_large(key: &str) -> StoreError {
+    StoreError::Other {
+        op: crate::error::Op::Get,
+        key: key.to_owned(),
+        source: format!("larger than {MAX_VERSIONED_LEN} bytes, too large for a record").into(),
+    }
+}
+
+/// A store that answered a conditional request without the version it needs.
+pub fn missing_version(op: crate::error::Op, key: &str) -> StoreError {
+    StoreError::Other {
+        op,
+        key: key.to_owned(),
+        source: "the store returned no ETag, which a conditional write needs".into(),
+    }
+}
+
 /// An object store as the core sees it. Implementations translate these calls into
 /// their protocol and nothing more: keys arrive validated ([`Key`]), payload sizing and
 /// ranges come from [`Payload`], metadata names and the timestamp codec from

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::client::{
     ByteStream, Capabilities, MAX_VERSIONED_LEN, ObjectInfo, Payload, PutMode, PutOptions,
-    ReplicaClient, StoreInfo, Version, Versioned,
+    ReplicaClient, StoreInfo, Version, Versioned, check_version, record_too_large,
 };
 use crate::error::{Op, StoreError};
 use crate::key::{Key, KeyPrefix};
@@ -277,11 +277,7 @@ impl ReplicaClient for MemoryClient {
             key: key.to_owned(),
         })?;
         if o.data.len() > MAX_VERSIONED_LEN {
-            return Err(StoreError::Other {
-                op: Op::Get,
-                key: key.to_owned(),
-                source: format!("larger than {MAX_VERSIONED_LEN} bytes").into(),
-            });
+            return Err(record_too_large(key));
         }
         Ok(Versioned {
             body: o.data.clone(),
@@ -301,20 +297,8 @@ impl ReplicaClient for MemoryClient {
         let mut objects = self.lock();
         let current = objects.get(key).map(|o| o.version.to_string());
         if !self.faults.ignores_if_match {
-            match (expected, current) {
-                (None, None) => {}
-                (Some(e), Some(c)) if e.as_str() == c => {}
-                (None, Some(_)) => {
-                    return Err(StoreError::AlreadyExists {
-                        key: key.to_owned(),
-                    });
-                }
-                (Some(_), _) => {
-                    return Err(StoreError::Conflict {
-                        key: key.to_owned(),
-                    });
-                }
-            }
+            let current = current.map(Version::new);
+            check_version(key, expected, current.as_ref())?;
         }
         let object = Object {
             data: body,

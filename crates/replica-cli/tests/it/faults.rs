@@ -17,8 +17,8 @@ use tempfile::TempDir;
 use crate::backends::StoreFixture;
 use crate::backends::s3::S3;
 use crate::support::{
-    FaultPlan, FaultProxy, Proc, SIGINT, SIGKILL, SIGTERM, dir_listing, integrity_ok, new_db,
-    random_blob, replica_cmd, run, tx, user_dump, wait_until,
+    Fault, FaultPlan, FaultProxy, Proc, SIGINT, SIGKILL, SIGTERM, dir_listing, integrity_ok,
+    new_db, random_blob, replica_cmd, run, tx, user_dump, wait_until,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -70,6 +70,31 @@ fn digest(db: &Path) -> u64 {
     h.finish()
 }
 
+/// A proxy in front of the S3 emulator with `pattern` applied to paths containing
+/// `only`, and `url` rewritten to go through it.
+fn proxied(
+    s3: &S3,
+    url: &str,
+    only: &'static str,
+    pattern: &'static [Fault],
+    delay: Duration,
+) -> (FaultProxy, String) {
+    let upstream = s3
+        .endpoint()
+        .strip_prefix("http://")
+        .expect("http endpoint");
+    let proxy = FaultProxy::start(
+        upstream,
+        FaultPlan {
+            only,
+            pattern,
+            delay,
+        },
+    );
+    let via = url.replace(s3.endpoint(), &format!("http://{}", proxy.addr));
+    (proxy, via)
+}
+
 fn restore_cmd(s3: &S3, url: &str, out: &Path) -> Command {
     let mut cmd = replica_cmd();
     s3.creds(&mut cmd);
@@ -82,24 +107,20 @@ fn restores_through_errors_drops_and_cut_bodies_are_exact() {
     let s3 = S3::new();
     let dir = TempDir::new().expect("tempdir");
     let (url, expected) = big_replica(&s3, dir.path());
-    let upstream = s3
-        .endpoint()
-        .strip_prefix("http://")
-        .expect("http endpoint")
-        .to_owned();
-    let proxy = FaultProxy::start(
-        &upstream,
-        FaultPlan {
-            seed: 7,
-            only: ".ltx",
-            slow_down: 0.12,
-            drop_before: 0.08,
-            drop_after: 0.08,
-            cut_body: 0.25,
-            delay: Duration::ZERO,
-        },
-    );
-    let via_proxy = url.replace(s3.endpoint(), &format!("http://{}", proxy.addr));
+    // Six of every ten GETs of LTX files fail, of every kind.
+    const PATTERN: &[Fault] = &[
+        Fault::None,
+        Fault::CutBody,
+        Fault::SlowDown,
+        Fault::None,
+        Fault::DropBefore,
+        Fault::CutBody,
+        Fault::None,
+        Fault::DropAfter,
+        Fault::CutBody,
+        Fault::None,
+    ];
+    let (proxy, via_proxy) = proxied(&s3, &url, ".ltx", PATTERN, Duration::ZERO);
     for round in 0..3 {
         let out = dir.path().join(format!("restored-{round}.db"));
         let o = run(&mut restore_cmd(&s3, &via_proxy, &out));
@@ -115,16 +136,22 @@ fn restores_through_errors_drops_and_cut_bodies_are_exact() {
         );
     }
     let log = proxy.log();
-    let faulted = log.iter().filter(|l| l.fault != "none").count();
+    let faulted = log.iter().filter(|l| l.fault != Fault::None).count();
     assert!(
         faulted * 3 >= log.len(),
         "only {faulted} of {} requests were faulted",
         log.len()
     );
-    for kind in ["503", "drop-before", "drop-after", "cut-body"] {
+    for kind in [
+        Fault::SlowDown,
+        Fault::DropBefore,
+        Fault::DropAfter,
+        Fault::CutBody,
+    ] {
         assert!(
             log.iter().any(|l| l.fault == kind),
-            "no {kind} fault was injected"
+            "no {} fault was injected",
+            kind.name()
         );
     }
     let resumed = log
@@ -145,24 +172,7 @@ fn an_interrupted_restore_leaves_nothing_and_a_killed_one_is_cleaned_up() {
     let dir = TempDir::new().expect("tempdir");
     let (direct, expected) = big_replica(&s3, dir.path());
     // A slow link, so that the restores are still running when they are stopped.
-    let upstream = s3
-        .endpoint()
-        .strip_prefix("http://")
-        .expect("http endpoint")
-        .to_owned();
-    let proxy = FaultProxy::start(
-        &upstream,
-        FaultPlan {
-            seed: 1,
-            only: "",
-            slow_down: 0.0,
-            drop_before: 0.0,
-            drop_after: 0.0,
-            cut_body: 0.0,
-            delay: Duration::from_millis(300),
-        },
-    );
-    let url = direct.replace(s3.endpoint(), &format!("http://{}", proxy.addr));
+    let (_proxy, url) = proxied(&s3, &direct, "", &[], Duration::from_millis(300));
     let outdir = dir.path().join("out");
     std::fs::create_dir(&outdir).expect("out dir");
     let out = outdir.join("app.db");

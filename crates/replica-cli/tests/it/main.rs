@@ -6,6 +6,7 @@
 mod backends;
 mod bad_input;
 mod crash;
+mod disk_full;
 mod faults;
 mod interop;
 mod lease;

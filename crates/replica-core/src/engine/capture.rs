@@ -55,6 +55,36 @@ impl Batch {
     }
 }
 
+/// The disk holding the database and its spool is full: capture pauses with a
+/// growing backoff, says so once, and says so again when space returns.
+#[derive(Debug, Default)]
+struct DiskFull {
+    since: Option<Instant>,
+    backoff: Duration,
+}
+
+impl DiskFull {
+    fn pause(&mut self, db: &Path, e: &EngineError, shared: &Shared) {
+        if self.since.is_none() {
+            warn!(db = %db.display(), error = %e, "the disk is full: capture pauses and retries; nothing committed is lost, and replication catches up once space is freed");
+            self.since = Some(Instant::now());
+            self.backoff = Duration::from_millis(200);
+        }
+        shared
+            .stats
+            .disk_full_pauses
+            .fetch_add(1, Ordering::Relaxed);
+        shared.wait_stop(self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    }
+
+    fn cleared(&mut self, db: &Path) {
+        if let Some(since) = self.since.take() {
+            info!(db = %db.display(), paused_s = since.elapsed().as_secs(), "disk space is available again; capture resumed");
+        }
+    }
+}
+
 /// Why a snapshot is needed, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotReason {
@@ -298,15 +328,34 @@ impl Capturer {
 
     /// Runs until `stop` is set, then spools everything committed so far.
     pub fn run(mut self) -> Result<(), EngineError> {
-        if let Some(reason) = self.snapshot_due.take() {
-            self.snapshot(reason)?;
+        let mut full = DiskFull::default();
+        // The base snapshot comes before any L0 file, even if the disk is full now.
+        while let Some(reason) = self.snapshot_due.take() {
+            match self.snapshot(reason) {
+                Ok(()) => full.cleared(&self.db_path),
+                Err(e) if e.is_disk_full() && !self.shared.stop.load(Ordering::Acquire) => {
+                    self.snapshot_due = Some(reason);
+                    full.pause(&self.db_path, &e, &self.shared);
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut watch = WalWatch::new(&self.wal_path);
         let mut last_tick = Instant::now();
         let mut last_change = last_tick;
         loop {
             let stopping = self.shared.stop.load(Ordering::Acquire);
-            self.tick(stopping)?;
+            match self.tick(stopping) {
+                Ok(()) => full.cleared(&self.db_path),
+                // Nothing is lost while the disk is full: the WAL keeps every frame
+                // (our read transaction stops SQLite from resetting it), and what
+                // failed is retried as it was.
+                Err(e) if e.is_disk_full() && !stopping => {
+                    full.pause(&self.db_path, &e, &self.shared);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if stopping {
                 break;
             }
@@ -388,7 +437,11 @@ impl Capturer {
             return Ok(());
         }
         if let Some(reason) = self.snapshot_due.take() {
-            self.snapshot(reason)?;
+            if let Err(e) = self.snapshot(reason) {
+                // Still due: a failed snapshot is retried, never skipped.
+                self.snapshot_due.get_or_insert(reason);
+                return Err(e);
+            }
         } else if now.duration_since(self.last_snapshot) >= self.cfg.snapshot_interval {
             self.snapshot(SnapshotReason::Interval)?;
         }

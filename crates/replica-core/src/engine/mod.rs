@@ -180,6 +180,26 @@ impl EngineError {
     pub fn is_config(&self) -> bool {
         matches!(self, EngineError::Foreign(_))
     }
+
+    /// A write failed for lack of space (ENOSPC, EDQUOT, SQLITE_FULL) somewhere in
+    /// the error's chain: worth retrying once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            {
+                return true;
+            }
+            if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>()
+                && f.code == rusqlite::ErrorCode::DiskFull
+            {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
 }
 
 /// Counters read by the CLI, benchmarks and metrics. Request counts are per
@@ -201,6 +221,8 @@ pub struct Stats {
     pub requests: Arc<RequestCounts>,
     /// Highest TXID known to be in the replica.
     pub uploaded_txid: AtomicU64,
+    /// Capture retries made because the disk was full.
+    pub disk_full_pauses: AtomicU64,
 }
 
 /// State shared by the capture thread, the shipper and the handle.

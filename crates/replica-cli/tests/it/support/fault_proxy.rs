@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP/1.1 proxy for the emulators: one request per connection
 //! (it answers `Connection: close`), so every request is seen and can be broken on
-//! its own. Faults are drawn from a seeded generator, so a failing run can be
-//! repeated with its seed; every request is logged with the fault it got.
+//! its own. Faults follow a fixed pattern over the requests they apply to, so the
+//! share of faulted requests is exact and a run can be repeated; every request is
+//! logged with the fault it got.
 //!
 //! Kinds: a 503 SlowDown without forwarding; the connection dropped before the
 //! request reaches the store, or after the store applied it (the response lost); the
@@ -13,17 +14,38 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Fault probabilities, applied to requests whose path contains `only` (all when
-/// empty).
+/// What the proxy does to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// 503 SlowDown, without forwarding.
+    SlowDown,
+    /// The connection closed before the request reaches the store.
+    DropBefore,
+    /// The store applied the request; its response is lost.
+    DropAfter,
+    /// Half the response body, then the connection closes (GETs only).
+    CutBody,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::None => "none",
+            Fault::SlowDown => "503",
+            Fault::DropBefore => "drop-before",
+            Fault::DropAfter => "drop-after",
+            Fault::CutBody => "cut-body",
+        }
+    }
+}
+
+/// The k-th request whose path contains `only` (every request when empty) gets
+/// `pattern[k % len]`; the others pass. Every forwarded request waits `delay` first.
 #[derive(Debug, Clone)]
 pub struct FaultPlan {
-    pub seed: u64,
     pub only: &'static str,
-    pub slow_down: f64,
-    pub drop_before: f64,
-    pub drop_after: f64,
-    pub cut_body: f64,
-    /// Added before every forwarded request: a slow link.
+    pub pattern: &'static [Fault],
     pub delay: Duration,
 }
 
@@ -32,7 +54,7 @@ pub struct Logged {
     pub method: String,
     pub path: String,
     pub range: Option<String>,
-    pub fault: &'static str,
+    pub fault: Fault,
 }
 
 pub struct FaultProxy {
@@ -49,6 +71,7 @@ impl FaultProxy {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let counter = Arc::new(AtomicU64::new(0));
+        let eligible = Arc::new(AtomicU64::new(0));
         let (upstream, l, s) = (upstream.to_owned(), log.clone(), stop.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -56,10 +79,11 @@ impl FaultProxy {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                let (upstream, plan, l) = (upstream.clone(), plan.clone(), l.clone());
+                counter.fetch_add(1, Ordering::Relaxed);
+                let (upstream, plan, l, e) =
+                    (upstream.clone(), plan.clone(), l.clone(), eligible.clone());
                 std::thread::spawn(move || {
-                    if let Some(entry) = serve(conn, &upstream, &plan, n) {
+                    if let Some(entry) = serve(conn, &upstream, &plan, &e) {
                         l.lock().expect("proxy log").push(entry);
                     }
                 });
@@ -81,18 +105,12 @@ impl Drop for FaultProxy {
     }
 }
 
-/// splitmix64: a fault decision per (seed, request number), independent of timing.
-fn draw(seed: u64, n: u64, salt: u64) -> f64 {
-    let mut z = seed
-        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(salt.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn serve(client: TcpStream, upstream: &str, plan: &FaultPlan, n: u64) -> Option<Logged> {
+fn serve(
+    client: TcpStream,
+    upstream: &str,
+    plan: &FaultPlan,
+    eligible: &AtomicU64,
+) -> Option<Logged> {
     client
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
@@ -130,18 +148,14 @@ fn serve(client: TcpStream, upstream: &str, plan: &FaultPlan, n: u64) -> Option<
     let mut parts = request_line.split(' ');
     let method = parts.next().unwrap_or("").to_owned();
     let path = parts.next().unwrap_or("").to_owned();
-    let eligible = plan.only.is_empty() || path.contains(plan.only);
-    let pick = |salt, p: f64| eligible && draw(plan.seed, n, salt) < p;
-    let fault = if pick(1, plan.slow_down) {
-        "503"
-    } else if pick(2, plan.drop_before) {
-        "drop-before"
-    } else if pick(3, plan.drop_after) {
-        "drop-after"
-    } else if method == "GET" && pick(4, plan.cut_body) {
-        "cut-body"
+    let fault = if (plan.only.is_empty() || path.contains(plan.only)) && !plan.pattern.is_empty() {
+        let k = eligible.fetch_add(1, Ordering::Relaxed) as usize;
+        match plan.pattern[k % plan.pattern.len()] {
+            Fault::CutBody if method != "GET" => Fault::None,
+            f => f,
+        }
     } else {
-        "none"
+        Fault::None
     };
     let logged = Logged {
         method,
@@ -151,7 +165,7 @@ fn serve(client: TcpStream, upstream: &str, plan: &FaultPlan, n: u64) -> Option<
     };
     let mut client = client;
     match fault {
-        "503" => {
+        Fault::SlowDown => {
             let body = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
             let _ = write!(
                 client,
@@ -160,7 +174,7 @@ fn serve(client: TcpStream, upstream: &str, plan: &FaultPlan, n: u64) -> Option<
             );
             return Some(logged);
         }
-        "drop-before" => {
+        Fault::DropBefore => {
             let _ = client.shutdown(Shutdown::Both);
             return Some(logged);
         }
@@ -173,10 +187,10 @@ fn serve(client: TcpStream, upstream: &str, plan: &FaultPlan, n: u64) -> Option<
     let mut response = Vec::new();
     up.read_to_end(&mut response).ok()?;
     match fault {
-        "drop-after" => {
+        Fault::DropAfter => {
             let _ = client.shutdown(Shutdown::Both);
         }
-        "cut-body" => {
+        Fault::CutBody => {
             let body_at = response
                 .windows(4)
                 .position(|w| w == b"\r\n\r\n")

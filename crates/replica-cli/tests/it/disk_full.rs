@@ -1,0 +1,141 @@
+//! A full disk under the database and its spool: `replicate` keeps running, says so
+//! once, and catches up when space is freed; the restore is then exact.
+//!
+//! The disk is a 16 MiB tmpfs (the tests run as root, as CI does); the replica is
+//! outside it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tempfile::TempDir;
+
+use crate::support::{
+    Proc, SIGINT, file_url, new_db, random_blob, replica_cmd, run, user_dump, wait_until,
+    write_batches,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = TempDir::new().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let o = run(Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&path));
+        assert!(
+            o.success(),
+            "mounting a {size} tmpfs at {} failed; this test needs root (CI runs as root)\n{o}",
+            path.display()
+        );
+        Tmpfs { _dir: dir, path }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Fills `dir`'s file system with 64 KiB files until a write fails.
+fn fill(dir: &Path) -> Vec<PathBuf> {
+    use std::io::Write;
+    let chunk = vec![0xa5u8; 64 << 10];
+    let mut files = Vec::new();
+    for i in 0.. {
+        let p = dir.join(format!("filler-{i:05}"));
+        let ok = std::fs::File::create(&p)
+            .and_then(|mut f| f.write_all(&chunk).and_then(|()| f.sync_all()))
+            .is_ok();
+        files.push(p);
+        if !ok {
+            break;
+        }
+    }
+    files
+}
+
+#[test]
+fn a_full_disk_pauses_capture_and_replication_catches_up() {
+    let fs = Tmpfs::mount("16m");
+    let db = fs.path.join("app.db");
+    let replica = TempDir::new().expect("tempdir");
+    let url = file_url(&replica.path().join("r"));
+    let conn = new_db(&db);
+    write_batches(&conn, 3, 20);
+    let mut cmd = replica_cmd();
+    cmd.args(["replicate", "--sync-interval", "100ms"])
+        .arg(&db)
+        .arg(&url);
+    let mut rep = Proc::spawn("replicate on a small tmpfs", cmd);
+    assert!(
+        wait_until(TIMEOUT, || rep.stderr().contains("snapshot spooled")),
+        "{}",
+        rep.output_report()
+    );
+    write_batches(&conn, 2, 10);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Leave 512 KiB free, then commit 320 KiB: the WAL takes it, the spool cannot.
+    let mut fillers = fill(&fs.path);
+    for p in fillers.drain(..8) {
+        std::fs::remove_file(p).expect("freeing 64 KiB");
+    }
+    let mut rng = StdRng::seed_from_u64(3);
+    conn.execute(
+        "INSERT INTO t(v, b) VALUES ('while full', ?1)",
+        [random_blob(&mut rng, 320 << 10)],
+    )
+    .expect("the commit fits in the WAL");
+    assert!(
+        wait_until(TIMEOUT, || rep.stderr().contains("the disk is full")),
+        "replicate did not notice the full disk\n{}",
+        rep.output_report()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        rep.is_running(),
+        "replicate stopped on a full disk\n{}",
+        rep.output_report()
+    );
+    assert_eq!(
+        rep.stderr().matches("the disk is full").count(),
+        1,
+        "the condition is logged once\n{}",
+        rep.output_report()
+    );
+
+    for p in fillers {
+        let _ = std::fs::remove_file(p);
+    }
+    assert!(
+        wait_until(TIMEOUT, || rep.stderr().contains("capture resumed")),
+        "capture did not resume once space was freed\n{}",
+        rep.output_report()
+    );
+    write_batches(&conn, 2, 5);
+    let st = rep.stop(SIGINT, TIMEOUT);
+    assert_eq!(st.code(), Some(0), "{}", rep.output_report());
+    let source = user_dump(&db);
+    drop(conn);
+    let out = replica.path().join("restored.db");
+    let o = run(replica_cmd().args(["restore", "-o"]).arg(&out).arg(&url));
+    assert!(o.success(), "{o}");
+    assert_eq!(user_dump(&out), source, "the restore is not the database");
+}
