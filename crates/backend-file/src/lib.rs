@@ -354,6 +354,32 @@ fn read_small(path: &Path) -> io::Result<Option<Bytes>> {
     Ok(Some(body.into()))
 }
 
+/// How long a compare-and-swap waits for another process's: the section takes
+/// milliseconds, so a lock held this long belongs to a frozen process (SIGSTOP), and
+/// waiting on would freeze this one too.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes `file`'s exclusive lock, or fails with `TimedOut` (a transient error) after
+/// `wait`.
+fn lock_within(file: &File, wait: std::time::Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    ErrorKind::TimedOut,
+                    "another process has held the lock for over 5 s",
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
 fn put_if_blocking(
     key: &str,
     dest: &Path,
@@ -380,7 +406,7 @@ fn put_if_blocking(
         }
         Err(e) => return Err(e.into()),
     };
-    lock.lock()?;
+    lock_within(&lock, LOCK_WAIT)?;
     let current = read_small(dest)?.map(|b| Version::of_content(&b));
     if let Err(e) = check_version(key, expected.as_ref(), current.as_ref()) {
         return Ok(Err(e));
