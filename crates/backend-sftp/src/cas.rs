@@ -82,6 +82,9 @@ pub(crate) async fn put_if(
 async fn lock(c: &Conn, key: &str, dir: &str, mutex: &str, mode: FileMode) -> Result<(), OpError> {
     let s = &c.sftp;
     let mut seen_since: Option<Instant> = None;
+    // mkdir failures with no mutex in the way: a holder that let go in between (a
+    // race, retried) or a real refusal (reported after a few tries).
+    let mut unexplained = 0;
     loop {
         match s.mkdir(mutex, with_permissions(mode.dir())).await {
             Ok(_) => return Ok(()),
@@ -97,17 +100,15 @@ async fn lock(c: &Conn, key: &str, dir: &str, mutex: &str, mode: FileMode) -> Re
                         let _ = s.rmdir(mutex).await;
                         seen_since = None;
                     } else {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
                 Err(_) if !dir.is_empty() && s.stat(dir).await.is_err() => {
                     mkdir_all(s, dir, mode.dir()).await.map_err(sftp(key))?;
                 }
-                // Released between our mkdir and stat: try again.
                 Err(_) => {
-                    if seen_since.is_none() {
-                        seen_since = Some(Instant::now());
-                    } else {
+                    unexplained += 1;
+                    if unexplained >= 20 {
                         return Err(OpError::Sftp(key.to_owned(), e));
                     }
                 }

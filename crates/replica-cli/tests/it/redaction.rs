@@ -135,7 +135,11 @@ fn failing_run(what: &str, url: &str, proxy: &Proxy, env: &[(&str, &str)]) -> St
         write(20);
         std::thread::sleep(Duration::from_millis(150));
     }
+    // Keep writing until a shipped copy is seen: compaction may clear the first ones
+    // before a poll sees them.
     let uploaded = wait_until(TIMEOUT, || {
+        write(5);
+        std::thread::sleep(Duration::from_millis(50));
         std::fs::read_dir(&shipped).is_ok_and(|mut d| d.next().is_some())
     });
     assert!(
