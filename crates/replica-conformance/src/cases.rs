@@ -15,7 +15,7 @@ use replica_core::client::{Capabilities, Payload, PutMode, ReplicaClient};
 use replica_core::error::StoreError;
 
 use crate::support::{
-    MIB, Store, assert_recent, create_only, describe, key, overwrite, pattern, payload, resume,
+    MIB, Store, assert_recent, create_only, describe, key, overwrite, pattern, payload, race,
     stored_ms, unix_ms, verify_pattern, with_timestamp, write_pattern_file,
 };
 
@@ -1037,23 +1037,20 @@ pub async fn create_only_race(client: Arc<dyn ReplicaClient>) {
     let s = start(client, "create_only_race").await;
     for round in 0..RACE_ROUNDS {
         let key = format!("0009/{:016x}-{:016x}.ltx", round + 1, round + 1);
-        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
-        let mut tasks = Vec::new();
-        for i in 0..RACERS {
-            let (c, barrier, key) = (s.c.clone(), barrier.clone(), key.clone());
-            tasks.push(tokio::spawn(async move {
-                let body = format!("round {round} racer {i};").repeat(1000 + i);
-                barrier.wait().await;
+        let results = race(RACERS, |i| {
+            let (c, key) = (s.c.clone(), key.clone());
+            let body = format!("round {round} racer {i};").repeat(1000 + i);
+            async move {
                 let res = c
                     .put(&self::key(&key), payload(body.as_bytes()), &create_only())
                     .await;
                 (body, res)
-            }));
-        }
+            }
+        })
+        .await;
         let mut winners = Vec::new();
         let mut problems = Vec::new();
-        for t in tasks {
-            let (body, res) = t.await.unwrap_or_else(|e| resume(e));
+        for (body, res) in results {
             match res {
                 Ok(()) => winners.push(body),
                 Err(StoreError::AlreadyExists { key: k }) if k == key => {}
@@ -1159,21 +1156,18 @@ pub async fn conditional_put_race(client: Arc<dyn ReplicaClient>) {
             .await
             .unwrap_or_else(|e| panic!("creating with put_if: {}", describe(&e)));
     for round in 0..RACE_ROUNDS {
-        let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
-        let mut tasks = Vec::new();
-        for i in 0..WRITERS {
-            let (c, barrier, k, v) = (s.c.clone(), barrier.clone(), k.clone(), version.clone());
-            tasks.push(tokio::spawn(async move {
-                let body = Bytes::from(format!("round {round} writer {i}"));
-                barrier.wait().await;
+        let results = race(WRITERS, |i| {
+            let (c, k, v) = (s.c.clone(), k.clone(), version.clone());
+            let body = Bytes::from(format!("round {round} writer {i}"));
+            async move {
                 let res = c.put_if(&k, body.clone(), Some(&v)).await;
                 (body, res)
-            }));
-        }
+            }
+        })
+        .await;
         let mut winners = Vec::new();
         let mut problems = Vec::new();
-        for t in tasks {
-            let (body, res) = t.await.unwrap_or_else(|e| resume(e));
+        for (body, res) in results {
             match res {
                 Ok(v) => winners.push((body, v)),
                 Err(StoreError::Conflict { .. }) => {}

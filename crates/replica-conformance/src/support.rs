@@ -279,6 +279,30 @@ async fn join_put(set: &mut JoinSet<(String, Result<(), StoreError>)>) {
 }
 
 /// Re-raises a task's panic on the case's own thread so its message is the failure.
+/// Runs `n` futures made by `make`, released together by a barrier so that they race,
+/// and returns their outputs in order.
+pub(crate) async fn race<T, Fut>(n: usize, make: impl Fn(usize) -> Fut) -> Vec<T>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, fut) = (barrier.clone(), make(i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                fut.await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap_or_else(|e| resume(e)));
+    }
+    out
+}
+
 pub(crate) fn resume(e: tokio::task::JoinError) -> ! {
     match e.try_into_panic() {
         Ok(payload) => std::panic::resume_unwind(payload),

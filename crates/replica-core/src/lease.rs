@@ -34,6 +34,7 @@ use crate::client::{
     ByteStream, ObjectInfo, Payload, PutOptions, ReplicaClient, StoreInfo, Version, Versioned,
 };
 use crate::error::StoreError;
+use crate::host::{boot_id, host_name, pid_alive};
 use crate::key::{Key, KeyPrefix};
 use crate::meta;
 
@@ -349,7 +350,7 @@ impl Lease {
                 warn!(url = %self.state.url, error = %e, ttl_s = self.ttl.as_secs(), "could not release the lease; it expires on its own")
             }
         }
-        self.state.deadline_ns.store(0, Ordering::Release);
+        // Dropping `self` ends the permission to write.
     }
 }
 
@@ -441,15 +442,16 @@ async fn try_take(
         other,
     };
     match put_record(client, key, &record, expected.as_ref()).await {
-        Ok(held) => Ok(Take::Taken(held, started + ttl - margin(ttl))),
+        Ok(held) => Ok(Take::Taken(held, write_deadline(started, ttl))),
         Err(e) if e.is_precondition() => Ok(Take::Raced),
         Err(e) => Err(e.into()),
     }
 }
 
-/// The holder stops writing this long before its lease expires.
-fn margin(ttl: Duration) -> Duration {
-    ttl / 3
+/// Until when a lease written at `started` lets its holder write: a third of the TTL
+/// before it expires, a margin for the clocks of the hosts that judge the expiry.
+fn write_deadline(started: Instant, ttl: Duration) -> Instant {
+    started + ttl - ttl / 3
 }
 
 fn describe(record: &Record) -> String {
@@ -524,7 +526,7 @@ async fn renew(
         record.expires_at = meta::format_timestamp(SystemTime::now() + ttl);
         match put_record(client.as_ref(), &key, &record, Some(&held.version)).await {
             Ok(new) => {
-                state.extend_to(started + ttl - margin(ttl));
+                state.extend_to(write_deadline(started, ttl));
                 if let Ok(mut h) = inner.lock() {
                     *h = new;
                 }
@@ -646,34 +648,6 @@ fn live_instances() -> Result<
 > {
     static LIVE: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
     LIVE.get_or_init(Default::default).lock()
-}
-
-fn host_name() -> String {
-    static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_owned())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "unknown-host".into())
-    })
-    .clone()
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// Whether a process with this pid runs here. Without `/proc` (not Linux) every
-/// holder is taken to be alive, and its lease is waited out.
-fn pid_alive(pid: u32) -> bool {
-    if !std::path::Path::new("/proc/self").exists() {
-        return true;
-    }
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod client;
 pub mod engine;
 pub mod error;
 pub mod file_mode;
+mod host;
 pub mod key;
 pub mod layout;
 pub mod lease;

@@ -295,9 +295,10 @@ impl ReplicaClient for MemoryClient {
         self.refuse(Op::Put, key)?;
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let mut objects = self.lock();
-        let current = objects.get(key).map(|o| o.version.to_string());
         if !self.faults.ignores_if_match {
-            let current = current.map(Version::new);
+            let current = objects
+                .get(key)
+                .map(|o| Version::new(o.version.to_string()));
             check_version(key, expected, current.as_ref())?;
         }
         let object = Object {

@@ -10,7 +10,7 @@ use crate::client::{Payload, PutMode, PutOptions, ReplicaClient};
 use crate::error::{Op, StoreError};
 use crate::key::Key;
 use crate::layout::{FileId, LayoutStyle};
-use crate::ltx::TRAILER_SIZE;
+use crate::ltx::{TRAILER_SIZE, Trailer};
 
 /// HEADs in flight while filling in LTX times (Litestream batches 50; a restore
 /// should not wait on one round trip per file).
@@ -174,34 +174,32 @@ impl Replica {
         }
     }
 
-    /// The post-apply checksum in the trailer of the object at `key` (a HEAD and an
-    /// 8-byte ranged GET).
+    /// The post-apply checksum in the trailer of the object at `key` (a HEAD and a
+    /// ranged GET of the trailer).
     async fn post_apply_checksum(&self, key: &Key) -> Result<Option<u64>, StoreError> {
         use tokio::io::AsyncReadExt;
         let size = self.client.head(key).await?.size;
         let Some(start) = size.checked_sub(TRAILER_SIZE as u64) else {
             return Ok(None);
         };
-        let mut body = self.client.get(key, Some(start..start + 8)).await?;
-        let mut buf = [0u8; 8];
-        match body.read_exact(&mut buf).await {
-            Ok(_) => Ok(Some(u64::from_be_bytes(buf))),
+        let mut body = self.client.get(key, Some(start..size)).await?;
+        let mut trailer = [0u8; TRAILER_SIZE];
+        match body.read_exact(&mut trailer).await {
+            Ok(_) => Ok(Some(Trailer::from_bytes(&trailer).post_apply_checksum)),
             Err(e) => Err(StoreError::from_io(Op::Get, key, e)),
         }
     }
 }
 
 fn local_post_apply_checksum(path: &Path) -> std::io::Result<Option<u64>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    let Some(start) = len.checked_sub(TRAILER_SIZE as u64) else {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let Some(start) = f.metadata()?.len().checked_sub(TRAILER_SIZE as u64) else {
         return Ok(None);
     };
-    f.seek(SeekFrom::Start(start))?;
-    let mut buf = [0u8; 8];
-    f.read_exact(&mut buf)?;
-    Ok(Some(u64::from_be_bytes(buf)))
+    let mut trailer = [0u8; TRAILER_SIZE];
+    f.read_exact_at(&mut trailer, start)?;
+    Ok(Some(Trailer::from_bytes(&trailer).post_apply_checksum))
 }
 
 fn join_failed(key: &Key, e: tokio::task::JoinError) -> StoreError {

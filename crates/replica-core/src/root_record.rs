@@ -145,6 +145,19 @@ pub struct LocalDatabase<'a> {
     pub take_over: bool,
 }
 
+impl LocalDatabase<'_> {
+    /// The identity this database gives a replica: its own id if it has one.
+    fn identity(&self) -> Identity {
+        match self.id {
+            Some(id) => Identity {
+                id: id.to_owned(),
+                name: self.name.to_owned(),
+            },
+            None => Identity::new(self.name.to_owned()),
+        }
+    }
+}
+
 /// Makes the record say `mode` and name the local database, with one GET, and a PUT
 /// only when something changed. A replica that records another database is refused
 /// (unless `take_over`); one that records none (new, or written before identities,
@@ -156,14 +169,7 @@ pub async fn ensure(
     mode: FileMode,
     local: &LocalDatabase<'_>,
 ) -> Result<Identity, EnsureError> {
-    let mut record = match read(client).await {
-        Ok(r) => r.unwrap_or_default(),
-        Err(RootRecordError::Store(e)) => return Err(e.into()),
-        Err(e @ RootRecordError::Malformed { .. }) => {
-            tracing::warn!(error = %e, "replacing the replica's record");
-            RootRecord::default()
-        }
-    };
+    let mut record = read_or_default(client).await?;
     let before = record.clone();
     let identity = match (&record.database, local.id) {
         (Some(theirs), Some(ours)) if theirs.id == ours => theirs.clone(),
@@ -180,21 +186,11 @@ pub async fn ensure(
             }
             .into());
         }
-        (Some(theirs), _) if local.take_over && !local.replica_empty => {
+        (Some(theirs), _) if !local.replica_empty => {
             tracing::warn!(url = %client.info().redacted_url, replaced = %theirs.name, db = local.name, "taking over a replica that held another database, as asked");
-            match local.id {
-                Some(id) => Identity {
-                    id: id.to_owned(),
-                    name: local.name.to_owned(),
-                },
-                None => Identity::new(local.name.to_owned()),
-            }
+            local.identity()
         }
-        (_, Some(ours)) => Identity {
-            id: ours.to_owned(),
-            name: local.name.to_owned(),
-        },
-        (_, None) => Identity::new(local.name.to_owned()),
+        _ => local.identity(),
     };
     record.database = Some(identity.clone());
     record.mode = Some(mode);
@@ -207,19 +203,25 @@ pub async fn ensure(
 /// Makes the record say `mode` (one GET, and a PUT when something changed). A
 /// malformed record is replaced.
 pub async fn ensure_mode(client: &dyn ReplicaClient, mode: FileMode) -> Result<(), StoreError> {
-    let mut record = match read(client).await {
-        Ok(r) => r.unwrap_or_default(),
-        Err(RootRecordError::Store(e)) => return Err(e),
-        Err(e @ RootRecordError::Malformed { .. }) => {
-            tracing::warn!(error = %e, "replacing the replica's record");
-            RootRecord::default()
-        }
-    };
+    let mut record = read_or_default(client).await?;
     if record.mode == Some(mode) {
         return Ok(());
     }
     record.mode = Some(mode);
     write(client, &record).await
+}
+
+/// The record, or an empty one if there is none or it is malformed (it is about to
+/// be rewritten).
+async fn read_or_default(client: &dyn ReplicaClient) -> Result<RootRecord, StoreError> {
+    match read(client).await {
+        Ok(r) => Ok(r.unwrap_or_default()),
+        Err(RootRecordError::Store(e)) => Err(e),
+        Err(e @ RootRecordError::Malformed { .. }) => {
+            tracing::warn!(error = %e, "replacing the replica's record");
+            Ok(RootRecord::default())
+        }
+    }
 }
 
 /// Reads the local database's id from its spool directory.

@@ -149,16 +149,21 @@ impl Config {
             detail: e.to_string(),
         })?;
         let r = raw.replication;
-        let duration = |key: &str, v: Option<String>, default: Duration| match v {
+        // Zero where it means "not at all" (lease_wait), otherwise refused.
+        let any_duration = |key: &str, v: Option<String>, default: Duration| match v {
             None => Ok(default),
-            Some(s) => match humantime::parse_duration(&s) {
-                Ok(d) if !d.is_zero() => Ok(d),
-                Ok(_) => Err(invalid(key, "must be greater than zero".into())),
-                Err(e) => Err(invalid(
+            Some(s) => humantime::parse_duration(&s).map_err(|e| {
+                invalid(
                     key,
                     format!("is not a duration ({e}); examples: 100ms, 1s, 1h, 72h"),
-                )),
-            },
+                )
+            }),
+        };
+        let duration = |key: &str, v: Option<String>, default: Duration| match any_duration(
+            key, v, default,
+        )? {
+            d if d.is_zero() => Err(invalid(key, "must be greater than zero".into())),
+            d => Ok(d),
         };
         let enabled = r.enabled.unwrap_or(false);
         let sync_interval = duration(
@@ -184,14 +189,7 @@ impl Config {
         let default_lease = LeaseConfig::default();
         let lease = LeaseConfig {
             ttl: duration("replication.lease_ttl", r.lease_ttl, default_lease.ttl)?,
-            wait: match r.lease_wait.as_deref().map(str::trim) {
-                Some("0") | Some("0s") => Duration::ZERO,
-                _ => duration(
-                    "replication.lease_wait",
-                    r.lease_wait.clone(),
-                    default_lease.wait,
-                )?,
-            },
+            wait: any_duration("replication.lease_wait", r.lease_wait, default_lease.wait)?,
         };
         let levels = match r.levels {
             None => Levels::default(),

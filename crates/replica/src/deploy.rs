@@ -309,13 +309,9 @@ impl Deployment {
                 continue;
             }
             let replica = self.open(&db.url).await?;
-            if let Some(mode) = replica_core::file_mode::FileMode::of_path(&db.path) {
-                replica.client().set_file_mode(mode);
-            }
             let path = db.path.clone();
             tasks.push(tokio::spawn(async move {
-                let label = path.display().to_string();
-                let r = Lease::acquire(replica.client().clone(), cfg, Some(&label)).await;
+                let r = Replicator::take_lease(&path, &replica, cfg).await;
                 (path, r)
             }));
         }

@@ -296,14 +296,23 @@ impl Replicator {
         replica: Replica,
         cfg: EngineConfig,
     ) -> Result<Self, EngineError> {
-        let label = db.display().to_string();
+        let lease = Self::take_lease(db, &replica, cfg.lease).await?;
+        Self::start_leased(db, replica, cfg, lease).await
+    }
+
+    /// Takes the lease of `db`'s replica, for [`Replicator::start_leased`].
+    pub async fn take_lease(
+        db: &Path,
+        replica: &Replica,
+        cfg: LeaseConfig,
+    ) -> Result<Lease, LeaseError> {
         // The lease may be the replica's first object: its directories get the
         // database's bits, as everything else does.
         if let Some(mode) = FileMode::of_path(db) {
             replica.client().set_file_mode(mode);
         }
-        let lease = Lease::acquire(replica.client().clone(), cfg.lease, Some(&label)).await?;
-        Self::start_leased(db, replica, cfg, lease).await
+        let label = db.display().to_string();
+        Lease::acquire(replica.client().clone(), cfg, Some(&label)).await
     }
 
     /// Opens `db` (creating it in WAL mode if missing), checks that the replica is

@@ -52,30 +52,33 @@ impl Fetch {
     }
 
     /// Notes a failure at `offset` and sleeps before the next attempt.
-    pub async fn failed(&mut self, offset: u64, what: &str) {
+    async fn failed(&mut self, offset: u64, what: &str) {
         self.failures += 1;
         warn!(key = %self.key, offset, size = self.size, attempt = self.failures, error = what, "read of a replica file failed; resuming from where it stopped");
         tokio::time::sleep(backoff(self.failures)).await;
     }
 
-    /// Whether a response that ended at `offset`, or failed with `err`, may be
-    /// resumed; otherwise the error to report.
-    pub fn may_resume(&self, offset: u64, err: Option<&io::Error>) -> Result<(), StoreError> {
-        if self.failures < ATTEMPTS {
-            return Ok(());
+    /// A response that ended at `offset` before the object's end, or failed there
+    /// with `err`: waits before it is resumed, or gives the error to report once
+    /// [`ATTEMPTS`] failures are spent.
+    pub async fn broke(&mut self, offset: u64, err: Option<io::Error>) -> Result<(), StoreError> {
+        if self.failures >= ATTEMPTS {
+            let detail = match err {
+                Some(e) => format!(
+                    "the response broke off at byte {offset} of {}: {e}",
+                    self.size
+                ),
+                None => format!("the response ended at byte {offset} of {}", self.size),
+            };
+            return Err(StoreError::Transient {
+                op: Op::Get,
+                key: self.key.to_string(),
+                source: format!("{detail}, after {ATTEMPTS} attempts").into(),
+            });
         }
-        let detail = match err {
-            Some(e) => format!(
-                "the response broke off at byte {offset} of {}: {e}",
-                self.size
-            ),
-            None => format!("the response ended at byte {offset} of {}", self.size),
-        };
-        Err(StoreError::Transient {
-            op: Op::Get,
-            key: self.key.to_string(),
-            source: format!("{detail}, after {ATTEMPTS} attempts").into(),
-        })
+        let what = err.map_or_else(|| "the response ended early".into(), |e| e.to_string());
+        self.failed(offset, &what).await;
+        Ok(())
     }
 }
 

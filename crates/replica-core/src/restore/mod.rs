@@ -488,9 +488,7 @@ fn remove_stale_work_dirs(parent: &Path, name: &str) {
         else {
             continue;
         };
-        let alive =
-            !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists();
-        if alive {
+        if crate::host::pid_alive(pid) {
             continue;
         }
         match std::fs::remove_dir_all(e.path()) {
@@ -665,11 +663,7 @@ impl StreamReader {
             return Err(copy);
         };
         let resumed = self.handle.block_on(async {
-            fetch.may_resume(offset, err.as_ref())?;
-            let what = err
-                .as_ref()
-                .map_or("the response ended early".into(), |e| e.to_string());
-            fetch.failed(offset, &what).await;
+            fetch.broke(offset, err).await?;
             fetch.open(offset).await
         });
         match resumed {
@@ -749,9 +743,7 @@ async fn download(
         if broke.is_none() && offset >= f.size {
             break;
         }
-        fetch.may_resume(offset, broke.as_ref())?;
-        let what = broke.map_or("the response ended early".into(), |e| e.to_string());
-        fetch.failed(offset, &what).await;
+        fetch.broke(offset, broke).await?;
     }
     file.flush().await.map_err(io_err(path))?;
     debug!(key = %f.key, bytes = offset, resumed = fetch.failures, "downloaded");
