@@ -95,6 +95,24 @@ impl std::fmt::Debug for GcsClient {
     }
 }
 
+/// Without timeouts a connection that stops answering (a dropped NAT entry, a
+/// half-open socket) would hang its request for ever. A read timeout bounds the
+/// silence between bytes, not a whole transfer, so large objects are unaffected.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn http_client(config: &GcsConfig) -> Result<reqwest_middleware::ClientWithMiddleware, StoreError> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .build()
+        .map_err(|e| StoreError::InvalidUrl {
+            url: config.to_url_string(),
+            reason: format!("cannot build the HTTP client: {e}"),
+        })?;
+    Ok(reqwest_middleware::ClientBuilder::new(client).build())
+}
+
 impl GcsClient {
     /// Parses `url` (see the crate docs) and builds the client: anonymous against an
     /// emulator (`endpoint` option or `STORAGE_EMULATOR_HOST`), else with Application
@@ -118,7 +136,7 @@ impl GcsClient {
                 _ => None,
             },
         };
-        let client_config = match emulator {
+        let mut client_config = match emulator {
             Some(endpoint) => ClientConfig {
                 storage_endpoint: endpoint,
                 ..Default::default()
@@ -137,6 +155,7 @@ impl GcsClient {
                 }
             })?,
         };
+        client_config.http = Some(http_client(&config)?);
         Ok(Self::with_client(Client::new(client_config), config))
     }
 

@@ -505,8 +505,16 @@ async fn put_record(
     }
 }
 
+/// Whether two records are the same write (our bodies are unique by nonce and
+/// expiry).
+fn is_same_record(a: &Record, b: &Record) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
 /// Renews every `ttl / 3` (every second while renewals fail). A refused renewal
-/// means someone else wrote the lease: it is lost, for good.
+/// means someone else wrote the lease: it is lost, for good, unless what is there
+/// is one of our own earlier attempts whose response never came (a timeout or a
+/// dropped connection after the store applied it).
 async fn renew(
     client: Arc<dyn ReplicaClient>,
     state: Arc<LeaseState>,
@@ -516,6 +524,8 @@ async fn renew(
     let key = Key::from_static(KEY);
     let mut next = Instant::now() + ttl / 3;
     let mut lapsed = false;
+    // Records sent since the last known version whose outcome is unknown.
+    let mut unsure: Vec<Record> = Vec::new();
     loop {
         tokio::time::sleep_until(next.into()).await;
         let Ok(held) = inner.lock().map(|h| h.clone()) else {
@@ -524,12 +534,26 @@ async fn renew(
         let mut record = held.record.clone();
         let started = Instant::now();
         record.expires_at = meta::format_timestamp(SystemTime::now() + ttl);
-        match put_record(client.as_ref(), &key, &record, Some(&held.version)).await {
+        // A renewal that hangs must not outlive the time it is meant to buy.
+        let attempt = tokio::time::timeout(
+            ttl / 3,
+            put_record(client.as_ref(), &key, &record, Some(&held.version)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Transient {
+                op: crate::error::Op::Put,
+                key: KEY.into(),
+                source: format!("no answer within {} ms", (ttl / 3).as_millis()).into(),
+            })
+        });
+        match attempt {
             Ok(new) => {
                 state.extend_to(write_deadline(started, ttl));
                 if let Ok(mut h) = inner.lock() {
                     *h = new;
                 }
+                unsure.clear();
                 if lapsed {
                     info!(url = %state.url, "lease renewed; writes resume");
                     lapsed = false;
@@ -537,17 +561,34 @@ async fn renew(
                 next = started + ttl / 3;
             }
             Err(e) if e.is_precondition() => {
-                let owner = match client.get_versioned(&key).await {
-                    Ok(v) => serde_json::from_slice::<Record>(&v.body)
-                        .map(|r| describe(&r))
-                        .unwrap_or_else(|_| "an unknown writer".into()),
-                    Err(_) => "an unknown writer".into(),
-                };
+                let current = client.get_versioned(&key).await.ok();
+                let theirs = current
+                    .as_ref()
+                    .and_then(|v| serde_json::from_slice::<Record>(&v.body).ok());
+                if let (Some(v), Some(r)) = (&current, &theirs)
+                    && let Some(mine) = unsure.iter().find(|u| is_same_record(u, r))
+                {
+                    // An earlier renewal landed after all: continue from it at once
+                    // (the write deadline was not extended for it, so none is early).
+                    if let Ok(mut h) = inner.lock() {
+                        *h = Held {
+                            record: mine.clone(),
+                            version: v.version.clone(),
+                        };
+                    }
+                    unsure.clear();
+                    next = Instant::now();
+                    continue;
+                }
+                let owner = theirs
+                    .map(|r| describe(&r))
+                    .unwrap_or_else(|| "an unknown writer".into());
                 warn!(url = %state.url, holder = %owner, "lease lost: another replicator took it; this process writes nothing more to the replica");
                 state.mark_lost(owner);
                 return;
             }
             Err(e) => {
+                unsure.push(record);
                 if state.permit(KEY).is_err() && !lapsed {
                     warn!(url = %state.url, error = %e, "lease lapsed: it could not be renewed in time; uploads pause (the spool keeps every change) until it is");
                     lapsed = true;

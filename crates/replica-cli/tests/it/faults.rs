@@ -2,7 +2,8 @@
 //! and after the store applied them and cuts response bodies, a restore of a 64 MiB
 //! replica succeeds every time and is exact, resuming broken GETs with ranged ones;
 //! a restore stopped by SIGTERM leaves nothing beside its output, and the leftover of
-//! one killed by SIGKILL is removed by the next.
+//! one killed by SIGKILL is removed by the next. On every remote store, replication
+//! rides out each fault class, an outage and recovery without losing a commit.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -14,11 +15,15 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tempfile::TempDir;
 
-use crate::backends::StoreFixture;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
 use crate::backends::s3::S3;
+use crate::backends::{RemoteFixture, StoreFixture, litestream_config};
 use crate::support::{
     Fault, FaultPlan, FaultProxy, Proc, SIGINT, SIGKILL, SIGTERM, dir_listing, integrity_ok,
-    new_db, random_blob, replica_cmd, run, tx, user_dump, wait_until,
+    litestream_cmd, new_db, random_blob, replica_cmd, run, tx, user_dump, wait_until,
+    write_batches,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -226,4 +231,158 @@ fn an_interrupted_restore_leaves_nothing_and_a_killed_one_is_cleaned_up() {
     );
     assert_eq!(dir_listing(&outdir), vec!["app.db".to_owned()]);
     assert_eq!(digest(&out), expected);
+}
+
+/// Scenario, on every remote store: `replicate` runs through a link that injects
+/// each fault class of its protocol in turn while a writer commits, then a total
+/// outage, then recovery. The process never exits; once the link heals it catches
+/// up; the final restore equals the source, by `replica` and by Litestream 0.5.17.
+///
+/// Commits made during the outage are uploaded late: a `--timestamp` restore to a
+/// moment after them but before their upload includes them (the planner reads the
+/// LTX time, never the store's upload time), and Litestream agrees.
+pub fn replication_survives_faults_and_an_outage(f: &dyn RemoteFixture) {
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("app.db");
+    let conn = new_db(&db);
+    write_batches(&conn, 3, 50);
+    let link = f.faulty_link();
+    let direct = f.url("faults/app");
+    let via = direct.replace(&f.upstream(), link.addr());
+    assert_ne!(via, direct, "the replica URL must go through the link");
+    let mut cmd = with_creds(f, replica_cmd());
+    cmd.args(["replicate", "--sync-interval", "100ms"])
+        .arg(&db)
+        .arg(&via);
+    let mut rep = Proc::spawn(&format!("replicate through faults to {}", f.scheme()), cmd);
+    let commit_for = |d: Duration| {
+        let until = std::time::Instant::now() + d;
+        while std::time::Instant::now() < until {
+            write_batches(&conn, 1, 10);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for class in link.classes() {
+        link.set(class);
+        commit_for(Duration::from_millis(1500));
+        assert!(
+            rep.is_running(),
+            "replicate exited during \"{class}\"\n{}",
+            rep.output_report()
+        );
+    }
+
+    link.outage();
+    commit_for(Duration::from_millis(1000));
+    let during_outage = user_dump(&db);
+    // Capture cuts a file within a sync interval of a commit: by now every commit
+    // above is in a spooled file whose LTX time is before `at`.
+    std::thread::sleep(Duration::from_millis(500));
+    let at = OffsetDateTime::now_utc();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        rep.is_running(),
+        "replicate exited during the outage\n{}",
+        rep.output_report()
+    );
+    link.heal();
+    // The writer waits until the late uploads landed, so no later commit can share
+    // their object.
+    let mut last_probe = String::new();
+    let mut probes = 0;
+    let caught_up = wait_until(Duration::from_secs(60), || {
+        probes += 1;
+        let probe = dir.path().join(format!("probe-{probes}.db"));
+        let mut cmd = with_creds(f, replica_cmd());
+        let o = run(cmd.args(["-q", "restore", "-o"]).arg(&probe).arg(&direct));
+        if !o.success() {
+            last_probe = format!("the last restore failed\n{o}");
+            return false;
+        }
+        let got = user_dump(&probe);
+        last_probe = format!(
+            "the last restore had {} rows, the source {} during the outage",
+            got.len(),
+            during_outage.len()
+        );
+        got == during_outage
+    });
+    assert!(
+        caught_up,
+        "the replica never caught up after the outage ({}); {last_probe}\n{}",
+        link.summary(),
+        rep.output_report()
+    );
+    commit_for(Duration::from_millis(500));
+    let st = rep.stop(SIGINT, TIMEOUT);
+    let report = rep.output_report();
+    assert_eq!(st.code(), Some(0), "replicate exited with {st}\n{report}");
+    assert!(!report.contains("panicked"), "a panic on the way\n{report}");
+    drop(conn);
+    let source = user_dump(&db);
+
+    let ours = dir.path().join("ours.db");
+    let mut cmd = with_creds(f, replica_cmd());
+    let o = run(cmd.args(["restore", "-o"]).arg(&ours).arg(&direct));
+    assert!(o.success(), "replica restore failed\n{o}");
+    assert!(
+        integrity_ok(&ours),
+        "replica restore: integrity_check failed"
+    );
+    assert_eq!(
+        user_dump(&ours),
+        source,
+        "replica restore differs from the source"
+    );
+
+    let cfg = litestream_config(f, dir.path(), &db, "faults/app");
+    let litestream_restore = |out: &Path, extra: &[&str]| {
+        let mut cmd = with_creds(f, litestream_cmd());
+        f.litestream_env(&mut cmd);
+        run(cmd
+            .args(["restore", "-config"])
+            .arg(&cfg)
+            .args(extra)
+            .arg("-o")
+            .arg(out)
+            .arg(&db))
+    };
+    let theirs = dir.path().join("theirs.db");
+    let o = litestream_restore(&theirs, &[]);
+    assert!(o.success(), "litestream restore failed\n{o}");
+    assert_eq!(
+        user_dump(&theirs),
+        source,
+        "litestream restore differs from the source"
+    );
+
+    let ts = at.format(&Rfc3339).expect("format");
+    let ours_at = dir.path().join("ours-at.db");
+    let mut cmd = with_creds(f, replica_cmd());
+    let o = run(cmd
+        .args(["restore", "--timestamp", &ts, "-o"])
+        .arg(&ours_at)
+        .arg(&direct));
+    assert!(o.success(), "replica restore --timestamp {ts} failed\n{o}");
+    assert!(
+        user_dump(&ours_at) == during_outage,
+        "replica restore --timestamp {ts} (after the outage's commits, before their \
+         upload) does not give the state at that time"
+    );
+    let theirs_at = dir.path().join("theirs-at.db");
+    let o = litestream_restore(&theirs_at, &["-timestamp", &ts]);
+    assert!(
+        o.success(),
+        "litestream restore -timestamp {ts} failed\n{o}"
+    );
+    assert!(
+        user_dump(&theirs_at) == during_outage,
+        "litestream restore -timestamp {ts} disagrees"
+    );
+    eprintln!("{}: {}", f.scheme(), link.summary());
+}
+
+fn with_creds(f: &dyn StoreFixture, mut cmd: Command) -> Command {
+    f.creds(&mut cmd);
+    cmd
 }

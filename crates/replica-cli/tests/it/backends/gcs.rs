@@ -95,9 +95,17 @@ impl StoreFixture for Gcs {
     }
 }
 
+impl super::RemoteFixture for Gcs {
+    fn upstream(&self) -> String {
+        super::host_port(&self.endpoint)
+    }
+}
+
 super::scenarios!(Gcs::new();
     replica_writes_and_both_tools_restore,
-    litestream_writes_and_replica_restores,    rolling_deploy_hands_over_without_loss,
+    litestream_writes_and_replica_restores,
+    rolling_deploy_hands_over_without_loss,
+    replication_survives_faults_and_an_outage,
 );
 
 /// `gcs://` names the same replica as `gs://`.

@@ -20,8 +20,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::support::{
-    Proc, SIGINT, integrity_ok, litestream_cmd, new_db, parse_ltx_json, replica_cmd, run,
-    user_dump, wait_until, write_batches,
+    FaultyLink, HttpLink, Proc, SIGINT, integrity_ok, litestream_cmd, new_db, parse_ltx_json,
+    replica_cmd, run, user_dump, wait_until, write_batches,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,6 +48,26 @@ pub trait StoreFixture {
     /// How every key that `replica ltx` lists begins in this store's layout (the
     /// layout Litestream reads).
     fn key_prefix(&self) -> &'static str;
+}
+
+/// A store behind a server, whose link a test can break.
+pub trait RemoteFixture: StoreFixture {
+    /// The store server's `host:port`, as [`StoreFixture::url`] names it.
+    fn upstream(&self) -> String;
+
+    /// A proxy in front of the store that a test can break: HTTP unless the store
+    /// speaks something else.
+    fn faulty_link(&self) -> Box<dyn FaultyLink> {
+        Box::new(HttpLink::start(&self.upstream()))
+    }
+}
+
+/// `host:port` of an `http://host:port/…` endpoint.
+fn host_port(endpoint: &str) -> String {
+    let rest = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
 /// A store whose credential is a secret that must never appear in any output.
@@ -291,6 +311,7 @@ pub fn secret_never_appears_in_output_of_failing_runs(f: &dyn SecretFixture) {
 }
 
 /// One `#[test]` per scenario for a fixture: `scenarios!(Fixture::new(); name, …)`.
+pub use crate::faults::replication_survives_faults_and_an_outage;
 pub use crate::lease::rolling_deploy_hands_over_without_loss;
 
 macro_rules! scenarios {

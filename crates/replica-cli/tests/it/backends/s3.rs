@@ -121,9 +121,16 @@ impl SecretFixture for S3 {
     }
 }
 
+impl super::RemoteFixture for S3 {
+    fn upstream(&self) -> String {
+        super::host_port(&self.endpoint)
+    }
+}
+
 super::scenarios!(S3::new();
     replica_writes_and_both_tools_restore,
     litestream_writes_and_replica_restores,
     secret_never_appears_in_output_of_failing_runs,
     rolling_deploy_hands_over_without_loss,
+    replication_survives_faults_and_an_outage,
 );

@@ -126,8 +126,21 @@ impl SecretFixture for Sftp {
     }
 }
 
+impl super::RemoteFixture for Sftp {
+    fn upstream(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// SFTP runs over one long-lived connection: faults are cut connections.
+    fn faulty_link(&self) -> Box<dyn crate::support::FaultyLink> {
+        Box::new(crate::support::TcpLink::start(&self.upstream()))
+    }
+}
+
 super::scenarios!(Sftp::new();
     replica_writes_and_both_tools_restore,
     litestream_writes_and_replica_restores,
-    secret_never_appears_in_output_of_failing_runs,    rolling_deploy_hands_over_without_loss,
+    secret_never_appears_in_output_of_failing_runs,
+    rolling_deploy_hands_over_without_loss,
+    replication_survives_faults_and_an_outage,
 );

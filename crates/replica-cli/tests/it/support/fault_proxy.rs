@@ -4,13 +4,17 @@
 //! share of faulted requests is exact and a run can be repeated; every request is
 //! logged with the fault it got.
 //!
-//! Kinds: a 503 SlowDown without forwarding; the connection dropped before the
-//! request reaches the store, or after the store applied it (the response lost); the
-//! response body cut in the middle. Request bodies must carry a Content-Length.
+//! Kinds: a 503 SlowDown, a 500 or a 429 with `Retry-After` without forwarding; the
+//! connection dropped before the request reaches the store, or after the store
+//! applied it (the response lost); the response body cut in the middle. Latency is
+//! the plan's `delay`; an outage is a plan that drops every request. The plan can be
+//! changed while the proxy runs ([`FaultProxy::set_plan`]), so a test walks through
+//! fault classes, an outage and recovery against one running replicator. Request
+//! bodies carry a Content-Length or are chunked.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +24,10 @@ pub enum Fault {
     None,
     /// 503 SlowDown, without forwarding.
     SlowDown,
+    /// 500 Internal Server Error, without forwarding.
+    ServerError,
+    /// 429 Too Many Requests with `Retry-After: 1`, without forwarding.
+    TooMany,
     /// The connection closed before the request reaches the store.
     DropBefore,
     /// The store applied the request; its response is lost.
@@ -33,6 +41,8 @@ impl Fault {
         match self {
             Fault::None => "none",
             Fault::SlowDown => "503",
+            Fault::ServerError => "500",
+            Fault::TooMany => "429",
             Fault::DropBefore => "drop-before",
             Fault::DropAfter => "drop-after",
             Fault::CutBody => "cut-body",
@@ -49,6 +59,22 @@ pub struct FaultPlan {
     pub delay: Duration,
 }
 
+impl FaultPlan {
+    /// Every request passes, at once.
+    pub const HEALTHY: FaultPlan = FaultPlan {
+        only: "",
+        pattern: &[],
+        delay: Duration::ZERO,
+    };
+
+    /// Every request is dropped before it reaches the store.
+    pub const OUTAGE: FaultPlan = FaultPlan {
+        only: "",
+        pattern: &[Fault::DropBefore],
+        delay: Duration::ZERO,
+    };
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Logged {
     pub method: String,
@@ -57,10 +83,17 @@ pub struct Logged {
     pub fault: Fault,
 }
 
+/// The plan in force, and how many eligible requests it has seen.
+struct Current {
+    plan: FaultPlan,
+    eligible: u64,
+}
+
 pub struct FaultProxy {
     pub addr: String,
     log: Arc<Mutex<Vec<Logged>>>,
     stop: Arc<AtomicBool>,
+    current: Arc<Mutex<Current>>,
 }
 
 impl FaultProxy {
@@ -70,26 +103,38 @@ impl FaultProxy {
         let addr = listener.local_addr().expect("proxy address").to_string();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let counter = Arc::new(AtomicU64::new(0));
-        let eligible = Arc::new(AtomicU64::new(0));
-        let (upstream, l, s) = (upstream.to_owned(), log.clone(), stop.clone());
+        let current = Arc::new(Mutex::new(Current { plan, eligible: 0 }));
+        let (upstream, l, s, c) = (
+            upstream.to_owned(),
+            log.clone(),
+            stop.clone(),
+            current.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                counter.fetch_add(1, Ordering::Relaxed);
-                let (upstream, plan, l, e) =
-                    (upstream.clone(), plan.clone(), l.clone(), eligible.clone());
+                let (upstream, l, c) = (upstream.clone(), l.clone(), c.clone());
                 std::thread::spawn(move || {
-                    if let Some(entry) = serve(conn, &upstream, &plan, &e) {
+                    if let Some(entry) = serve(conn, &upstream, &c) {
                         l.lock().expect("proxy log").push(entry);
                     }
                 });
             }
         });
-        FaultProxy { addr, log, stop }
+        FaultProxy {
+            addr,
+            log,
+            stop,
+            current,
+        }
+    }
+
+    /// Replaces the plan; its pattern starts again at its first entry.
+    pub fn set_plan(&self, plan: FaultPlan) {
+        *self.current.lock().expect("proxy plan") = Current { plan, eligible: 0 };
     }
 
     pub fn log(&self) -> Vec<Logged> {
@@ -105,12 +150,7 @@ impl Drop for FaultProxy {
     }
 }
 
-fn serve(
-    client: TcpStream,
-    upstream: &str,
-    plan: &FaultPlan,
-    eligible: &AtomicU64,
-) -> Option<Logged> {
+fn serve(client: TcpStream, upstream: &str, current: &Mutex<Current>) -> Option<Logged> {
     client
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
@@ -118,6 +158,7 @@ fn serve(
     let mut head = Vec::new();
     let mut content_length = 0usize;
     let mut range = None;
+    let mut chunked = false;
     let mut request_line = String::new();
     loop {
         let mut line = String::new();
@@ -138,24 +179,39 @@ fn serve(
         if let Some(v) = lower.strip_prefix("content-length:") {
             content_length = v.trim().parse().unwrap_or(0);
         }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
         if lower.starts_with("range:") {
             range = Some(line[6..].trim().to_owned());
         }
         head.extend_from_slice(line.as_bytes());
     }
-    let mut body = vec![0u8; content_length];
-    reader.read_exact(&mut body).ok()?;
+    let body = if chunked {
+        read_chunked(&mut reader)?
+    } else {
+        let mut body = vec![0u8; content_length];
+        reader.read_exact(&mut body).ok()?;
+        body
+    };
     let mut parts = request_line.split(' ');
     let method = parts.next().unwrap_or("").to_owned();
     let path = parts.next().unwrap_or("").to_owned();
-    let fault = if (plan.only.is_empty() || path.contains(plan.only)) && !plan.pattern.is_empty() {
-        let k = eligible.fetch_add(1, Ordering::Relaxed) as usize;
-        match plan.pattern[k % plan.pattern.len()] {
-            Fault::CutBody if method != "GET" => Fault::None,
-            f => f,
-        }
-    } else {
-        Fault::None
+    let (fault, delay) = {
+        let mut c = current.lock().expect("proxy plan");
+        let plan = c.plan.clone();
+        let fault =
+            if (plan.only.is_empty() || path.contains(plan.only)) && !plan.pattern.is_empty() {
+                let k = c.eligible as usize;
+                c.eligible += 1;
+                match plan.pattern[k % plan.pattern.len()] {
+                    Fault::CutBody if method != "GET" => Fault::None,
+                    f => f,
+                }
+            } else {
+                Fault::None
+            };
+        (fault, plan.delay)
     };
     let logged = Logged {
         method,
@@ -163,14 +219,41 @@ fn serve(
         range,
         fault,
     };
+    let trace = std::env::var_os("FAULT_PROXY_TRACE").is_some();
+    if trace {
+        eprintln!("proxy: {} {} {:?} start", logged.method, logged.path, fault);
+    }
     let mut client = client;
+    let refuse = |client: &mut TcpStream, status: &str, extra: &str, code: &str| {
+        let body = format!(
+            "<Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+        );
+        let _ = write!(
+            client,
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
     match fault {
         Fault::SlowDown => {
-            let body = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-            let _ = write!(
-                client,
-                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
+            refuse(&mut client, "503 Slow Down", "", "SlowDown");
+            return Some(logged);
+        }
+        Fault::ServerError => {
+            refuse(
+                &mut client,
+                "500 Internal Server Error",
+                "",
+                "InternalError",
+            );
+            return Some(logged);
+        }
+        Fault::TooMany => {
+            refuse(
+                &mut client,
+                "429 Too Many Requests",
+                "Retry-After: 1\r\n",
+                "TooManyRequests",
             );
             return Some(logged);
         }
@@ -180,7 +263,7 @@ fn serve(
         }
         _ => {}
     }
-    std::thread::sleep(plan.delay);
+    std::thread::sleep(delay);
     let mut up = TcpStream::connect(upstream).ok()?;
     up.write_all(&head).ok()?;
     up.write_all(&body).ok()?;
@@ -205,5 +288,37 @@ fn serve(
             let _ = client.write_all(&response);
         }
     }
+    if trace {
+        eprintln!("proxy: {} {} {:?} done", logged.method, logged.path, fault);
+    }
     Some(logged)
+}
+
+/// A chunked request body, raw (sizes and trailer included), to forward as it came.
+fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut raw = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        raw.extend_from_slice(line.as_bytes());
+        let size_hex = line.trim().split(';').next().unwrap_or("");
+        let size = usize::from_str_radix(size_hex, 16).ok()?;
+        if size == 0 {
+            loop {
+                let mut trailer = String::new();
+                if reader.read_line(&mut trailer).ok()? == 0 {
+                    return None;
+                }
+                raw.extend_from_slice(trailer.as_bytes());
+                if trailer == "\r\n" {
+                    return Some(raw);
+                }
+            }
+        }
+        let mut chunk = vec![0u8; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+        raw.extend_from_slice(&chunk);
+    }
 }

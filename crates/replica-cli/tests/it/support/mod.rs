@@ -6,11 +6,13 @@
 //! installs; a missing oracle is a test failure, never a silent skip.
 
 mod fault_proxy;
+mod links;
 mod process;
 mod replica;
 mod selftest;
 mod sqlite;
 mod stores;
+mod tcp_proxy;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -18,10 +20,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use fault_proxy::*;
+pub use links::*;
 pub use process::*;
 pub use replica::*;
 pub use sqlite::*;
 pub use stores::*;
+pub use tcp_proxy::*;
 pub use workload::*;
 
 /// The Litestream version the interop tests are written against.
