@@ -2,7 +2,7 @@
 //! once, and catches up when space is freed; the restore is then exact.
 //!
 //! The disk is a 16 MiB tmpfs (the tests run as root, as CI does); the replica is
-//! outside it.
+//! outside it. A restore that cannot fit fails before it writes, and cleans up.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use tempfile::TempDir;
 
 use crate::support::{
-    Proc, SIGINT, file_url, new_db, random_blob, replica_cmd, run, user_dump, wait_until,
+    Proc, SIGINT, dir_listing, file_url, new_db, random_blob, replica_cmd, run, user_dump, wait_until,
     write_batches,
 };
 
@@ -135,6 +135,62 @@ fn a_full_disk_pauses_capture_and_replication_catches_up() {
     let source = user_dump(&db);
     drop(conn);
     let out = replica.path().join("restored.db");
+    let o = run(replica_cmd().args(["restore", "-o"]).arg(&out).arg(&url));
+    assert!(o.success(), "{o}");
+    assert_eq!(user_dump(&out), source, "the restore is not the database");
+}
+
+/// A restore that cannot fit fails before it writes anything, with a message naming
+/// the output, the space needed and the space free, and leaves nothing behind; the
+/// same replica restores into a disk that is large enough.
+#[test]
+fn a_restore_that_cannot_fit_fails_before_writing() {
+    let src = TempDir::new().expect("tempdir");
+    let db = src.path().join("big.db");
+    let url = file_url(&src.path().join("r"));
+    let conn = new_db(&db);
+    conn.execute_batch("CREATE TABLE blobs(id INTEGER PRIMARY KEY, b BLOB)")
+        .expect("create");
+    let mut rng = StdRng::seed_from_u64(11);
+    for _ in 0..6 {
+        conn.execute(
+            "INSERT INTO blobs(b) VALUES (?1)",
+            [random_blob(&mut rng, 1 << 20)],
+        )
+        .expect("insert");
+    }
+    let mut cmd = replica_cmd();
+    cmd.args(["replicate", "--sync-interval", "100ms"])
+        .arg(&db)
+        .arg(&url);
+    let mut rep = Proc::spawn("replicate a 6 MiB database", cmd);
+    assert!(
+        wait_until(TIMEOUT, || rep.stderr().contains("snapshot spooled")),
+        "{}",
+        rep.output_report()
+    );
+    write_batches(&conn, 2, 10);
+    let st = rep.stop(SIGINT, TIMEOUT);
+    assert_eq!(st.code(), Some(0), "{}", rep.output_report());
+    let source = user_dump(&db);
+    drop(conn);
+
+    let small = Tmpfs::mount("2m");
+    let out = small.path.join("restored.db");
+    let o = run(replica_cmd().args(["restore", "-o"]).arg(&out).arg(&url));
+    assert_eq!(o.code(), Some(1), "{o}");
+    assert!(
+        o.stderr.contains("not enough space to restore") && o.stderr.contains("restored.db"),
+        "the error does not say what is missing\n{o}"
+    );
+    assert!(
+        dir_listing(&small.path).is_empty(),
+        "a failed restore left {:?}",
+        dir_listing(&small.path)
+    );
+
+    let large = Tmpfs::mount("16m");
+    let out = large.path.join("restored.db");
     let o = run(replica_cmd().args(["restore", "-o"]).arg(&out).arg(&url));
     assert!(o.success(), "{o}");
     assert_eq!(user_dump(&out), source, "the restore is not the database");

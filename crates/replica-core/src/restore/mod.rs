@@ -29,7 +29,7 @@ pub use v3::{V3Error, V3Target};
 
 use crate::error::StoreError;
 use crate::file_mode::{self, FileMode};
-use crate::ltx::{Decoder, LtxError};
+use crate::ltx::{Decoder, Header, LtxError};
 use crate::replica::{RemoteFile, Replica};
 use crate::root_record::{self, RootRecordError};
 use fetch::Fetch;
@@ -134,6 +134,17 @@ pub enum RestoreError {
     #[error("replica file {key} does not match its name or its chain: {detail}")]
     Mismatch { key: String, detail: String },
 
+    #[error(
+        "not enough space to restore {path}: it needs about {} MiB, and {} has {} MiB free; free some space or restore elsewhere with -o",
+        needed >> 20, dir.display(), available >> 20
+    )]
+    NoSpace {
+        path: PathBuf,
+        dir: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -198,6 +209,9 @@ pub async fn restore(
         _ => PathBuf::from("."),
     };
     file_mode::create_dir_all(&parent, mode.dir()).map_err(io_err(&parent))?;
+    if let Source::Ltx(chain) = &source {
+        check_space(replica, chain, out, &parent).await?;
+    }
     let work = WorkDir::create(&parent, out, mode)?;
 
     let bytes_downloaded = match &source {
@@ -255,6 +269,53 @@ pub async fn restore(
             })
         }
     }
+}
+
+/// Fails before anything is written when `dir` cannot hold the restore: the
+/// database at the end of the chain (its last file's commit size, from one ranged
+/// GET of that file's header) and the downloaded files applied onto it.
+async fn check_space(
+    replica: &Replica,
+    chain: &[RemoteFile],
+    out: &Path,
+    dir: &Path,
+) -> Result<(), RestoreError> {
+    use tokio::io::AsyncReadExt;
+    let Some(last) = chain.last() else {
+        return Ok(());
+    };
+    if !replica.client().info().capabilities.ranged_get {
+        return Ok(());
+    }
+    let mut body = replica
+        .client()
+        .get(&last.key, Some(0..crate::ltx::HEADER_SIZE as u64))
+        .await?;
+    let mut raw = [0u8; crate::ltx::HEADER_SIZE];
+    body.read_exact(&mut raw)
+        .await
+        .map_err(|e| StoreError::from_io(crate::error::Op::Get, &last.key, e))?;
+    let header = Header::from_bytes(&raw).map_err(|source| RestoreError::Corrupt {
+        key: last.key.to_string(),
+        source,
+    })?;
+    let db_size = u64::from(header.commit) * u64::from(header.page_size);
+    let downloads: u64 = chain.iter().skip(1).map(|f| f.size).sum();
+    let needed = db_size + downloads;
+    let stat = rustix::fs::statvfs(dir).map_err(|e| RestoreError::Io {
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })?;
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if available < needed {
+        return Err(RestoreError::NoSpace {
+            path: out.to_path_buf(),
+            dir: dir.to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
 }
 
 /// What a restore applies: a chain of LTX files, or a Litestream 0.3 generation.
