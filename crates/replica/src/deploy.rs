@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use replica_core::client::{Payload, PutMode, PutOptions};
-use replica_core::engine::{EngineConfig, EngineError, Replicator};
+use replica_core::engine::{EngineConfig, EngineError, Pin, Replicator};
 use replica_core::error::StoreError;
 use replica_core::key::Key;
 use replica_core::lease::Lease;
@@ -96,6 +96,9 @@ pub struct Deployment {
     registry: Registry,
     /// Leases taken before the boot restore, handed to the replicators by `start`.
     leases: std::sync::Mutex<std::collections::HashMap<PathBuf, Lease>>,
+    /// WALs held since before the store answered ([`Deployment::pin_present`]),
+    /// handed to the replicators by `start`.
+    pins: std::sync::Mutex<std::collections::HashMap<PathBuf, Pin>>,
 }
 
 impl Deployment {
@@ -104,6 +107,7 @@ impl Deployment {
             config,
             registry,
             leases: Default::default(),
+            pins: Default::default(),
         }
     }
 
@@ -149,10 +153,23 @@ impl Deployment {
             url: url.clone(),
             source,
         };
-        let mut body = match root.client().get(&Key::from_static(SHARDS_KEY), None).await {
-            Ok(b) => b,
-            Err(StoreError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(store(e)),
+        let key = Key::from_static(SHARDS_KEY);
+        let deadline = tokio::time::Instant::now() + self.config.lease.wait;
+        let mut delay = Duration::from_millis(250);
+        let mut body = loop {
+            match root.client().get(&key, None).await {
+                Ok(b) => break b,
+                Err(StoreError::NotFound { .. }) => return Ok(()),
+                // An unreachable store is waited for as long as a lease would be.
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                    if delay == Duration::from_millis(250) {
+                        warn!(url = %url, error = %e, "store unreachable; retrying the shard-count check");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(store(e)),
+            }
         };
         let mut bytes = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut body, &mut bytes)
@@ -340,6 +357,31 @@ impl Deployment {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// When every configured database exists locally, holds each one's WAL
+    /// ([`Replicator::pin`]) and returns true: the service can start before the
+    /// store answers, and nothing it commits meanwhile is checkpointed out of
+    /// capture's sight. Returns false, pinning nothing, when a database is
+    /// missing (its boot restore needs the store first).
+    pub async fn pin_present(&self) -> Result<bool, DeployError> {
+        if !self.config.databases.iter().all(|d| d.path.exists()) {
+            return Ok(false);
+        }
+        let cfg = self.engine_config();
+        for db in &self.config.databases {
+            let pin =
+                Replicator::pin(&db.path, &cfg)
+                    .await
+                    .map_err(|source| DeployError::Engine {
+                        db: db.path.clone(),
+                        source,
+                    })?;
+            if let Ok(mut pins) = self.pins.lock() {
+                pins.insert(db.path.clone(), pin);
+            }
+        }
+        Ok(true)
+    }
+
     fn held(&self, db: &Path) -> bool {
         self.leases.lock().is_ok_and(|l| l.contains_key(db))
     }
@@ -370,11 +412,12 @@ impl Deployment {
             }
             let replica = self.open(&db.url).await?;
             let lease = self.take_lease(&db.path);
+            let pin = self.pins.lock().ok().and_then(|mut p| p.remove(&db.path));
             let (path, cfg, sem) = (db.path.clone(), self.engine_config(), sem.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 let r = match lease {
-                    Some(lease) => Replicator::start_leased(&path, replica, cfg, lease).await,
+                    Some(lease) => Replicator::start_pinned(&path, replica, cfg, lease, pin).await,
                     None => Replicator::start(&path, replica, cfg).await,
                 };
                 (path, r)

@@ -141,21 +141,53 @@ async fn run_config(
         return Ok(ExitCode::from(child::exit_code(status)));
     }
 
-    // Nothing is written anywhere before the shard guard has passed.
-    dep.check_shards().await?;
-    if dep.config.restore_on_boot {
-        // The lease wait and the restore stop at a signal; a restore dropped halfway
-        // removes its work directory.
-        let restored = tokio::select! {
-            r = dep.restore_missing() => r?,
-            sig = signals.next() => anyhow::bail!(
-                "stopped by signal {sig} before replication started (waiting for the lease or restoring); nothing was left half-restored"
-            ),
-        };
-        info!(databases = restored.len(), "boot restore done");
+    // With every database on local disk, the service need not wait for the store:
+    // their WALs are held until replication starts, so nothing is lost meanwhile.
+    let mut child = None;
+    if let Some(cmd) = a.exec.as_deref()
+        && dep.pin_present().await?
+    {
+        info!(
+            "every database is present locally: starting the service now; replication starts once the store answers"
+        );
+        child = Some(child::spawn(cmd)?);
     }
-    let running = dep.start().await?;
-    let mut child = a.exec.as_deref().map(child::spawn).transpose()?;
+    let prepare = async {
+        // Nothing is written anywhere before the shard guard has passed.
+        dep.check_shards().await?;
+        if dep.config.restore_on_boot {
+            let restored = dep.restore_missing().await?;
+            info!(databases = restored.len(), "boot restore done");
+        }
+        dep.start().await
+    };
+    // The lease wait and the restore stop at a signal; a restore dropped halfway
+    // removes its work directory.
+    let prepared = tokio::select! {
+        r = prepare => r.map_err(anyhow::Error::from),
+        sig = signals.next() => Err(anyhow::anyhow!(
+            "stopped by signal {sig} before replication started (waiting for the store or the lease, or restoring); nothing was left half-restored"
+        )),
+        st = wait_child(&mut child) => {
+            let code = child::exit_code(st?);
+            warn!(code, "the service exited before replication started");
+            return Ok(ExitCode::from(code));
+        }
+    };
+    let running = match prepared {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(c) = child.as_mut() {
+                error!("replication could not start; stopping the service");
+                child::signal(c, libc::SIGTERM);
+                let _ = c.wait().await;
+            }
+            return Err(e);
+        }
+    };
+    if child.is_none() {
+        child = a.exec.as_deref().map(child::spawn).transpose()?;
+    }
     let mut failed = None;
     let mut code = 0u8;
     tokio::select! {

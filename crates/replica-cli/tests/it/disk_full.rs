@@ -13,8 +13,8 @@ use rand::rngs::StdRng;
 use tempfile::TempDir;
 
 use crate::support::{
-    Proc, SIGINT, dir_listing, file_url, new_db, random_blob, replica_cmd, run, user_dump, wait_until,
-    write_batches,
+    Proc, SIGINT, dir_listing, file_url, new_db, random_blob, replica_cmd, run, user_dump,
+    wait_until, write_batches,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);

@@ -386,3 +386,132 @@ fn with_creds(f: &dyn StoreFixture, mut cmd: Command) -> Command {
     f.creds(&mut cmd);
     cmd
 }
+
+fn pod_app() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pod_app.py")
+}
+
+fn rows_of(db: &Path, pod: &str) -> i64 {
+    // Read-only: opening must never create the file a boot restore is waiting to
+    // write.
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.busy_timeout(Duration::from_secs(5))?;
+            c.query_row("SELECT count(*) FROM rows WHERE pod = ?1", [pod], |r| {
+                r.get(0)
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// The store is down when `replicate --config --exec` starts. With every database
+/// on local disk, the service starts at once and what it commits during the
+/// outage is replicated once the store returns. A missing database waits for the
+/// store (saying so), is restored when it answers, and only then does the service
+/// start.
+#[test]
+fn the_service_starts_while_the_store_is_down() {
+    let s3 = S3::new();
+    let dir = TempDir::new().expect("tempdir");
+    let proxy = FaultProxy::start(
+        s3.endpoint()
+            .strip_prefix("http://")
+            .expect("http endpoint"),
+        FaultPlan::OUTAGE,
+    );
+    let direct = s3.url("boot");
+    let via = direct.replace(s3.endpoint(), &format!("http://{}", proxy.addr));
+    let config = |name: &str, dbs: &[&str]| {
+        let path = dir.path().join(name);
+        let list: String = dbs.iter().map(|d| format!("  - {d}\n")).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "replication:\n  enabled: true\n  replica_url: {via}\n  sync_interval: 100ms\n  lease_wait: 2m\ndatabases:\n{list}"
+            ),
+        )
+        .expect("writing the config");
+        path
+    };
+    let replicate = |cfg: &Path, db: &Path, pod: &str| {
+        let mut cmd = replica_cmd();
+        s3.creds(&mut cmd);
+        cmd.args(["replicate", "--config"]).arg(cfg).args([
+            "--exec",
+            &format!("python3 {} {} {pod}", pod_app().display(), db.display()),
+        ]);
+        Proc::spawn(&format!("replicate --exec ({pod})"), cmd)
+    };
+
+    // Every database present: the service starts while the store is down.
+    std::fs::create_dir(dir.path().join("data")).expect("data dir");
+    let (a, b) = (dir.path().join("data/a.db"), dir.path().join("data/b.db"));
+    for db in [&a, &b] {
+        let conn = new_db(db);
+        write_batches(&conn, 2, 20);
+    }
+    let cfg = config("present.yml", &["./data/a.db", "./data/b.db"]);
+    let mut rep = replicate(&cfg, &a, "early");
+    assert!(
+        wait_until(Duration::from_secs(20), || rows_of(&a, "early") > 50),
+        "the service did not start while the store was down\n{}",
+        rep.output_report()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(rep.is_running(), "{}", rep.output_report());
+    proxy.set_plan(FaultPlan::HEALTHY);
+    assert!(
+        wait_until(TIMEOUT, || rep.stderr().contains("replicating")),
+        "replication never started once the store answered\n{}",
+        rep.output_report()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let st = rep.stop(SIGTERM, TIMEOUT);
+    assert_eq!(st.code(), Some(0), "{}", rep.output_report());
+    for (db, name) in [(&a, "a"), (&b, "b")] {
+        let out = dir.path().join(format!("{name}-restored.db"));
+        let mut cmd = replica_cmd();
+        s3.creds(&mut cmd);
+        let o = run(cmd
+            .args(["restore", "-o"])
+            .arg(&out)
+            .arg(direct.replace("/boot?", &format!("/boot/{name}?"))));
+        assert!(o.success(), "{o}");
+        assert_eq!(
+            user_dump(&out),
+            user_dump(db),
+            "{name}: the restore differs from what the service committed"
+        );
+    }
+
+    // A missing database: the boot restore waits for the store, then the service.
+    proxy.set_plan(FaultPlan::OUTAGE);
+    std::fs::create_dir(dir.path().join("fresh")).expect("fresh dir");
+    let fresh = dir.path().join("fresh/a.db");
+    let cfg = config("missing.yml", &["./fresh/a.db"]);
+    let mut rep = replicate(&cfg, &fresh, "late");
+    assert!(
+        wait_until(TIMEOUT, || rep.stderr().contains("store is not answering")),
+        "the wait for the store is not reported\n{}",
+        rep.output_report()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !fresh.exists(),
+        "the service started (or a database was created) before the restore"
+    );
+    proxy.set_plan(FaultPlan::HEALTHY);
+    assert!(
+        wait_until(TIMEOUT, || rows_of(&fresh, "late") > 10),
+        "the service did not start once the store answered\n{}",
+        rep.output_report()
+    );
+    let st = rep.stop(SIGTERM, TIMEOUT);
+    assert_eq!(st.code(), Some(0), "{}", rep.output_report());
+    assert_eq!(
+        rows_of(&fresh, "early"),
+        rows_of(&a, "early"),
+        "the boot restore lost rows the first service committed during the outage\n{}",
+        rep.output_report()
+    );
+}

@@ -152,18 +152,29 @@ impl Capturer {
         &self.spool
     }
 
-    /// Opens the database, proves (or gives up on) continuity with the spool, and
-    /// decides whether the first action is a snapshot. `remote_max` is the highest
-    /// TXID in the replica (0 when empty).
+    /// Opens the database (or takes over `pinned`, connections opened earlier whose
+    /// read transaction has held the WAL since), proves (or gives up on) continuity
+    /// with the spool, and decides whether the first action is a snapshot.
+    /// `remote_max` is the highest TXID in the replica (0 when empty).
     pub fn open(
         db_path: &Path,
         cfg: EngineConfig,
         shared: Arc<Shared>,
-        remote_max: u64,
-        remote_snapshot: Option<(u64, Option<SystemTime>)>,
+        remote: (u64, Option<(u64, Option<SystemTime>)>),
+        pinned: Option<Connections>,
     ) -> Result<Self, EngineError> {
-        check_sqlite_file(db_path)?;
-        let conns = Connections::open(db_path, cfg.busy_timeout)?;
+        let (remote_max, remote_snapshot) = remote;
+        let conns = match pinned {
+            // Checked when it was pinned. Not again: closing a descriptor of the
+            // database file drops every POSIX lock this process holds on it, the
+            // pinned connections' included, and a writer's close could then
+            // checkpoint and delete the WAL under us.
+            Some(c) => c,
+            None => {
+                check_sqlite_file(db_path)?;
+                Connections::open(db_path, cfg.busy_timeout)?
+            }
+        };
         let page_size = conns.page_size(db_path)?;
         let db_file = File::open(db_path).map_err(|source| EngineError::Io {
             path: db_path.to_path_buf(),
@@ -989,7 +1000,7 @@ const SPOOL_DURABILITY: Durability = Durability::Deferred;
 const REWOUND: &str = "WAL rewound during snapshot";
 
 /// Refuses anything that is not a SQLite database before SQLite gets to touch it.
-fn check_sqlite_file(path: &Path) -> Result<(), EngineError> {
+pub(super) fn check_sqlite_file(path: &Path) -> Result<(), EngineError> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

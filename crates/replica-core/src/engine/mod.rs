@@ -36,6 +36,7 @@ use crate::lease::{Fenced, Lease, LeaseConfig, LeaseError, LeaseState};
 use crate::replica::Replica;
 use crate::requests::{Counted, RequestCounts};
 use crate::root_record;
+use sqlite::Connections;
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -288,6 +289,11 @@ pub struct Replicator {
     lease_state: Arc<LeaseState>,
 }
 
+/// A database's WAL held by a read transaction until replication starts
+/// ([`Replicator::pin`]).
+#[derive(Debug)]
+pub struct Pin(Connections);
+
 impl Replicator {
     /// Takes the replica's lease (waiting for another holder as `cfg.lease` says),
     /// then [`Replicator::start_leased`].
@@ -324,6 +330,31 @@ impl Replicator {
         cfg: EngineConfig,
         lease: Lease,
     ) -> Result<Self, EngineError> {
+        Self::start_pinned(db, replica, cfg, lease, None).await
+    }
+
+    /// Holds `db`'s WAL before replication can start (the store is not reachable
+    /// yet): the application may write at once, and no checkpoint moves a frame
+    /// into the database file before capture has seen it. The WAL grows meanwhile;
+    /// [`Replicator::start_pinned`] takes the pin over.
+    pub async fn pin(db: &Path, cfg: &EngineConfig) -> Result<Pin, EngineError> {
+        let (db, busy) = (db.to_path_buf(), cfg.busy_timeout);
+        tokio::task::spawn_blocking(move || {
+            capture::check_sqlite_file(&db)?;
+            Connections::open(&db, busy).map(Pin)
+        })
+        .await
+        .map_err(|e| EngineError::Thread("pin", e.to_string()))?
+    }
+
+    /// [`Replicator::start_leased`], taking over the connections of `pin`.
+    pub async fn start_pinned(
+        db: &Path,
+        replica: Replica,
+        cfg: EngineConfig,
+        lease: Lease,
+        pin: Option<Pin>,
+    ) -> Result<Self, EngineError> {
         let shared = Arc::new(Shared::default());
         let lease_state = lease.state();
         let replica = Replica::new(Arc::new(Fenced::new(
@@ -347,7 +378,13 @@ impl Replicator {
         let capturer = {
             let (db, shared) = (db.clone(), shared.clone());
             tokio::task::spawn_blocking(move || {
-                capture::Capturer::open(&db, cfg, shared, remote_max, remote_snapshot)
+                capture::Capturer::open(
+                    &db,
+                    cfg,
+                    shared,
+                    (remote_max, remote_snapshot),
+                    pin.map(|p| p.0),
+                )
             })
             .await
             .map_err(|e| EngineError::Thread("capture", e.to_string()))??
