@@ -39,9 +39,36 @@ impl Fetch {
     /// A stream of the object from `offset` (the whole object at 0), retrying
     /// transient refusals.
     pub async fn open(&mut self, offset: u64) -> Result<ByteStream, StoreError> {
+        self.get((offset > 0).then_some(offset..self.size), offset)
+            .await
+    }
+
+    /// The first `len` bytes of the object (a header), resumed and retried as a
+    /// whole read is.
+    pub async fn read_prefix(&mut self, len: u64) -> Result<Vec<u8>, StoreError> {
+        use tokio::io::AsyncReadExt;
+        let len = len.min(self.size);
+        let mut out = Vec::with_capacity(len as usize);
+        while (out.len() as u64) < len {
+            let offset = out.len() as u64;
+            let stream = self.get(Some(offset..len), offset).await?;
+            let read = stream.take(len - offset).read_to_end(&mut out).await;
+            match read {
+                Ok(_) if out.len() as u64 >= len => break,
+                Ok(_) => self.broke(out.len() as u64, None).await?,
+                Err(e) => self.broke(out.len() as u64, Some(e)).await?,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get(
+        &mut self,
+        range: Option<std::ops::Range<u64>>,
+        offset: u64,
+    ) -> Result<ByteStream, StoreError> {
         loop {
-            let range = (offset > 0).then_some(offset..self.size);
-            match self.client.get(&self.key, range).await {
+            match self.client.get(&self.key, range.clone()).await {
                 Ok(s) => return Ok(s),
                 Err(e) if e.is_transient() && self.failures < ATTEMPTS => {
                     self.failed(offset, &e.to_string()).await;

@@ -280,21 +280,15 @@ async fn check_space(
     out: &Path,
     dir: &Path,
 ) -> Result<(), RestoreError> {
-    use tokio::io::AsyncReadExt;
     let Some(last) = chain.last() else {
         return Ok(());
     };
     if !replica.client().info().capabilities.ranged_get {
         return Ok(());
     }
-    let mut body = replica
-        .client()
-        .get(&last.key, Some(0..crate::ltx::HEADER_SIZE as u64))
+    let raw = Fetch::new(replica.client().clone(), last.key.clone(), last.size)
+        .read_prefix(crate::ltx::HEADER_SIZE as u64)
         .await?;
-    let mut raw = [0u8; crate::ltx::HEADER_SIZE];
-    body.read_exact(&mut raw)
-        .await
-        .map_err(|e| StoreError::from_io(crate::error::Op::Get, &last.key, e))?;
     let header = Header::from_bytes(&raw).map_err(|source| RestoreError::Corrupt {
         key: last.key.to_string(),
         source,
