@@ -69,15 +69,51 @@ async fn run_single(
         take_over_replica: a.take_over_replica,
         ..EngineConfig::default()
     };
-    let replicator = tokio::select! {
-        r = Replicator::start(db, Replica::new(client), cfg) => {
-            r.with_context(|| format!("cannot replicate {}", db.display()))?
-        }
-        sig = signals.next() => anyhow::bail!(
-            "stopped by signal {sig} before replication of {} started", db.display()
-        ),
+    // As with --config: a database on local disk need not wait for the store. Its
+    // WAL is held from now on, so nothing the service commits meanwhile is lost.
+    let mut child = None;
+    let mut pin = None;
+    if let Some(cmd) = a.exec.as_deref()
+        && db.exists()
+    {
+        pin = Some(
+            Replicator::pin(db, &cfg)
+                .await
+                .with_context(|| format!("cannot replicate {}", db.display()))?,
+        );
+        info!(db = %db.display(), "the database is present locally: starting the service now; replication starts once the store answers");
+        child = Some(child::spawn(cmd)?);
+    }
+    let replica = Replica::new(client);
+    let start = async {
+        let lease = Replicator::take_lease(db, &replica, cfg.lease).await?;
+        Replicator::start_pinned(db, replica.clone(), cfg, lease, pin).await
     };
-    let mut child = a.exec.as_deref().map(child::spawn).transpose()?;
+    let started = tokio::select! {
+        r = start => r.with_context(|| format!("cannot replicate {}", db.display())),
+        sig = signals.next() => Err(anyhow::anyhow!(
+            "stopped by signal {sig} before replication of {} started", db.display()
+        )),
+        st = wait_child(&mut child) => {
+            let code = child::exit_code(st?);
+            warn!(code, "the service exited before replication started");
+            return Ok(ExitCode::from(code));
+        }
+    };
+    let replicator = match started {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(c) = child.as_mut() {
+                error!("replication could not start; stopping the service");
+                child::signal(c, libc::SIGTERM);
+                let _ = c.wait().await;
+            }
+            return Err(e);
+        }
+    };
+    if child.is_none() {
+        child = a.exec.as_deref().map(child::spawn).transpose()?;
+    }
     let mut failed = false;
     let mut code = 0u8;
     tokio::select! {

@@ -515,3 +515,51 @@ fn the_service_starts_while_the_store_is_down() {
         rep.output_report()
     );
 }
+
+/// The same for one database on the command line: present locally, it gets its
+/// service at once while the store is down, and everything reaches the replica.
+#[test]
+fn a_single_database_starts_its_service_while_the_store_is_down() {
+    let s3 = S3::new();
+    let dir = TempDir::new().expect("tempdir");
+    let proxy = FaultProxy::start(
+        s3.endpoint()
+            .strip_prefix("http://")
+            .expect("http endpoint"),
+        FaultPlan::OUTAGE,
+    );
+    let direct = s3.url("single/a");
+    let via = direct.replace(s3.endpoint(), &format!("http://{}", proxy.addr));
+    let db = dir.path().join("a.db");
+    write_batches(&new_db(&db), 2, 20);
+    let mut cmd = replica_cmd();
+    s3.creds(&mut cmd);
+    cmd.args(["replicate", "--sync-interval", "100ms", "--exec"])
+        .arg(format!(
+            "python3 {} {} solo",
+            pod_app().display(),
+            db.display()
+        ))
+        .arg(&db)
+        .arg(&via);
+    let mut rep = Proc::spawn("replicate one database --exec", cmd);
+    assert!(
+        wait_until(Duration::from_secs(20), || rows_of(&db, "solo") > 50),
+        "the service did not start while the store was down\n{}",
+        rep.output_report()
+    );
+    proxy.set_plan(FaultPlan::HEALTHY);
+    assert!(
+        wait_until(TIMEOUT, || rep.stderr().contains("replicating")),
+        "replication never started once the store answered\n{}",
+        rep.output_report()
+    );
+    let st = rep.stop(SIGTERM, TIMEOUT);
+    assert_eq!(st.code(), Some(0), "{}", rep.output_report());
+    let out = dir.path().join("restored.db");
+    let mut cmd = replica_cmd();
+    s3.creds(&mut cmd);
+    let o = run(cmd.args(["restore", "-o"]).arg(&out).arg(&direct));
+    assert!(o.success(), "{o}");
+    assert_eq!(user_dump(&out), user_dump(&db), "the restore differs");
+}
