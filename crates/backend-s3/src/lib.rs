@@ -622,7 +622,13 @@ impl ReplicaClient for S3Client {
             .bucket(&self.config.bucket)
             .key(self.full_key(key));
         if let Some(r) = &range {
-            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+            // "To the end" is said as such: SeaweedFS answers an empty body to a last
+            // byte far past the object's end, which S3 would clamp.
+            req = req.range(if r.end == u64::MAX {
+                format!("bytes={}-", r.start)
+            } else {
+                format!("bytes={}-{}", r.start, r.end - 1)
+            });
         }
         let out = match req.send().await {
             Ok(out) => out,

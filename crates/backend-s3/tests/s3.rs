@@ -11,9 +11,9 @@
 //! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` set, so the standard environment chain
 //! of [`S3Client::from_url`] is exercised too.
 //!
-//! Not covered: `PermissionDenied`. moto accepts any credentials and has no policies,
-//! so it never answers 403; the mapping of AccessDenied / InvalidAccessKeyId /
-//! SignatureDoesNotMatch / 403 is unit-tested in `src/error.rs`.
+//! Not covered here: `PermissionDenied`. moto accepts any credentials and has no
+//! policies, so it never answers 403; `conformance.rs` runs the suite's
+//! `permission_denied` case against SeaweedFS, which refuses a wrong secret.
 
 // The key helpers take anything string-like; `&key` reads the same for both kinds.
 #![allow(clippy::needless_borrows_for_generic_args)]

@@ -7,6 +7,7 @@
 //! | azure | Azurite 3.35.0 (npm)              | `azurite/node_modules`                 |
 //! | gcs   | fake-gcs-server (PyPI wrapper)    | `fake-gcs/venv`, `fake-gcs/bin`        |
 //! | sftp  | OpenSSH sshd (Debian, apt-get)    | system; keys and config in the state dir |
+//! | seaweedfs | SeaweedFS 4.48 (PyPI), S3 with SigV4 checked | `seaweedfs/venv`         |
 //!
 //! Pid files, ports, logs, the SFTP keys and the exported `env` file live in
 //! `<cache>/emulators/state/`. `cargo xtask test` uses [`Session`] to bring
@@ -23,6 +24,7 @@ mod install;
 mod probe;
 mod process;
 mod s3;
+mod seaweed;
 mod session;
 mod sftp;
 
@@ -49,8 +51,8 @@ SUBCOMMANDS:
                       exits 0 when all named emulators are ready, 3 otherwise
     env [NAME...]     print the KEY=VALUE lines of the ready emulators
 
-NAME is s3 (moto), azure (Azurite), gcs (fake-gcs-server) or sftp (sshd);
-default: all four. They listen on 127.0.0.1 only.
+NAME is s3 (moto), azure (Azurite), gcs (fake-gcs-server), sftp (sshd) or
+seaweedfs (SeaweedFS, an S3 that checks signatures); default: all five. They listen on 127.0.0.1 only.
 
 Installed into <cache>/emulators/ (first time: moto ~140 MB, Azurite ~186 MB,
 fake-gcs-server ~60 MB; sshd comes from the Debian package openssh-server,
@@ -64,6 +66,8 @@ ENVIRONMENT:
     REPLICA_EMULATOR_AZURE_PORT   Azurite's blob port (default 19010)
     REPLICA_EMULATOR_GCS_PORT     fake-gcs-server's port (default 19020)
     REPLICA_EMULATOR_SFTP_PORT    sshd's port (default 19022)
+    REPLICA_EMULATOR_SEAWEEDFS_PORT  SeaweedFS's S3 port (default 19030; it also
+                                  uses fixed ports 8888, 9333, 18888 and others)
 
 EXPORTED (in <state>/env, and to the tests by `cargo xtask test`):
     REPLICA_S3_ENDPOINT REPLICA_S3_REGION REPLICA_S3_ACCESS_KEY_ID
@@ -73,6 +77,8 @@ EXPORTED (in <state>/env, and to the tests by `cargo xtask test`):
     REPLICA_SFTP_HOST REPLICA_SFTP_PORT REPLICA_SFTP_USER REPLICA_SFTP_KEY
     REPLICA_SFTP_ROOT (an absolute directory on the SFTP server for tests to use)
     REPLICA_SFTP_HOST_KEY (the server's public host key file)
+    REPLICA_SEAWEED_ENDPOINT REPLICA_SEAWEED_BUCKET REPLICA_SEAWEED_ACCESS_KEY_ID
+    REPLICA_SEAWEED_SECRET_ACCESS_KEY
 ";
 
 pub(super) const HOST: &str = "127.0.0.1";
@@ -83,10 +89,11 @@ pub enum Kind {
     Azure,
     Gcs,
     Sftp,
+    Seaweed,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::S3, Kind::Azure, Kind::Gcs, Kind::Sftp];
+    pub const ALL: [Kind; 5] = [Kind::S3, Kind::Azure, Kind::Gcs, Kind::Sftp, Kind::Seaweed];
 
     pub(super) fn name(self) -> &'static str {
         match self {
@@ -94,6 +101,7 @@ impl Kind {
             Kind::Azure => "azure",
             Kind::Gcs => "gcs",
             Kind::Sftp => "sftp",
+            Kind::Seaweed => "seaweedfs",
         }
     }
 
@@ -103,6 +111,7 @@ impl Kind {
             Kind::Azure => "Azurite 3.35.0",
             Kind::Gcs => "fake-gcs-server",
             Kind::Sftp => "OpenSSH sshd",
+            Kind::Seaweed => "SeaweedFS 4.48",
         }
     }
 
@@ -112,6 +121,7 @@ impl Kind {
             "azure" | "azurite" | "abs" => Some(Kind::Azure),
             "gcs" | "gs" | "fake-gcs" | "fake-gcs-server" => Some(Kind::Gcs),
             "sftp" | "sshd" | "ssh" => Some(Kind::Sftp),
+            "seaweedfs" | "seaweed" | "weed" => Some(Kind::Seaweed),
             _ => None,
         }
     }
@@ -122,6 +132,7 @@ impl Kind {
             Kind::Azure => "REPLICA_EMULATOR_AZURE_PORT",
             Kind::Gcs => "REPLICA_EMULATOR_GCS_PORT",
             Kind::Sftp => "REPLICA_EMULATOR_SFTP_PORT",
+            Kind::Seaweed => "REPLICA_EMULATOR_SEAWEEDFS_PORT",
         }
     }
 
@@ -131,6 +142,7 @@ impl Kind {
             Kind::Azure => 19010,
             Kind::Gcs => 19020,
             Kind::Sftp => 19022,
+            Kind::Seaweed => 19030,
         }
     }
 
@@ -155,6 +167,7 @@ impl Kind {
             Kind::Azure => "azurite",
             Kind::Gcs => "fake-gcs-server",
             Kind::Sftp => "sshd",
+            Kind::Seaweed => "weed",
         }
     }
 
@@ -165,12 +178,13 @@ impl Kind {
             Kind::Azure => Duration::from_secs(60),
             Kind::Gcs => Duration::from_secs(30),
             Kind::Sftp => Duration::from_secs(15),
+            Kind::Seaweed => Duration::from_secs(30),
         }
     }
 
     pub(super) fn endpoint(self, port: u16) -> String {
         match self {
-            Kind::S3 | Kind::Gcs => format!("http://{HOST}:{port}"),
+            Kind::S3 | Kind::Gcs | Kind::Seaweed => format!("http://{HOST}:{port}"),
             Kind::Azure => format!("http://{HOST}:{port}/{}", azure::ACCOUNT),
             Kind::Sftp => format!("sftp://{}@{HOST}:{port}", sftp::user()),
         }
@@ -184,6 +198,7 @@ impl Kind {
             Kind::Azure => azure::command(d, port),
             Kind::Gcs => gcs::command(d, port),
             Kind::Sftp => sftp::command(d, port),
+            Kind::Seaweed => seaweed::command(d, port),
         }
     }
 
@@ -194,6 +209,7 @@ impl Kind {
             Kind::Azure => azure::ready(port),
             Kind::Gcs => gcs::ready(port),
             Kind::Sftp => sftp::ready(port),
+            Kind::Seaweed => seaweed::ready(port),
         }
     }
 
@@ -204,6 +220,7 @@ impl Kind {
             Kind::Azure => azure::exports(port),
             Kind::Gcs => gcs::exports(port),
             Kind::Sftp => sftp::exports(d, port),
+            Kind::Seaweed => seaweed::exports(port),
         }
     }
 }

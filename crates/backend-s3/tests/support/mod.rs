@@ -12,6 +12,25 @@ pub struct Emulator {
     pub secret_key: String,
 }
 
+/// SeaweedFS, the S3 emulator that checks signatures (`REPLICA_SEAWEED_*`, started by
+/// `cargo xtask test`), and its one bucket.
+pub fn seaweed() -> (Emulator, String) {
+    let var = |name: &str| match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: run `cargo xtask test` (it starts SeaweedFS), or              `cargo xtask emulators up seaweedfs` and load its env file"
+        ),
+    };
+    (
+        Emulator {
+            endpoint: var("REPLICA_SEAWEED_ENDPOINT"),
+            access_key: var("REPLICA_SEAWEED_ACCESS_KEY_ID"),
+            secret_key: var("REPLICA_SEAWEED_SECRET_ACCESS_KEY"),
+        },
+        var("REPLICA_SEAWEED_BUCKET"),
+    )
+}
+
 pub fn emulator() -> Emulator {
     let endpoint = match std::env::var("REPLICA_S3_ENDPOINT") {
         Ok(e) if !e.is_empty() => e,
@@ -38,9 +57,14 @@ pub fn random_name(what: &str) -> String {
 }
 
 pub async fn client_for(url: &str) -> S3Client {
-    let emu = emulator();
+    client_with(&emulator(), url).await
+}
+
+/// A client for `url` signing with `emu`'s credentials.
+pub async fn client_with(emu: &Emulator, url: &str) -> S3Client {
+    let (access_key, secret_key) = (emu.access_key.clone(), emu.secret_key.clone());
     let loader = aws_config::defaults(BehaviorVersion::latest()).credentials_provider(
-        Credentials::new(emu.access_key, emu.secret_key, None, None, "replica-tests"),
+        Credentials::new(access_key, secret_key, None, None, "replica-tests"),
     );
     let config = S3Config::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
     S3Client::from_config_with_loader(config, loader)

@@ -11,6 +11,7 @@
 mod abs;
 mod gcs;
 pub mod s3;
+mod seaweedfs;
 mod sftp;
 
 use std::path::Path;

@@ -12,6 +12,11 @@ pub struct S3 {
     key: String,
     secret: String,
     bucket: String,
+    /// Where this fixture's replicas go in the bucket: a fresh prefix where the
+    /// bucket is shared (SeaweedFS), empty where the bucket is the fixture's own.
+    prefix: String,
+    /// The server checks signatures (SeaweedFS): a wrong secret is refused.
+    checks_signatures: bool,
 }
 
 impl S3 {
@@ -28,9 +33,29 @@ impl S3 {
             key: env("REPLICA_S3_ACCESS_KEY_ID", "test"),
             secret: env("REPLICA_S3_SECRET_ACCESS_KEY", "test"),
             bucket: format!("e2e-{:016x}", rand::random::<u64>()),
+            prefix: String::new(),
+            checks_signatures: false,
         };
         s3.create_bucket();
         s3
+    }
+
+    /// SeaweedFS, the S3 emulator that checks signatures, and a fresh prefix of its
+    /// one bucket.
+    pub fn seaweed() -> S3 {
+        let var = |k: &str| {
+            std::env::var(k).unwrap_or_else(|_| {
+                panic!("{k} is not set: run `cargo xtask test` (it starts SeaweedFS)")
+            })
+        };
+        S3 {
+            endpoint: var("REPLICA_SEAWEED_ENDPOINT"),
+            key: var("REPLICA_SEAWEED_ACCESS_KEY_ID"),
+            secret: var("REPLICA_SEAWEED_SECRET_ACCESS_KEY"),
+            bucket: var("REPLICA_SEAWEED_BUCKET"),
+            prefix: format!("e2e-{:016x}/", rand::random::<u64>()),
+            checks_signatures: true,
+        }
     }
 
     /// The emulator's endpoint, `http://host:port`.
@@ -68,8 +93,8 @@ impl StoreFixture for S3 {
 
     fn url(&self, path: &str) -> String {
         format!(
-            "s3://{}/{path}?endpoint={}&region=us-east-1&force_path_style=true",
-            self.bucket, self.endpoint
+            "s3://{}/{}{path}?endpoint={}&region=us-east-1&force_path_style=true",
+            self.bucket, self.prefix, self.endpoint
         )
     }
 
@@ -83,8 +108,8 @@ impl StoreFixture for S3 {
 
     fn litestream_replica(&self, path: &str) -> String {
         format!(
-            "      type: s3\n      bucket: {}\n      path: {path}\n      endpoint: {}\n      region: us-east-1\n      force-path-style: true\n",
-            self.bucket, self.endpoint
+            "      type: s3\n      bucket: {}\n      path: {}{path}\n      endpoint: {}\n      region: us-east-1\n      force-path-style: true\n",
+            self.bucket, self.prefix, self.endpoint
         )
     }
 
@@ -100,15 +125,24 @@ impl SecretFixture for S3 {
     }
 
     fn with_secret(&self, cmd: &mut Command, secret: &str) {
-        cmd.env("AWS_ACCESS_KEY_ID", "AKIDTESTKEY")
+        let key_id = if self.checks_signatures {
+            self.key.as_str()
+        } else {
+            "AKIDTESTKEY"
+        };
+        cmd.env("AWS_ACCESS_KEY_ID", key_id)
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_SESSION_TOKEN");
     }
 
-    /// moto accepts any signature: a bucket that does not exist is what fails.
+    /// SeaweedFS refuses the wrong secret itself; moto accepts any signature, so
+    /// there a bucket that does not exist is what fails.
     fn refused_url(&self, path: &str) -> String {
+        if self.checks_signatures {
+            return self.url(path);
+        }
         format!(
             "s3://no-such-bucket-{:x}/{path}?endpoint={}&region=us-east-1",
             rand::random::<u32>(),
