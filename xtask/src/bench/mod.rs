@@ -20,7 +20,7 @@ mod cost;
 mod env;
 mod lag;
 mod ltxscan;
-mod proxy;
+pub(crate) mod proxy;
 mod report;
 mod restore;
 mod write;
@@ -195,7 +195,7 @@ fn build_replica(work: &Path) -> Result<PathBuf> {
 
 /// Starts a private moto server on a free port (the emulators' install, not their
 /// shared instance, which tests may be using).
-fn start_moto(work: &Path) -> Result<(Proc, SocketAddr)> {
+pub(crate) fn start_moto(work: &Path) -> Result<(Proc, SocketAddr)> {
     let bin = emulators::moto_server()?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();

@@ -9,6 +9,10 @@
 //! It forwards bytes verbatim (apart from answering `Expect: 100-continue` itself),
 //! one upstream connection per client connection, so keep-alive behaves as it would
 //! against the emulator directly.
+//!
+//! With [`Faults`] (the soak's `--faults`) it also breaks a seeded share of the
+//! requests (503 SlowDown, 500, 429, dropped before the store sees them, applied with
+//! the response lost, GET bodies cut in half) and drops everything during outages.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -116,6 +120,7 @@ impl Request {
 #[derive(Debug)]
 struct Shared {
     upstream: SocketAddr,
+    faults: Option<Arc<Faults>>,
     stop: AtomicBool,
     capture: AtomicBool,
     log: Mutex<Vec<Request>>,
@@ -127,6 +132,87 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the proxy does to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Status(u16),
+    DropBefore,
+    DropAfter,
+    CutBody,
+    Outage,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::None => "none",
+            Fault::Status(503) => "503 SlowDown",
+            Fault::Status(429) => "429",
+            Fault::Status(_) => "500",
+            Fault::DropBefore => "dropped before the store",
+            Fault::DropAfter => "applied, response lost",
+            Fault::CutBody => "GET body cut",
+            Fault::Outage => "dropped in an outage",
+        }
+    }
+}
+
+/// Faults to inject: `rate_ppm` requests in a million are broken, one kind at
+/// random (seeded), and every request while the store is down.
+#[derive(Debug)]
+pub struct Faults {
+    rate_ppm: u64,
+    down: AtomicBool,
+    rng: Mutex<u64>,
+    counts: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Faults {
+    pub fn new(rate_ppm: u64, seed: u64) -> Arc<Faults> {
+        Arc::new(Faults {
+            rate_ppm,
+            down: AtomicBool::new(false),
+            rng: Mutex::new(seed | 1),
+            counts: Mutex::new(Default::default()),
+        })
+    }
+
+    /// Requests broken so far, by kind.
+    pub fn counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        lock(&self.counts).clone()
+    }
+
+    fn roll(&self, method: &str) -> Fault {
+        let fault = if self.down.load(Ordering::Acquire) {
+            Fault::Outage
+        } else {
+            let r = {
+                let mut x = lock(&self.rng);
+                // xorshift64: reproducible from the seed, good enough to pick faults.
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                *x
+            };
+            if r % 1_000_000 >= self.rate_ppm {
+                return Fault::None;
+            }
+            match (r >> 32) % 6 {
+                0 => Fault::Status(503),
+                1 => Fault::Status(500),
+                2 => Fault::Status(429),
+                3 => Fault::DropBefore,
+                4 => Fault::DropAfter,
+                _ if method == "GET" => Fault::CutBody,
+                _ => Fault::Status(503),
+            }
+        };
+        *lock(&self.counts).entry(fault.name()).or_default() += 1;
+        fault
+    }
+}
+
 #[derive(Debug)]
 pub struct Proxy {
     pub port: u16,
@@ -136,10 +222,20 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: SocketAddr) -> Result<Proxy> {
+        Self::start_with(upstream, None)
+    }
+
+    /// A proxy that also injects `faults`.
+    pub fn start_faulty(upstream: SocketAddr, faults: Arc<Faults>) -> Result<Proxy> {
+        Self::start_with(upstream, Some(faults))
+    }
+
+    fn start_with(upstream: SocketAddr, faults: Option<Arc<Faults>>) -> Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the counting proxy")?;
         let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             upstream,
+            faults,
             stop: AtomicBool::new(false),
             capture: AtomicBool::new(false),
             log: Mutex::new(Vec::new()),
@@ -183,6 +279,19 @@ impl Proxy {
     /// Keep the bodies of `.ltx` PUTs from now on.
     pub fn capture_ltx(&self, on: bool) {
         self.shared.capture.store(on, Ordering::Release);
+    }
+
+    /// Starts or ends an outage: while down, every request (and every connection
+    /// open when it began) is dropped.
+    pub fn set_down(&self, down: bool) {
+        if let Some(f) = &self.shared.faults {
+            f.down.store(down, Ordering::Release);
+        }
+        if down {
+            for (_, c) in lock(&self.shared.conns).iter() {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
     }
 
     /// A copy of the log so far.
@@ -430,6 +539,44 @@ fn serve(client: TcpStream, sh: &Shared) -> io::Result<()> {
         let target = parts.next().unwrap_or_default().to_string();
         let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
         let (path, query) = (percent_decode(path), query.to_string());
+        let fault = sh.faults.as_ref().map_or(Fault::None, |f| f.roll(&method));
+        let req_body = if req.chunked() {
+            Body::Chunked
+        } else {
+            Body::Length(req.content_length().unwrap_or(0))
+        };
+        match fault {
+            Fault::Outage | Fault::DropBefore => {
+                let _ = cw.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Fault::Status(code) => {
+                // The body is read (unless the client waits for 100-continue), so the
+                // client sees the status rather than a reset.
+                if !req
+                    .header("expect")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+                {
+                    copy_body(&mut cr, &mut io::sink(), req_body, false)?;
+                }
+                let (reason, code_name, extra) = match code {
+                    503 => ("Slow Down", "SlowDown", ""),
+                    429 => ("Too Many Requests", "TooManyRequests", "Retry-After: 1\r\n"),
+                    _ => ("Internal Server Error", "InternalError", ""),
+                };
+                let body = format!(
+                    "<Error><Code>{code_name}</Code><Message>injected by the soak</Message></Error>"
+                );
+                let _ = write!(
+                    cw,
+                    "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = cw.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            _ => {}
+        }
 
         if upstream.is_none() {
             let s = TcpStream::connect(sh.upstream)?;
@@ -458,11 +605,7 @@ fn serve(client: TcpStream, sh: &Shared) -> io::Result<()> {
         } else {
             uw.write_all(&req.raw)?;
         }
-        let body = if req.chunked() {
-            Body::Chunked
-        } else {
-            Body::Length(req.content_length().unwrap_or(0))
-        };
+        let body = req_body;
         let keep = method == "PUT"
             && sh.capture.load(Ordering::Acquire)
             && path.ends_with(".ltx")
@@ -487,7 +630,6 @@ fn serve(client: TcpStream, sh: &Shared) -> io::Result<()> {
             break h;
         };
         let status = status_of(&resp);
-        cw.write_all(&resp.raw)?;
         let rbody = if method == "HEAD" || status == 204 || status == 304 {
             Body::None
         } else if resp.chunked() {
@@ -497,6 +639,22 @@ fn serve(client: TcpStream, sh: &Shared) -> io::Result<()> {
         } else {
             Body::UntilEof
         };
+        match (fault, rbody) {
+            (Fault::DropAfter, _) => {
+                // The store applied it; the client never hears.
+                copy_body(ur, &mut io::sink(), rbody, false)?;
+                let _ = cw.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            (Fault::CutBody, Body::Length(n)) if n > 1 => {
+                cw.write_all(&resp.raw)?;
+                copy_body(ur, &mut cw, Body::Length(n / 2), false)?;
+                let _ = cw.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            _ => {}
+        }
+        cw.write_all(&resp.raw)?;
         let mut w = io::BufWriter::with_capacity(64 * 1024, &mut cw);
         copy_body(ur, &mut w, rbody, false)?;
         w.flush()?;

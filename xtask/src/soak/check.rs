@@ -27,6 +27,11 @@ pub struct Checker {
     pub journal: PathBuf,
     pub seed: u64,
     pub dir: PathBuf,
+    /// Set for `replica` and Litestream (the S3 credentials of a `--faults` soak).
+    pub env: Vec<(String, String)>,
+    /// Litestream reads an S3 replica from a config (`-config FILE DB`), a file://
+    /// one from its URL.
+    pub litestream_config: Option<(PathBuf, PathBuf)>,
 }
 
 /// RFC 3339 with milliseconds: LTX timestamps have millisecond precision, so a target
@@ -52,7 +57,11 @@ impl Checker {
     pub fn restore(&self, name: &str, at_ns: Option<u64>) -> Result<Result<PathBuf, String>> {
         let out = self.dir.join(format!("{name}.db"));
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("restore").arg("-o").arg(&out).arg(&self.url);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("restore")
+            .arg("-o")
+            .arg(&out)
+            .arg(&self.url);
         if let Some(t) = at_ns {
             cmd.args(["--timestamp", &rfc3339_ms(t)]);
         }
@@ -114,14 +123,17 @@ impl Checker {
         name: &str,
     ) -> Result<Result<PathBuf, String>> {
         let out = self.dir.join(format!("{name}.db"));
-        let (ok, text) = output(
-            Command::new(litestream)
-                .env_remove("AWS_CA_BUNDLE")
-                .arg("restore")
-                .arg("-o")
-                .arg(&out)
-                .arg(&self.url),
-        )?;
+        let mut cmd = Command::new(litestream);
+        cmd.env_remove("AWS_CA_BUNDLE")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("restore")
+            .arg("-o")
+            .arg(&out);
+        match &self.litestream_config {
+            Some((config, db)) => cmd.arg("-config").arg(config).arg(db),
+            None => cmd.arg(&self.url),
+        };
+        let (ok, text) = output(&mut cmd)?;
         if !ok || !out.is_file() {
             return Ok(Err(format!("`litestream restore` failed: {text}")));
         }

@@ -49,6 +49,15 @@ the spool under the database size plus 128 MiB. At the end the writer stops,
 the replicator flushes (SIGTERM), and the restore must equal the database, as
 must Litestream 0.5.17's restore of the replica (skipped if it is unavailable).
 
+With --faults the replica is on S3 instead (a private moto server) and every
+request goes through a proxy that breaks 5% of them at random (503 SlowDown,
+500, 429, dropped before the store sees them, applied with the response lost,
+GET bodies cut in half) and drops everything during outages of 5-60 s, one
+every 1-3 minutes. The replicator is not stopped or started during an outage;
+freshness is not required during one, nor for 40 s after it (the shipper's
+longest backoff and the catch-up). Restores and Litestream's check read the
+store directly. The summary counts the faults by kind.
+
 Prints a summary; exits 1 on any failure (the directory is then kept and its
 path printed), 130 if interrupted (Ctrl-C stops the writer and the replicator).
 
@@ -57,6 +66,7 @@ OPTIONS:
     --seed S       seed of the workload and of the kill schedule (default: from
                    the clock; printed, so a run can be repeated)
     --keep         keep the temporary directory after a successful run
+    --faults       replicate to S3 through the fault-injecting proxy (above)
 ";
 
 const WORKLOAD: &str = include_str!("workload.py");
@@ -78,17 +88,25 @@ const MAX_WAL: u64 = 64 << 20;
 /// few sync intervals of frames, each bounded by the WAL, and a merged copy of them.
 const SPOOL_OVER_DB: u64 = 2 * MAX_WAL;
 
+/// Requests broken at random in a `--faults` soak, per million.
+const FAULT_RATE_PPM: u64 = 50_000;
+/// Time between outages, and their length, in seconds.
+const OUTAGE_EVERY: (u64, u64) = (60, 180);
+const OUTAGE_SECS: (u64, u64) = (5, 60);
+
 #[derive(Debug)]
 struct Options {
     minutes: u64,
     seed: u64,
     keep: bool,
+    faults: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut minutes = None;
     let mut seed = None;
     let mut keep = false;
+    let mut faults = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| -> Result<u64> {
@@ -100,6 +118,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "--minutes" => minutes = Some(value("--minutes")?),
             "--seed" => seed = Some(value("--seed")?),
             "--keep" => keep = true,
+            "--faults" => faults = true,
             other => bail!("unknown option `{other}` (see `cargo xtask help soak`)"),
         }
     }
@@ -112,6 +131,7 @@ fn parse(args: &[String]) -> Result<Options> {
         minutes,
         seed: seed.unwrap_or_else(|| now_ns() ^ u64::from(std::process::id())),
         keep,
+        faults,
     })
 }
 
@@ -187,6 +207,22 @@ struct Soak {
     rounds: u32,
     wal_failed: bool,
     spool_failed: bool,
+    /// The store behind the fault proxy, with `--faults`.
+    store: Option<FaultyStore>,
+}
+
+/// A `--faults` soak's store: a private moto behind the fault-injecting proxy.
+#[derive(Debug)]
+struct FaultyStore {
+    proxy: crate::bench::proxy::Proxy,
+    faults: std::sync::Arc<crate::bench::proxy::Faults>,
+    _moto: Proc,
+    /// Outage schedule: its own stream of the seed.
+    rng: Rng,
+    next_outage: Instant,
+    outage_until: Option<Instant>,
+    outages: u64,
+    outage_secs: u64,
 }
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
@@ -225,7 +261,56 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         .with_context(|| format!("writing {}", workload.display()))?;
     let db = dir.join("soak.db");
     let replica_root = dir.join("replica");
-    let url = format!("file://{}", replica_root.display());
+    let mut url = format!("file://{}", replica_root.display());
+    let mut replicate_url = url.clone();
+    let mut env = Vec::new();
+    let mut litestream_config = None;
+    let mut store = None;
+    if opts.faults {
+        util::step("soak --faults: starting a private S3 emulator (moto) behind the fault proxy");
+        let (moto, moto_addr) = crate::bench::start_moto(&dir.join("logs"))?;
+        let (st, body) = crate::bench::proxy::simple_request(moto_addr, "PUT", "/soak")?;
+        if st != 200 {
+            bail!("creating bucket soak on moto failed: {body}");
+        }
+        let faults = crate::bench::proxy::Faults::new(FAULT_RATE_PPM, opts.seed ^ 0xFA17);
+        let proxy = crate::bench::proxy::Proxy::start_faulty(moto_addr, faults.clone())?;
+        let s3 = |endpoint: &str| {
+            format!("s3://soak/replica?endpoint={endpoint}&region=us-east-1&force_path_style=true")
+        };
+        url = s3(&format!("http://{moto_addr}"));
+        replicate_url = s3(&proxy.endpoint());
+        env = vec![
+            ("AWS_ACCESS_KEY_ID".to_string(), "soak".to_string()),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+                "soak-secret".to_string(),
+            ),
+            ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
+        ];
+        let config = dir.join("litestream.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "dbs:\n  - path: {}\n    replica:\n      type: s3\n      bucket: soak\n      path: replica\n      endpoint: http://{moto_addr}\n      region: us-east-1\n      force-path-style: true\n",
+                db.display()
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        litestream_config = Some((config, db.clone()));
+        let mut rng = Rng(opts.seed ^ 0x0074_A6E5);
+        let next_outage = Instant::now() + Duration::from_secs(rng.range(OUTAGE_EVERY));
+        store = Some(FaultyStore {
+            proxy,
+            faults,
+            _moto: moto,
+            rng,
+            next_outage,
+            outage_until: None,
+            outages: 0,
+            outage_secs: 0,
+        });
+    }
     let journal = dir.join("journal.bin");
     let writer_stats = dir.join("writer.stats");
     let restores = dir.join("restores");
@@ -235,12 +320,21 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         opts.minutes, opts.seed, opts.seed
     ));
     eprintln!("xtask: directory: {}", dir.display());
-    eprintln!("xtask: replica:   {url}");
+    eprintln!("xtask: replica:   {replicate_url}");
     let retention = replicator::retention_for(Duration::from_secs(opts.minutes * 60));
     eprintln!("xtask: replicate: {}", features.describe(retention));
 
+    let mut rep = Replicator::new(
+        &bin,
+        &db,
+        &replicate_url,
+        &dir.join("logs"),
+        features,
+        retention,
+    );
+    rep.env = env.clone();
     let mut soak = Soak {
-        rep: Replicator::new(&bin, &db, &url, &dir.join("logs"), features, retention),
+        rep,
         checker: Checker {
             bin,
             url,
@@ -249,6 +343,8 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             journal: journal.clone(),
             seed: opts.seed,
             dir: restores,
+            env,
+            litestream_config,
         },
         kills: Rng(opts.seed ^ 0x50A4_50A4),
         targets: Rng(opts.seed ^ 0x7A26_E75C),
@@ -268,6 +364,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         rounds: 0,
         wal_failed: false,
         spool_failed: false,
+        store,
     };
 
     let result = soak.run();
@@ -377,6 +474,12 @@ impl Soak {
                 start_at = Some(now + Duration::from_secs(1));
             }
             self.sample();
+            let down = self.outage_tick(now);
+            if down {
+                // No stop or start while the store is down: a SIGTERM could not flush.
+                proc::pause(Duration::from_millis(200));
+                continue;
+            }
             if stop_at.is_some_and(|t| now >= t) && self.rep.is_running() {
                 stop_at = None;
                 self.stop_replicator()?;
@@ -406,6 +509,38 @@ impl Soak {
         }
         self.finish()?;
         Ok(Outcome::Completed)
+    }
+
+    /// Starts and ends outages on the `--faults` schedule; true while one lasts.
+    fn outage_tick(&mut self, now: Instant) -> bool {
+        let elapsed = self.elapsed();
+        let Some(st) = self.store.as_mut() else {
+            return false;
+        };
+        match st.outage_until {
+            Some(until) if now >= until => {
+                st.proxy.set_down(false);
+                st.outage_until = None;
+                st.next_outage = now + Duration::from_secs(st.rng.range(OUTAGE_EVERY));
+                if let Some(o) = self.rep.outages.last_mut() {
+                    o.1 = Some(now_ns());
+                }
+                eprintln!("{elapsed} store outage over");
+                false
+            }
+            Some(_) => true,
+            None if now >= st.next_outage => {
+                let secs = st.rng.range(OUTAGE_SECS);
+                st.proxy.set_down(true);
+                st.outage_until = Some(now + Duration::from_secs(secs));
+                st.outages += 1;
+                st.outage_secs += secs;
+                self.rep.outages.push((now_ns(), None));
+                eprintln!("{elapsed} store outage for {secs}s");
+                true
+            }
+            None => false,
+        }
     }
 
     fn start_writer(&mut self) -> Result<()> {
@@ -635,9 +770,14 @@ impl Soak {
 
         let levels = self.sample_replica();
         let files: u64 = levels.values().map(|l| l.files).sum();
+        let replica = if self.store.is_some() {
+            "replica on S3".to_string()
+        } else {
+            format!("replica {files} files")
+        };
         let _ = write!(
             line,
-            " | wal max {:.1} MiB, spool max {:.1} MiB, replica {files} files",
+            " | wal max {:.1} MiB, spool max {:.1} MiB, {replica}",
             measure::mib(self.t.max_wal),
             measure::mib(self.t.max_spool.total())
         );
@@ -709,6 +849,14 @@ impl Soak {
     /// The end: the writer stops, a replicator flushes everything, and the restore must
     /// be the database itself, for us and for Litestream.
     fn finish(&mut self) -> Result<()> {
+        if let Some(st) = self.store.as_mut()
+            && st.outage_until.take().is_some()
+        {
+            st.proxy.set_down(false);
+            if let Some(o) = self.rep.outages.last_mut() {
+                o.1 = Some(now_ns());
+            }
+        }
         util::step("soak: stopping the writer, then the replicator (SIGTERM)");
         let Some(mut w) = self.writer.take() else {
             bail!("the writer is not running");
@@ -891,10 +1039,19 @@ impl Soak {
                 secs(t.max_pitr_lag_ns)
             ),
         );
+        let replica_size = if self.store.is_some() {
+            String::new()
+        } else {
+            format!(
+                ", replica {} files / {:.1} MiB",
+                t.max_replica_files,
+                measure::mib(t.max_replica_bytes)
+            )
+        };
         row(
             "max sizes",
             format!(
-                "WAL {:.1} MiB (bound {} MiB), spool {:.1} MiB ({:.1} pending, {:.1} shipped, {:.1} other), database {:.1} MiB, replica {} files / {:.1} MiB",
+                "WAL {:.1} MiB (bound {} MiB), spool {:.1} MiB ({:.1} pending, {:.1} shipped, {:.1} other), database {:.1} MiB{replica_size}",
                 measure::mib(t.max_wal),
                 MAX_WAL >> 20,
                 measure::mib(t.max_spool.total()),
@@ -902,25 +1059,43 @@ impl Soak {
                 measure::mib(t.max_spool.shipped),
                 measure::mib(t.max_spool.other),
                 measure::mib(t.max_db),
-                t.max_replica_files,
-                measure::mib(t.max_replica_bytes)
             ),
         );
         let now = std::time::SystemTime::now();
-        row(
-            "replica at end",
-            list(t.final_levels.iter().map(|(l, v)| {
-                let age = v
-                    .oldest
-                    .and_then(|o| now.duration_since(o).ok())
-                    .map_or(String::new(), |a| format!(", oldest {}s", a.as_secs()));
+        if self.store.is_some() {
+            row(
+                "replica at end",
+                "on S3 (file counts are measured on file:// only)".into(),
+            );
+        } else {
+            row(
+                "replica at end",
+                list(t.final_levels.iter().map(|(l, v)| {
+                    let age = v
+                        .oldest
+                        .and_then(|o| now.duration_since(o).ok())
+                        .map_or(String::new(), |a| format!(", oldest {}s", a.as_secs()));
+                    format!(
+                        "L{l} {} files ({:.1} MiB{age})",
+                        v.files,
+                        measure::mib(v.bytes)
+                    )
+                })),
+            );
+        }
+        if let Some(st) = &self.store {
+            let counts = st.faults.counts();
+            let requests = st.proxy.len();
+            row(
+                "store faults",
                 format!(
-                    "L{l} {} files ({:.1} MiB{age})",
-                    v.files,
-                    measure::mib(v.bytes)
-                )
-            })),
-        );
+                    "{} outages ({} s in all); {requests} requests answered; broken: {}",
+                    st.outages,
+                    st.outage_secs,
+                    list(counts.iter().map(|(k, v)| format!("{v} {k}")))
+                ),
+            );
+        }
         if !t.litestream.is_empty() {
             row("Litestream 0.5.17", t.litestream.clone());
         }

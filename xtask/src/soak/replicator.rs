@@ -121,7 +121,16 @@ pub struct Replicator {
     pub retention: Duration,
     current: Option<Proc>,
     pub runs: Vec<Run>,
+    /// Set for each run's process (the S3 credentials of a `--faults` soak).
+    pub env: Vec<(String, String)>,
+    /// Store outages (start, end) in ns: the replica cannot be fresh during one, nor
+    /// until [`RECOVERY`] after it.
+    pub outages: Vec<(u64, Option<u64>)>,
 }
+
+/// After an outage, how long until the replica is caught up again: the shipper's
+/// longest backoff (30 s) plus the catch-up upload.
+pub const RECOVERY: Duration = Duration::from_secs(40);
 
 impl Replicator {
     pub fn new(
@@ -141,6 +150,8 @@ impl Replicator {
             retention,
             current: None,
             runs: Vec::new(),
+            env: Vec::new(),
+            outages: Vec::new(),
         }
     }
 
@@ -167,7 +178,8 @@ impl Replicator {
             .args(["--retention", &format!("{}s", self.retention.as_secs())])
             .env("REPLICA_LOG", "info")
             // Plain text in the log files (tracing colours stderr even when it is a file).
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.features.levels {
             cmd.args(["--levels", LEVELS])
                 .args(["--l0-retention", &format!("{}s", L0_RETENTION.as_secs())]);
@@ -180,7 +192,8 @@ impl Replicator {
             stopped_ns: None,
             ended: None,
         });
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // A start during (or just after) an outage waits for the store.
+        let deadline = std::time::Instant::now() + Duration::from_secs(150);
         loop {
             if p.log_text().contains("replicating") {
                 break;
@@ -197,7 +210,7 @@ impl Replicator {
             if std::time::Instant::now() >= deadline {
                 self.ended(Ended::Unexpected);
                 bail!(
-                    "{} did not log \"replicating\" within 60s:\n{}",
+                    "{} did not log \"replicating\" within 150s:\n{}",
                     p.name(),
                     p.log_tail(30)
                 );
@@ -251,14 +264,34 @@ impl Replicator {
         }
     }
 
-    /// The latest moment `x <= t_ns` at which a run had been up for at least
-    /// `STARTUP + LAG_BOUND`: by then everything committed up to `x - LAG_BOUND` was in
-    /// the replica (and stays there). `None` if no run qualifies.
+    /// The latest moment `x <= t_ns` at which a run had been up, with the store
+    /// answering, for at least `STARTUP + LAG_BOUND` (and [`RECOVERY`] after an
+    /// outage): by then everything committed up to `x - LAG_BOUND` was in the replica
+    /// (and stays there). `None` if no run qualifies.
     pub fn caught_up_at(&self, t_ns: u64) -> Option<u64> {
         let settle = (STARTUP + LAG_BOUND).as_nanos() as u64;
+        let recovery = RECOVERY.as_nanos() as u64;
         self.runs.iter().rev().find_map(|r| {
-            let end = r.stopped_ns.unwrap_or(u64::MAX).min(t_ns);
-            (r.spawned_ns + settle <= end).then_some(end)
+            // The stretches of this run during which the replica was kept fresh:
+            // (from when it is caught up, until when).
+            let mut stretches = vec![(r.spawned_ns + settle, r.stopped_ns.unwrap_or(u64::MAX))];
+            for &(down, up) in &self.outages {
+                let up = up.map_or(u64::MAX, |u| u.saturating_add(recovery));
+                stretches = stretches
+                    .into_iter()
+                    .flat_map(|(from, to)| {
+                        if up <= from || down >= to {
+                            vec![(from, to)]
+                        } else {
+                            vec![(from, down), (up, to)]
+                        }
+                    })
+                    .collect();
+            }
+            stretches.into_iter().rev().find_map(|(from, to)| {
+                let end = to.min(t_ns);
+                (from <= end).then_some(end)
+            })
         })
     }
 
