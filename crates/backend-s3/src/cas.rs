@@ -31,7 +31,7 @@ impl S3Client {
             .take(MAX_VERSIONED_LEN as u64 + 1)
             .read_to_end(&mut body)
             .await
-            .map_err(|e| StoreError::from_io(Op::Get, key, e))?;
+            .map_err(|e| StoreError::body_broken(Op::Get, key, e))?;
         if body.len() > MAX_VERSIONED_LEN {
             return Err(record_too_large(key));
         }

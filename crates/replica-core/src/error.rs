@@ -91,6 +91,17 @@ impl StoreError {
 
     /// Maps a local I/O error to the right variant. Backends whose storage is a file
     /// system (file, sftp) share this mapping.
+    /// A response body from the store that failed while it was read: whatever the
+    /// I/O error says (an early end, a reset, a decoding error of the transport), the
+    /// network broke it, so it is worth retrying. Not for local files.
+    pub fn body_broken(op: Op, key: &str, err: std::io::Error) -> Self {
+        StoreError::Transient {
+            op,
+            key: key.to_owned(),
+            source: Box::new(err),
+        }
+    }
+
     pub fn from_io(op: Op, key: &str, err: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
         let key = key.to_owned();

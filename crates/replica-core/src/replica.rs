@@ -186,7 +186,7 @@ impl Replica {
         let mut trailer = [0u8; TRAILER_SIZE];
         match body.read_exact(&mut trailer).await {
             Ok(_) => Ok(Some(Trailer::from_bytes(&trailer).post_apply_checksum)),
-            Err(e) => Err(StoreError::from_io(Op::Get, key, e)),
+            Err(e) => Err(StoreError::body_broken(Op::Get, key, e)),
         }
     }
 }

@@ -83,7 +83,7 @@ pub async fn read(client: &dyn ReplicaClient) -> Result<Option<RootRecord>, Root
         .take(MAX_LEN as u64 + 1)
         .read_to_end(&mut bytes)
         .await
-        .map_err(|e| StoreError::from_io(Op::Get, KEY, e))?;
+        .map_err(|e| StoreError::body_broken(Op::Get, KEY, e))?;
     let malformed = |detail: String| RootRecordError::Malformed {
         url: client.info().redacted_url.clone(),
         detail,

@@ -156,8 +156,18 @@ impl Deployment {
         let key = Key::from_static(SHARDS_KEY);
         let deadline = tokio::time::Instant::now() + self.config.lease.wait;
         let mut delay = Duration::from_millis(250);
-        let mut body = loop {
-            match root.client().get(&key, None).await {
+        let bytes = loop {
+            let attempt = async {
+                let mut body = root.client().get(&key, None).await?;
+                let mut bytes = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut body, &mut bytes)
+                    .await
+                    .map_err(|e| {
+                        StoreError::body_broken(replica_core::error::Op::Get, SHARDS_KEY, e)
+                    })?;
+                Ok::<_, StoreError>(bytes)
+            };
+            match attempt.await {
                 Ok(b) => break b,
                 Err(StoreError::NotFound { .. }) => return Ok(()),
                 // An unreachable store is waited for as long as a lease would be.
@@ -171,16 +181,6 @@ impl Deployment {
                 Err(e) => return Err(store(e)),
             }
         };
-        let mut bytes = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut body, &mut bytes)
-            .await
-            .map_err(|e| {
-                store(StoreError::from_io(
-                    replica_core::error::Op::Get,
-                    SHARDS_KEY,
-                    e,
-                ))
-            })?;
         let record: ShardRecord = serde_json::from_slice(&bytes).map_err(|e| {
             store(StoreError::Other {
                 op: replica_core::error::Op::Get,
