@@ -169,6 +169,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
     }
 }
 
+/// How many times a restore plans again when a planned file vanished under it.
+const MAX_REPLANS: u32 = 3;
+
 /// Restores `replica` into `opts.output`.
 pub async fn restore(
     replica: &Replica,
@@ -189,42 +192,57 @@ pub async fn restore(
         }
     }
 
-    let (source, mode) = tokio::join!(choose_source(replica, opts), restored_mode(replica, opts));
+    let (planned, mode) = tokio::join!(choose_source(replica, opts), restored_mode(replica, opts));
     let (mode, identity) = mode?;
-    let source = match source? {
-        Some(s) => s,
-        None => {
-            if opts.if_replica_exists {
-                info!(url = %replica.url(), "no replica; skipping restore");
-                return Ok(RestoreOutcome::NoReplica);
-            }
-            return Err(RestoreError::NoReplica {
-                url: replica.url().to_owned(),
-            });
-        }
-    };
-
+    let mut planned = planned;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    file_mode::create_dir_all(&parent, mode.dir()).map_err(io_err(&parent))?;
-    if let Source::Ltx(chain) = &source {
-        check_space(replica, chain, out, &parent).await?;
-    }
-    let work = WorkDir::create(&parent, out, mode)?;
-
-    let bytes_downloaded = match &source {
-        Source::Ltx(chain) => apply_chain(replica, chain, &work, opts.parallelism.max(1)).await?,
-        Source::V3(plan) => {
-            v3::apply(
-                replica.client(),
-                plan,
-                &work.db_path(),
-                &work.0,
-                opts.parallelism.max(1),
-            )
-            .await?
+    let mut replans = 0;
+    let (source, work, bytes_downloaded) = loop {
+        let source = match planned? {
+            Some(s) => s,
+            None => {
+                if opts.if_replica_exists {
+                    info!(url = %replica.url(), "no replica; skipping restore");
+                    return Ok(RestoreOutcome::NoReplica);
+                }
+                return Err(RestoreError::NoReplica {
+                    url: replica.url().to_owned(),
+                });
+            }
+        };
+        file_mode::create_dir_all(&parent, mode.dir()).map_err(io_err(&parent))?;
+        if let Source::Ltx(chain) = &source {
+            check_space(replica, chain, out, &parent).await?;
+        }
+        let work = WorkDir::create(&parent, out, mode)?;
+        let applied = match &source {
+            Source::Ltx(chain) => apply_chain(replica, chain, &work, opts.parallelism.max(1)).await,
+            Source::V3(plan) => {
+                v3::apply(
+                    replica.client(),
+                    plan,
+                    &work.db_path(),
+                    &work.0,
+                    opts.parallelism.max(1),
+                )
+                .await
+            }
+        };
+        match applied {
+            Ok(bytes) => break (source, work, bytes),
+            // A replicator's retention or compaction deleted a planned file while
+            // this restore ran (the replica is live): plan again from a new listing,
+            // which holds the files that replaced it.
+            Err(RestoreError::Store(StoreError::NotFound { key })) if replans < MAX_REPLANS => {
+                replans += 1;
+                info!(%key, attempt = replans, "a planned replica file was deleted meanwhile (retention or compaction); planning again");
+                drop(work);
+                planned = choose_source(replica, opts).await;
+            }
+            Err(e) => return Err(e),
         }
     };
     let db = work.db_path();
