@@ -289,6 +289,25 @@ pub struct Replicator {
     lease_state: Arc<LeaseState>,
 }
 
+/// The replica's files, retrying transient failures with backoff for `wait`.
+async fn list_at_start(
+    replica: &Replica,
+    wait: Duration,
+) -> Result<Vec<crate::replica::RemoteFile>, StoreError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match replica.list_files(None).await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                warn!(url = %replica.url(), error = %e, "listing the replica failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A database's WAL held by a read transaction until replication starts
 /// ([`Replicator::pin`]).
 #[derive(Debug)]
@@ -364,8 +383,9 @@ impl Replicator {
             )),
             lease_state.clone(),
         )));
-        // The only LIST of the run: from here on the manifest is kept in memory.
-        let manifest = Manifest::new(replica.list_files(None).await?);
+        // The only LIST of the run: from here on the manifest is kept in memory. A
+        // store that falters here is waited for as the lease was.
+        let manifest = Manifest::new(list_at_start(&replica, cfg.lease.wait).await?);
         let remote_max = manifest.replica_max();
         shared
             .stats
