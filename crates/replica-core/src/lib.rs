@@ -20,5 +20,6 @@ pub mod registry;
 pub mod replica;
 pub mod requests;
 pub mod restore;
+pub mod retry;
 pub mod root_record;
 pub mod wal;

@@ -154,10 +154,12 @@ impl Deployment {
             source,
         };
         let key = Key::from_static(SHARDS_KEY);
-        let deadline = tokio::time::Instant::now() + self.config.lease.wait;
-        let mut delay = Duration::from_millis(250);
-        let bytes = loop {
-            let attempt = async {
+        // An unreachable store is waited for as long as a lease would be.
+        let read = replica_core::retry::while_transient(
+            self.config.lease.wait,
+            url,
+            "the shard-count check",
+            || async {
                 let mut body = root.client().get(&key, None).await?;
                 let mut bytes = Vec::new();
                 tokio::io::AsyncReadExt::read_to_end(&mut body, &mut bytes)
@@ -165,21 +167,14 @@ impl Deployment {
                     .map_err(|e| {
                         StoreError::body_broken(replica_core::error::Op::Get, SHARDS_KEY, e)
                     })?;
-                Ok::<_, StoreError>(bytes)
-            };
-            match attempt.await {
-                Ok(b) => break b,
-                Err(StoreError::NotFound { .. }) => return Ok(()),
-                // An unreachable store is waited for as long as a lease would be.
-                Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                    if delay == Duration::from_millis(250) {
-                        warn!(url = %url, error = %e, "store unreachable; retrying the shard-count check");
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(store(e)),
-            }
+                Ok(bytes)
+            },
+        )
+        .await;
+        let bytes = match read {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(store(e)),
         };
         let record: ShardRecord = serde_json::from_slice(&bytes).map_err(|e| {
             store(StoreError::Other {

@@ -89,27 +89,25 @@ async fn run_single(
         let lease = Replicator::take_lease(db, &replica, cfg.lease).await?;
         Replicator::start_pinned(db, replica.clone(), cfg, lease, pin).await
     };
-    let started = tokio::select! {
-        r = start => r.with_context(|| format!("cannot replicate {}", db.display())),
-        sig = signals.next() => Err(anyhow::anyhow!(
-            "stopped by signal {sig} before replication of {} started", db.display()
-        )),
-        st = wait_child(&mut child) => {
-            let code = child::exit_code(st?);
-            warn!(code, "the service exited before replication started");
-            return Ok(ExitCode::from(code));
-        }
-    };
+    let started = start_beside(
+        async {
+            start
+                .await
+                .with_context(|| format!("cannot replicate {}", db.display()))
+        },
+        &mut child,
+        signals,
+        |sig| {
+            anyhow::anyhow!(
+                "stopped by signal {sig} before replication of {} started",
+                db.display()
+            )
+        },
+    )
+    .await?;
     let replicator = match started {
         Ok(r) => r,
-        Err(e) => {
-            if let Some(c) = child.as_mut() {
-                error!("replication could not start; stopping the service");
-                child::signal(c, libc::SIGTERM);
-                let _ = c.wait().await;
-            }
-            return Err(e);
-        }
+        Err(code) => return Ok(code),
     };
     if child.is_none() {
         child = a.exec.as_deref().map(child::spawn).transpose()?;
@@ -199,27 +197,18 @@ async fn run_config(
     };
     // The lease wait and the restore stop at a signal; a restore dropped halfway
     // removes its work directory.
-    let prepared = tokio::select! {
-        r = prepare => r.map_err(anyhow::Error::from),
-        sig = signals.next() => Err(anyhow::anyhow!(
+    let prepared = start_beside(
+        async { prepare.await.map_err(anyhow::Error::from) },
+        &mut child,
+        signals,
+        |sig| anyhow::anyhow!(
             "stopped by signal {sig} before replication started (waiting for the store or the lease, or restoring); nothing was left half-restored"
-        )),
-        st = wait_child(&mut child) => {
-            let code = child::exit_code(st?);
-            warn!(code, "the service exited before replication started");
-            return Ok(ExitCode::from(code));
-        }
-    };
+        ),
+    )
+    .await?;
     let running = match prepared {
         Ok(r) => r,
-        Err(e) => {
-            if let Some(c) = child.as_mut() {
-                error!("replication could not start; stopping the service");
-                child::signal(c, libc::SIGTERM);
-                let _ = c.wait().await;
-            }
-            return Err(e);
-        }
+        Err(code) => return Ok(code),
     };
     if child.is_none() {
         child = a.exec.as_deref().map(child::spawn).transpose()?;
@@ -251,6 +240,37 @@ async fn run_config(
         anyhow::bail!("replication of {} stopped unexpectedly", db.display());
     }
     Ok(ExitCode::from(code))
+}
+
+/// Waits for replication to start while a service started early may already run.
+/// A signal or a failure to start stops that service and is the error; the service
+/// exiting first ends the run with its exit code (`Ok(Err(code))`).
+async fn start_beside<T>(
+    start: impl std::future::Future<Output = anyhow::Result<T>>,
+    child: &mut Option<tokio::process::Child>,
+    signals: &mut Signals,
+    stopped: impl FnOnce(i32) -> anyhow::Error,
+) -> anyhow::Result<Result<T, ExitCode>> {
+    let started = tokio::select! {
+        r = start => r,
+        sig = signals.next() => Err(stopped(sig)),
+        st = wait_child(child) => {
+            let code = child::exit_code(st?);
+            warn!(code, "the service exited before replication started");
+            return Ok(Err(ExitCode::from(code)));
+        }
+    };
+    match started {
+        Ok(r) => Ok(Ok(r)),
+        Err(e) => {
+            if let Some(c) = child.as_mut() {
+                error!("replication could not start; stopping the service");
+                child::signal(c, libc::SIGTERM);
+                let _ = c.wait().await;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Waits for the child, or forever when there is none.

@@ -413,14 +413,8 @@ fn rows_of(db: &Path, pod: &str) -> i64 {
 fn the_service_starts_while_the_store_is_down() {
     let s3 = S3::new();
     let dir = TempDir::new().expect("tempdir");
-    let proxy = FaultProxy::start(
-        s3.endpoint()
-            .strip_prefix("http://")
-            .expect("http endpoint"),
-        FaultPlan::OUTAGE,
-    );
     let direct = s3.url("boot");
-    let via = direct.replace(s3.endpoint(), &format!("http://{}", proxy.addr));
+    let (proxy, via) = proxied(&s3, &direct, "", FaultPlan::OUTAGE.pattern, Duration::ZERO);
     let config = |name: &str, dbs: &[&str]| {
         let path = dir.path().join(name);
         let list: String = dbs.iter().map(|d| format!("  - {d}\n")).collect();
@@ -522,14 +516,8 @@ fn the_service_starts_while_the_store_is_down() {
 fn a_single_database_starts_its_service_while_the_store_is_down() {
     let s3 = S3::new();
     let dir = TempDir::new().expect("tempdir");
-    let proxy = FaultProxy::start(
-        s3.endpoint()
-            .strip_prefix("http://")
-            .expect("http endpoint"),
-        FaultPlan::OUTAGE,
-    );
     let direct = s3.url("single/a");
-    let via = direct.replace(s3.endpoint(), &format!("http://{}", proxy.addr));
+    let (proxy, via) = proxied(&s3, &direct, "", FaultPlan::OUTAGE.pattern, Duration::ZERO);
     let db = dir.path().join("a.db");
     write_batches(&new_db(&db), 2, 20);
     let mut cmd = replica_cmd();

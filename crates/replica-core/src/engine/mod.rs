@@ -289,25 +289,6 @@ pub struct Replicator {
     lease_state: Arc<LeaseState>,
 }
 
-/// The replica's files, retrying transient failures with backoff for `wait`.
-async fn list_at_start(
-    replica: &Replica,
-    wait: Duration,
-) -> Result<Vec<crate::replica::RemoteFile>, StoreError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut delay = Duration::from_millis(250);
-    loop {
-        match replica.list_files(None).await {
-            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                warn!(url = %replica.url(), error = %e, "listing the replica failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            r => return r,
-        }
-    }
-}
-
 /// A database's WAL held by a read transaction until replication starts
 /// ([`Replicator::pin`]).
 #[derive(Debug)]
@@ -385,7 +366,14 @@ impl Replicator {
         )));
         // The only LIST of the run: from here on the manifest is kept in memory. A
         // store that falters here is waited for as the lease was.
-        let manifest = Manifest::new(list_at_start(&replica, cfg.lease.wait).await?);
+        let files = crate::retry::while_transient(
+            cfg.lease.wait,
+            replica.url(),
+            "listing the replica",
+            || replica.list_files(None),
+        )
+        .await?;
+        let manifest = Manifest::new(files);
         let remote_max = manifest.replica_max();
         shared
             .stats
