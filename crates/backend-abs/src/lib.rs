@@ -26,10 +26,14 @@
 //! Objects up to [`SINGLE_PUT_MAX`] go up in one Put Blob; larger ones as staged
 //! blocks (read from the payload file block by block) and a Put Block List. Create-only
 //! puts send `If-None-Match: *` (on the block list commit for staged uploads); Azure
-//! answers 409 BlobAlreadyExists, or 412, when the blob exists. Each create-only put
-//! carries a random `replicaputid` metadata token, so that a conflict after an SDK
-//! retry of our own successful write is recognised as success. Throttling (429),
-//! timeouts and 5xx are retried by the SDK's exponential retry policy.
+//! answers 409 BlobAlreadyExists, or 412, when the blob exists: `AlreadyExists`, and
+//! the caller decides by content whether the blob there is its own (a resend after a
+//! lost response).
+//!
+//! The SDK's own retries are off: this client translates (429 and 503 ServerBusy are
+//! `Throttled`, with the `Retry-After` the service sent; timeouts and other 5xx are
+//! `Transient`), and `replica_core::retry` retries every backend the same way. Staged
+//! blocks are idempotent, so each is retried on its own rather than the whole upload.
 
 mod cas;
 mod config;
@@ -45,7 +49,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind;
-use azure_core::http::{RequestContent, StatusCode, Url};
+use azure_core::http::headers::RETRY_AFTER;
+use azure_core::http::{ClientOptions, RequestContent, RetryOptions, StatusCode, Url};
 use azure_storage_blob::models::{
     BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
     BlobContainerClientListBlobsOptions, BlockBlobClientCommitBlockListOptions,
@@ -60,7 +65,8 @@ use replica_core::client::{
 };
 use replica_core::error::{Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
-use replica_core::meta::{self, PutId};
+use replica_core::meta;
+use replica_core::retry::{Policy, parse_retry_after};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tracing::debug;
@@ -81,8 +87,6 @@ pub const SAS_LIFETIME: time::Duration = time::Duration::hours(1);
 
 /// Blob metadata holding the LTX creation time, as Litestream writes and reads it.
 pub const TIMESTAMP_METADATA: &str = meta::TIMESTAMP_AZURE;
-/// Blob metadata holding a random token unique to one put call.
-pub const PUT_ID_METADATA: &str = meta::PUT_ID_AZURE;
 
 /// How requests are authorised.
 #[derive(Clone)]
@@ -164,7 +168,13 @@ impl fmt::Debug for AbsClient {
 }
 
 fn sdk_options() -> BlobContainerClientOptions {
-    BlobContainerClientOptions::default()
+    BlobContainerClientOptions {
+        client_options: ClientOptions {
+            retry: RetryOptions::none(),
+            ..ClientOptions::default()
+        },
+        ..BlobContainerClientOptions::default()
+    }
 }
 
 fn container_url(config: &AbsConfig) -> Result<Url, StoreError> {
@@ -365,8 +375,10 @@ impl AbsClient {
         size: u64,
         metadata: HashMap<String, String>,
         mode: PutMode,
-        put_id: &str,
+        key: &str,
     ) -> Result<(), Failure> {
+        // Same-length block ids, unique to this put.
+        let put_id = format!("{:032x}", rand::random::<u128>());
         let block_size = block_size(size);
         let count = size.div_ceil(block_size);
         let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
@@ -376,20 +388,24 @@ impl AbsClient {
             while next < count && tasks.len() < BLOCK_CONCURRENCY {
                 let offset = next * block_size;
                 let len = block_size.min(size - offset);
-                // Same-length ids, unique to this put.
                 let id = format!("{put_id}-{next:08}").into_bytes();
                 ids.push(id.clone());
                 let body = body.clone();
                 let c = Arc::clone(c);
-                let full = full.to_owned();
+                let (full, key) = (full.to_owned(), key.to_owned());
                 tasks.spawn(async move {
                     let data = read_range(&body, offset, len).await?;
-                    c.blob_client(&full)
-                        .block_blob_client()
-                        .stage_block(&id, len, data.into(), None)
+                    let block = c.blob_client(&full).block_blob_client();
+                    Policy::REQUEST
+                        .run(Op::Put, &key, || async {
+                            block
+                                .stage_block(&id, len, data.clone().into(), None)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| map_err(&e, Op::Put, &key))
+                        })
                         .await
-                        .map(|_| ())
-                        .map_err(Failure::Sdk)
+                        .map_err(Failure::Store)
                 });
                 next += 1;
             }
@@ -430,6 +446,8 @@ impl AbsClient {
 enum Failure {
     Sdk(azure_core::Error),
     Local(String),
+    /// Already translated (a staged block that failed after its retries).
+    Store(StoreError),
 }
 
 async fn payload_size(body: &Payload) -> Result<u64, String> {
@@ -518,7 +536,9 @@ fn map_err(e: &azure_core::Error, op: Op, key: &str) -> StoreError {
     };
     match e.kind() {
         ErrorKind::HttpResponse {
-            status, error_code, ..
+            status,
+            error_code,
+            raw_response,
         } => {
             let code = error_code.as_deref().unwrap_or("");
             let detail = if code.is_empty() {
@@ -540,7 +560,16 @@ fn map_err(e: &azure_core::Error, op: Op, key: &str) -> StoreError {
                     StoreError::AlreadyExists { key: key_s.clone() }
                 }
                 412 if op == Op::Put => StoreError::AlreadyExists { key: key_s.clone() },
-                408 | 429 | 500..=599 => transient(detail),
+                429 | 503 => StoreError::Throttled {
+                    op,
+                    key: key_s.clone(),
+                    retry_after: raw_response
+                        .as_ref()
+                        .and_then(|r| r.headers().get_optional_str(&RETRY_AFTER))
+                        .and_then(parse_retry_after),
+                    source: Box::new(AbsError(detail)),
+                },
+                408 | 500..=599 => transient(detail),
                 _ => other(detail),
             }
         }
@@ -552,11 +581,6 @@ fn map_err(e: &azure_core::Error, op: Op, key: &str) -> StoreError {
         },
         _ => other(redact(&e.to_string())),
     }
-}
-
-fn is_create_conflict(e: &azure_core::Error) -> bool {
-    matches!(http_parts(e), Some((s, code)) if u16::from(s) == 412
-        || (u16::from(s) == 409 && code == Some("BlobAlreadyExists")))
 }
 
 #[async_trait]
@@ -581,15 +605,11 @@ impl ReplicaClient for AbsClient {
         if let Some(t) = opts.timestamp {
             metadata.insert(TIMESTAMP_METADATA.to_owned(), meta::format_timestamp(t));
         }
-        let put_id = PutId::random().as_str().to_owned();
-        if opts.mode == PutMode::CreateOnly {
-            metadata.insert(PUT_ID_METADATA.to_owned(), put_id.clone());
-        }
         let c = self.container_client()?;
         let full = self.full_key(key);
         let blocks = size > SINGLE_PUT_MAX;
         let result = if blocks {
-            self.put_blocks(&c, &full, &body, size, metadata, opts.mode, &put_id)
+            self.put_blocks(&c, &full, &body, size, metadata, opts.mode, key)
                 .await
         } else {
             match read_range(&body, 0, size).await {
@@ -603,18 +623,7 @@ impl ReplicaClient for AbsClient {
         match result {
             Ok(()) => {}
             Err(Failure::Local(d)) => return Err(local(d)),
-            Err(Failure::Sdk(e)) if opts.mode == PutMode::CreateOnly && is_create_conflict(&e) => {
-                // Ours (an SDK retry of a write that had landed) or someone else's?
-                match self.head_info(key, Op::Put).await {
-                    Ok((_, meta)) if meta.get(PUT_ID_METADATA) == Some(&put_id) => {}
-                    Ok(_) | Err(StoreError::NotFound { .. }) => {
-                        return Err(StoreError::AlreadyExists {
-                            key: key.to_owned(),
-                        });
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            Err(Failure::Store(e)) => return Err(e),
             Err(Failure::Sdk(e)) => return Err(map_err(&e, Op::Put, key)),
         }
         debug!(key, size, blocks, "put");
@@ -751,14 +760,19 @@ impl ReplicaClient for AbsClient {
         let results: Vec<Result<(), StoreError>> = futures_util::stream::iter(keys.iter().cloned())
             .map(|key| {
                 let blob = c.blob_client(&self.full_key(&key));
+                // One request of many: retried on its own.
                 async move {
-                    match blob.delete(None).await {
-                        Ok(_) => Ok(()),
-                        Err(e) => match map_err(&e, Op::Delete, &key) {
-                            StoreError::NotFound { .. } => Ok(()),
-                            other => Err(other),
-                        },
-                    }
+                    Policy::REQUEST
+                        .run(Op::Delete, &key, || async {
+                            match blob.delete(None).await {
+                                Ok(_) => Ok(()),
+                                Err(e) => match map_err(&e, Op::Delete, &key) {
+                                    StoreError::NotFound { .. } => Ok(()),
+                                    other => Err(other),
+                                },
+                            }
+                        })
+                        .await
                 }
             })
             .buffer_unordered(DELETE_CONCURRENCY)

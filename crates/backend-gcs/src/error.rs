@@ -23,9 +23,17 @@ pub(crate) enum Kind {
     RangeNotSatisfiable,
     /// 401 / 403.
     Denied,
-    /// 408, 429, 5xx, connection and timeout failures: worth retrying.
+    /// 429 and 503: the service asks us to slow down.
+    Throttled,
+    /// 408, other 5xx, connection and timeout failures: worth retrying.
     Transient,
     Other,
+}
+
+impl Kind {
+    pub(crate) fn is_transient(self) -> bool {
+        matches!(self, Kind::Transient | Kind::Throttled)
+    }
 }
 
 #[derive(Debug)]
@@ -40,7 +48,8 @@ fn kind_of_status(code: u16) -> Kind {
         412 => Kind::PreconditionFailed,
         416 => Kind::RangeNotSatisfiable,
         401 | 403 => Kind::Denied,
-        408 | 429 | 500..=599 => Kind::Transient,
+        429 | 503 => Kind::Throttled,
+        408 | 500..=599 => Kind::Transient,
         _ => Kind::Other,
     }
 }
@@ -100,6 +109,13 @@ impl Failure {
                 op,
                 key,
                 detail: format!("bucket {bucket}: {}", self.detail),
+            },
+            // gcloud-storage does not hand over response headers, so no Retry-After.
+            Kind::Throttled => StoreError::Throttled {
+                op,
+                key,
+                retry_after: None,
+                source: Box::new(GcsError(format!("bucket {bucket}: {}", self.detail))),
             },
             Kind::Transient => StoreError::Transient {
                 op,

@@ -17,22 +17,23 @@
 //!
 //! - Create-only puts are `uploadType=multipart` uploads with `ifGenerationMatch=0`
 //!   (streamed from the payload, whatever its size): GCS applies the precondition
-//!   atomically, and fake-gcs-server enforces it only on this upload type. A random
-//!   `replica-put-id` metadata token tells a retried create that already landed from
-//!   a lost race (see [`GcsClient`]'s `put`).
+//!   atomically, and fake-gcs-server enforces it only on this upload type. A refusal
+//!   (412) is `AlreadyExists`, and the caller decides by content whether the object
+//!   there is its own (a resend after a lost response).
 //! - Overwrites up to [`RESUMABLE_THRESHOLD`] are one multipart upload; larger ones use
 //!   a resumable session, sent in [`CHUNK_SIZE`] chunks read from the payload as they
 //!   go, resuming from the offset GCS confirms after a failed chunk.
 //!
-//! Every request is retried on 408, 429, 5xx and connection failures, with
-//! exponential backoff and jitter, up to [`MAX_ATTEMPTS`] attempts.
+//! This client translates and leaves retrying to `replica_core::retry` (429 and 503
+//! are `Throttled`; 408, other 5xx and connection failures `Transient`), except
+//! inside operations of many requests: each page of a listing, each delete and each
+//! chunk of a resumable upload is retried on its own under the same policy.
 
 mod cas;
 mod config;
 mod error;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -54,7 +55,8 @@ use replica_core::client::{
 };
 use replica_core::error::{Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
-use replica_core::meta::{self, PutId};
+use replica_core::meta;
+use replica_core::retry::{Backoff, Policy};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, warn};
 
@@ -66,12 +68,8 @@ use crate::error::{Failure, Kind};
 pub const RESUMABLE_THRESHOLD: u64 = 8 * 1024 * 1024;
 /// Resumable chunk size (a multiple of 256 KiB, as GCS requires).
 pub const CHUNK_SIZE: u64 = 8 * 1024 * 1024;
-/// Attempts per request (the first try plus retries).
-pub const MAX_ATTEMPTS: u32 = 5;
 /// Object metadata holding the LTX creation time, as Litestream writes and reads it.
 pub const TIMESTAMP_METADATA: &str = meta::TIMESTAMP;
-/// Object metadata holding a random token unique to one put call.
-pub const PUT_ID_METADATA: &str = meta::PUT_ID;
 /// Deletes in flight at once (the JSON API deletes one object per request).
 const DELETE_CONCURRENCY: usize = 16;
 const LIST_PAGE: i32 = 1000;
@@ -207,40 +205,16 @@ impl GcsClient {
         f.into_store(op, key, &self.config.bucket)
     }
 
-    /// Runs `attempt` until it succeeds, fails permanently, or [`MAX_ATTEMPTS`] are
-    /// used; `attempt` gets the attempt number (0 first).
-    async fn retry<T, F, Fut>(&self, op: Op, key: &str, mut attempt: F) -> Result<T, Failure>
-    where
-        F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
-    {
-        let mut n = 0;
-        loop {
-            match attempt(n).await {
-                Err(f) if f.kind == Kind::Transient && n + 1 < MAX_ATTEMPTS => {
-                    let delay = backoff(n);
-                    debug!(%op, key, attempt = n + 1, ?delay, detail = %f.detail, "retrying");
-                    tokio::time::sleep(delay).await;
-                    n += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-
     async fn get_meta(&self, key: &str) -> Result<Object, Failure> {
         let req = GetObjectRequest {
             bucket: self.config.bucket.clone(),
             object: self.full_key(key),
             ..Default::default()
         };
-        self.retry(Op::Head, key, |_| async {
-            self.client
-                .get_object(&req)
-                .await
-                .map_err(|e| Failure::from_http(&e))
-        })
-        .await
+        self.client
+            .get_object(&req)
+            .await
+            .map_err(|e| Failure::from_http(&e))
     }
 
     fn object_info(&self, key: &str, obj: &Object) -> ObjectInfo {
@@ -263,42 +237,37 @@ impl GcsClient {
         }
     }
 
-    /// One multipart upload (metadata and body in one request), retried.
-    async fn put_multipart(&self, job: &PutJob<'_>) -> Result<(), Failure> {
+    /// One multipart upload (metadata and body in one request).
+    async fn put_multipart(&self, job: &PutJob) -> Result<(), Failure> {
         let req = UploadObjectRequest {
             bucket: self.config.bucket.clone(),
             if_generation_match: (job.mode == PutMode::CreateOnly).then_some(0),
             ..Default::default()
         };
         let upload_type = UploadType::Multipart(Box::new(job.object()));
-        self.retry(Op::Put, job.key, |_| async {
-            let res = match &job.body {
-                Payload::Bytes(b) => {
-                    self.client
-                        .upload_object(&req, b.clone(), &upload_type)
-                        .await
-                }
-                Payload::File(path) => {
-                    let file = tokio::fs::File::open(path)
-                        .await
-                        .map_err(|e| source_failure(path, &e))?;
-                    let stream = tokio_util::io::ReaderStream::with_capacity(
-                        file.take(job.size),
-                        256 * 1024,
-                    );
-                    self.client
-                        .upload_streamed_object(&req, stream, &upload_type)
-                        .await
-                }
-            };
-            res.map(|_| ()).map_err(|e| Failure::from_http(&e))
-        })
-        .await
+        let res = match &job.body {
+            Payload::Bytes(b) => {
+                self.client
+                    .upload_object(&req, b.clone(), &upload_type)
+                    .await
+            }
+            Payload::File(path) => {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| source_failure(path, &e))?;
+                let stream =
+                    tokio_util::io::ReaderStream::with_capacity(file.take(job.size), 256 * 1024);
+                self.client
+                    .upload_streamed_object(&req, stream, &upload_type)
+                    .await
+            }
+        };
+        res.map(|_| ()).map_err(|e| Failure::from_http(&e))
     }
 
     /// A resumable upload session, sent chunk by chunk; after a failed chunk the
     /// session's status says where to resume.
-    async fn put_resumable(&self, job: &PutJob<'_>) -> Result<(), Failure> {
+    async fn put_resumable(&self, job: &PutJob) -> Result<(), Failure> {
         let req = UploadObjectRequest {
             bucket: self.config.bucket.clone(),
             if_generation_match: (job.mode == PutMode::CreateOnly).then_some(0),
@@ -306,16 +275,14 @@ impl GcsClient {
         };
         let upload_type = UploadType::Multipart(Box::new(job.object()));
         let session = self
-            .retry(Op::Put, job.key, |_| async {
-                self.client
-                    .prepare_resumable_upload(&req, &upload_type)
-                    .await
-                    .map_err(|e| Failure::from_http(&e))
-            })
-            .await?;
+            .client
+            .prepare_resumable_upload(&req, &upload_type)
+            .await
+            .map_err(|e| Failure::from_http(&e))?;
         let total = job.size;
         let mut offset = 0u64;
         let mut failures = 0u32;
+        let mut backoff = Backoff::new(Policy::REQUEST.first, Policy::REQUEST.max);
         loop {
             let len = CHUNK_SIZE.min(total - offset);
             let chunk = job.read(offset, len).await?;
@@ -325,16 +292,16 @@ impl GcsClient {
                 Err(e) => {
                     let f = Failure::from_http(&e);
                     failures += 1;
-                    if f.kind != Kind::Transient || failures >= MAX_ATTEMPTS {
+                    if !f.kind.is_transient() || failures >= Policy::REQUEST.attempts {
                         return Err(f);
                     }
-                    tokio::time::sleep(backoff(failures - 1)).await;
+                    tokio::time::sleep(backoff.next(None)).await;
                     // Where did the session get to?
                     match session.status(Some(total)).await {
                         Ok(s) => s,
                         Err(e) => {
                             let g = Failure::from_http(&e);
-                            if g.kind != Kind::Transient {
+                            if !g.kind.is_transient() {
                                 return Err(g);
                             }
                             continue;
@@ -362,52 +329,18 @@ impl GcsClient {
             object: self.full_key(key),
             ..Default::default()
         };
-        let res = self
-            .retry(Op::Delete, key, |_| async {
-                self.client
-                    .delete_object(&req)
-                    .await
-                    .map_err(|e| Failure::from_http(&e))
-            })
-            .await;
-        match res {
-            Ok(()) => Ok(()),
-            Err(f) if f.kind == Kind::NotFound => Ok(()),
-            Err(f) => Err(self.fail(f, Op::Delete, key)),
-        }
-    }
-
-    /// After a create-only put failed with 412: ours (a retry of a put that landed) if
-    /// the object carries this call's token, else a lost race.
-    async fn resolve_conflict(&self, job: &PutJob<'_>) -> Result<(), StoreError> {
-        match self.get_meta(job.key).await {
-            Ok(obj) => {
-                let theirs = obj.metadata.as_ref().and_then(|m| m.get(PUT_ID_METADATA));
-                if theirs == Some(&job.put_id) {
-                    debug!(
-                        key = job.key,
-                        "create-only put landed on an earlier attempt"
-                    );
-                    Ok(())
-                } else {
-                    Err(StoreError::AlreadyExists {
-                        key: job.key.to_owned(),
-                    })
+        Policy::REQUEST
+            .run(Op::Delete, key, || async {
+                match self.client.delete_object(&req).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => match Failure::from_http(&e) {
+                        f if f.kind == Kind::NotFound => Ok(()),
+                        f => Err(self.fail(f, Op::Delete, key)),
+                    },
                 }
-            }
-            // Taken when we tried, deleted since: we lost all the same.
-            Err(f) if f.kind == Kind::NotFound => Err(StoreError::AlreadyExists {
-                key: job.key.to_owned(),
-            }),
-            Err(f) => Err(self.fail(f, Op::Put, job.key)),
-        }
+            })
+            .await
     }
-}
-
-fn backoff(n: u32) -> Duration {
-    let base = 200u64.saturating_mul(1 << n.min(6)).min(10_000);
-    let jitter = rand::random::<u64>() % (base / 2 + 1);
-    Duration::from_millis(base / 2 + jitter)
 }
 
 fn source_failure(path: &std::path::Path, e: &std::io::Error) -> Failure {
@@ -415,17 +348,15 @@ fn source_failure(path: &std::path::Path, e: &std::io::Error) -> Failure {
 }
 
 /// One put call.
-struct PutJob<'a> {
-    key: &'a str,
+struct PutJob {
     full: String,
     body: Payload,
     size: u64,
     metadata: HashMap<String, String>,
     mode: PutMode,
-    put_id: String,
 }
 
-impl PutJob<'_> {
+impl PutJob {
     fn object(&self) -> Object {
         Object {
             name: self.full.clone(),
@@ -480,14 +411,6 @@ impl ReplicaClient for GcsClient {
         // Object stores keep no permission bits.
     }
 
-    /// # Idempotent create-only puts
-    ///
-    /// A request is retried on 429/5xx and connection failures, including a
-    /// conditional upload whose response was lost after GCS had stored the object; the
-    /// retry then gets 412, which taken at face value would report our own write as a
-    /// lost race. So a create-only put carries a random 128-bit token in the
-    /// `replica-put-id` metadata, and a 412 is checked by reading the object's metadata:
-    /// our token means the put succeeded, anything else is [`StoreError::AlreadyExists`].
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         let key = key.as_str();
         let size = match &body {
@@ -501,18 +424,12 @@ impl ReplicaClient for GcsClient {
         if let Some(ts) = opts.timestamp {
             metadata.insert(TIMESTAMP_METADATA.to_owned(), meta::format_timestamp(ts));
         }
-        let put_id = PutId::random().as_str().to_owned();
-        if opts.mode == PutMode::CreateOnly {
-            metadata.insert(PUT_ID_METADATA.to_owned(), put_id.clone());
-        }
         let job = PutJob {
-            key,
             full: self.full_key(key),
             body,
             size,
             metadata,
             mode: opts.mode,
-            put_id,
         };
         let resumable = opts.mode == PutMode::Overwrite && size > RESUMABLE_THRESHOLD;
         let res = if resumable {
@@ -520,13 +437,7 @@ impl ReplicaClient for GcsClient {
         } else {
             self.put_multipart(&job).await
         };
-        match res {
-            Ok(()) => {}
-            Err(f) if f.kind == Kind::PreconditionFailed && opts.mode == PutMode::CreateOnly => {
-                self.resolve_conflict(&job).await?;
-            }
-            Err(f) => return Err(self.fail(f, Op::Put, key)),
-        }
+        res.map_err(|f| self.fail(f, Op::Put, key))?;
         debug!(key, size, resumable, "put");
         Ok(())
     }
@@ -560,13 +471,10 @@ impl ReplicaClient for GcsClient {
             ..Default::default()
         };
         let res = self
-            .retry(Op::Get, key, |_| async {
-                self.client
-                    .download_streamed_object(&req, &gcs_range)
-                    .await
-                    .map_err(|e| Failure::from_http(&e))
-            })
-            .await;
+            .client
+            .download_streamed_object(&req, &gcs_range)
+            .await
+            .map_err(|e| Failure::from_http(&e));
         let stream = match res {
             Ok(s) => s,
             Err(f) if f.kind == Kind::RangeNotSatisfiable && range.is_some() => {
@@ -614,15 +522,15 @@ impl ReplicaClient for GcsClient {
                 max_results: Some(LIST_PAGE),
                 ..Default::default()
             };
-            let page = self
-                .retry(Op::List, err_key, |_| async {
+            // A page is one request of many: retried on its own.
+            let page = Policy::REQUEST
+                .run(Op::List, err_key, || async {
                     self.client
                         .list_objects(&req)
                         .await
-                        .map_err(|e| Failure::from_http(&e))
+                        .map_err(|e| self.fail(Failure::from_http(&e), Op::List, err_key))
                 })
-                .await
-                .map_err(|f| self.fail(f, Op::List, err_key))?;
+                .await?;
             for obj in page.items.iter().flatten() {
                 let Some(rel) = obj.name.strip_prefix(self.root.as_str()) else {
                     continue;
@@ -710,15 +618,4 @@ fn open(url: String) -> replica_core::registry::OpenFuture {
         let client = GcsClient::from_url(&url).await?;
         Ok(std::sync::Arc::new(client) as std::sync::Arc<dyn ReplicaClient>)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) <= Duration::from_millis(200));
-        assert!(backoff(20) <= Duration::from_secs(10));
-    }
 }

@@ -8,10 +8,12 @@
 //! source is a plain [`S3Error`] string instead.
 
 use std::error::Error as StdError;
+use std::time::Duration;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use replica_core::error::{Op, StoreError};
+use replica_core::retry::parse_retry_after;
 
 /// The detail of a failed S3 request, as the source of a [`StoreError`].
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,9 @@ pub(crate) enum Kind {
     /// 416: the range starts past the end of the object.
     InvalidRange,
     Denied,
+    /// 429, `SlowDown` and the like: transient, and the store may say how long to
+    /// wait (`Retry-After`).
+    Throttled,
     Transient,
     Other,
 }
@@ -42,14 +47,21 @@ pub(crate) enum Kind {
 pub(crate) struct Failure {
     pub kind: Kind,
     pub detail: String,
+    /// The response's `Retry-After`, when it had one.
+    pub retry_after: Option<Duration>,
 }
 
 impl Failure {
-    pub fn other(detail: impl Into<String>) -> Self {
+    pub fn new(kind: Kind, detail: impl Into<String>) -> Self {
         Failure {
-            kind: Kind::Other,
+            kind,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn other(detail: impl Into<String>) -> Self {
+        Self::new(Kind::Other, detail)
     }
 
     /// Classifies an SDK error.
@@ -61,29 +73,29 @@ impl Failure {
             SdkError::ServiceError(ctx) => {
                 let e = ctx.err();
                 let status = err.raw_response().map(status_of);
-                service_failure(
+                let mut f = service_failure(
                     e.code(),
                     e.message(),
                     e.meta().extra("aws_request_id"),
                     status,
-                )
+                );
+                f.retry_after = err
+                    .raw_response()
+                    .and_then(|r| r.headers().get("retry-after"))
+                    .and_then(parse_retry_after);
+                f
             }
             SdkError::ResponseError(_) => {
                 let status = err.raw_response().map(status_of);
                 let kind = match status {
-                    Some(s) if s >= 500 || s == 429 => Kind::Transient,
+                    Some(429 | 503) => Kind::Throttled,
+                    Some(s) if s >= 500 => Kind::Transient,
                     _ if chain_has_io_error(err) => Kind::Transient,
                     _ => Kind::Other,
                 };
-                Failure {
-                    kind,
-                    detail: chain_message(err),
-                }
+                Failure::new(kind, chain_message(err))
             }
-            SdkError::TimeoutError(_) => Failure {
-                kind: Kind::Transient,
-                detail: chain_message(err),
-            },
+            SdkError::TimeoutError(_) => Failure::new(Kind::Transient, chain_message(err)),
             SdkError::DispatchFailure(d) => {
                 let kind = if let Some(kind) = credentials_kind(err) {
                     kind
@@ -92,17 +104,14 @@ impl Failure {
                 } else {
                     Kind::Transient
                 };
-                Failure {
-                    kind,
-                    detail: chain_message(err),
-                }
+                Failure::new(kind, chain_message(err))
             }
             // Construction failures (and any future variant) are bugs or bad input, not
             // worth retrying.
-            _ => Failure {
-                kind: credentials_kind(err).unwrap_or(Kind::Other),
-                detail: chain_message(err),
-            },
+            _ => Failure::new(
+                credentials_kind(err).unwrap_or(Kind::Other),
+                chain_message(err),
+            ),
         }
     }
 
@@ -122,13 +131,26 @@ impl Failure {
                     }
                 ),
             },
-            Kind::PreconditionFailed | Kind::ConditionalConflict if op == Op::Put => {
+            Kind::PreconditionFailed if op == Op::Put => {
                 StoreError::AlreadyExists { key: key_owned }
             }
+            // Another conditional write to the key is in flight; whichever way it
+            // ends, asking again gets a definite answer.
+            Kind::ConditionalConflict => StoreError::Transient {
+                op,
+                key: key_owned,
+                source: source(self.detail),
+            },
             Kind::Denied => StoreError::PermissionDenied {
                 op,
                 key: key_owned,
                 detail: self.detail,
+            },
+            Kind::Throttled => StoreError::Throttled {
+                op,
+                key: key_owned,
+                retry_after: self.retry_after,
+                source: source(self.detail),
             },
             Kind::Transient => StoreError::Transient {
                 op,
@@ -184,14 +206,17 @@ pub(crate) fn service_failure(
                 "SlowDown"
                 | "Throttling"
                 | "ThrottlingException"
-                | "RequestTimeout"
-                | "InternalError"
-                | "ServiceUnavailable"
-                | "OperationAborted",
+                | "RequestLimitExceeded"
+                | "TooManyRequestsException",
             ),
             _,
         )
-        | (_, Some(408 | 429 | 500..=599)) => Kind::Transient,
+        | (_, Some(429)) => Kind::Throttled,
+        (
+            Some("RequestTimeout" | "InternalError" | "ServiceUnavailable" | "OperationAborted"),
+            _,
+        )
+        | (_, Some(408 | 500..=599)) => Kind::Transient,
         (_, Some(404)) => Kind::NoSuchKey,
         _ => Kind::Other,
     };
@@ -211,7 +236,7 @@ pub(crate) fn service_failure(
     if !extras.is_empty() {
         detail.push_str(&format!(" ({})", extras.join(", ")));
     }
-    Failure { kind, detail }
+    Failure::new(kind, detail)
 }
 
 /// The SDK error and its sources, on one line (`dispatch failure: io error: …`).
@@ -314,10 +339,16 @@ mod tests {
         assert_eq!(kind(None, Some(403)), Kind::Denied);
         for (code, status) in [
             (Some("SlowDown"), Some(503)),
+            (None, Some(429)),
+            (Some("ThrottlingException"), Some(400)),
+        ] {
+            assert_eq!(kind(code, status), Kind::Throttled, "{code:?} {status:?}");
+        }
+        for (code, status) in [
             (Some("InternalError"), Some(500)),
             (Some("RequestTimeout"), Some(400)),
             (None, Some(502)),
-            (None, Some(429)),
+            (None, Some(503)),
         ] {
             assert_eq!(kind(code, status), Kind::Transient, "{code:?} {status:?}");
         }

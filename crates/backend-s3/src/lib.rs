@@ -28,8 +28,8 @@
 //! multipart upload streamed part by part from the payload (file parts are read from
 //! disk as they are sent, never held whole), aborted if anything fails. Create-only puts
 //! use `If-None-Match: *` (on `CompleteMultipartUpload` for multipart), which S3 and
-//! moto apply atomically; see [`S3Client`]'s `put` for how a retried create is told
-//! apart from a lost race.
+//! moto apply atomically; a refusal is `AlreadyExists`, and the caller decides by
+//! content whether the object there is its own (a resend after a lost response).
 //!
 //! # Use from the conformance suite
 //!
@@ -75,7 +75,8 @@ use replica_core::client::{
 use replica_core::error::{Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
 use replica_core::layout::LayoutStyle;
-use replica_core::meta::{self, PutId};
+use replica_core::meta;
+use replica_core::retry::Policy;
 use tokio::io::AsyncReadExt;
 use tracing::{debug, warn};
 
@@ -96,12 +97,6 @@ const DELETE_BATCH: usize = 1000;
 
 /// User metadata holding the LTX creation time, as Litestream writes and reads it.
 pub const TIMESTAMP_METADATA: &str = meta::TIMESTAMP;
-/// User metadata holding a random token unique to one put call; see `put`.
-pub const PUT_ID_METADATA: &str = meta::PUT_ID;
-
-/// SDK-level attempts per request (the first try plus retries, with exponential
-/// backoff) for throttling, 5xx, timeouts and connection failures.
-const MAX_ATTEMPTS: u32 = 4;
 
 /// A replica rooted at `s3://bucket/prefix`.
 #[derive(Clone)]
@@ -142,12 +137,9 @@ impl S3Client {
         loader: aws_config::ConfigLoader,
     ) -> Result<Self, StoreError> {
         let mut loader = loader
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(MAX_ATTEMPTS)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(10)),
-            )
+            // Requests are retried once, by the core's policy (`replica_core::retry`),
+            // which knows which of them may be resent.
+            .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
@@ -350,7 +342,6 @@ impl S3Client {
             body,
             size,
             mode,
-            put_id,
             ..
         } = job;
         let (key, full, size, mode) = (*key, full.as_str(), *size, *mode);
@@ -365,37 +356,43 @@ impl S3Client {
                 let len = part_size.min(size - offset);
                 // Part numbers are 1-based and at most MAX_PARTS, so they fit an i32.
                 let number = i32::try_from(next + 1).unwrap_or(i32::MAX);
-                let req = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.config.bucket)
-                    .key(full)
-                    .upload_id(upload_id)
-                    .part_number(number)
-                    .content_length(to_i64(len))
-                    .checksum_algorithm(ChecksumAlgorithm::Crc32);
                 let body = body.clone();
+                let client = self.client.clone();
+                let (key, bucket) = (key.to_owned(), self.config.bucket.clone());
+                let (full, upload_id) = (full.to_owned(), upload_id.to_owned());
+                // A part is idempotent (a resend replaces it), so each is retried on its
+                // own rather than the whole upload.
                 tasks.spawn(async move {
-                    let stream = body.stream(offset, len).await?;
-                    let out = req
-                        .body(stream)
-                        .send()
+                    let fail = |f: Failure| f.into_store(Op::Put, &key, &bucket);
+                    Policy::REQUEST
+                        .run(Op::Put, &key, || async {
+                            let stream = body.stream(offset, len).await.map_err(fail)?;
+                            let out = client
+                                .upload_part()
+                                .bucket(&bucket)
+                                .key(&full)
+                                .upload_id(&upload_id)
+                                .part_number(number)
+                                .content_length(to_i64(len))
+                                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                                .body(stream)
+                                .send()
+                                .await
+                                .map_err(|e| fail(Failure::from_sdk(&e)))?;
+                            Ok(CompletedPart::builder()
+                                .part_number(number)
+                                .set_e_tag(out.e_tag().map(str::to_owned))
+                                .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                                .build())
+                        })
                         .await
-                        .map_err(|e| Failure::from_sdk(&e))?;
-                    Ok::<_, Failure>(
-                        CompletedPart::builder()
-                            .part_number(number)
-                            .set_e_tag(out.e_tag().map(str::to_owned))
-                            .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
-                            .build(),
-                    )
                 });
                 next += 1;
             }
             match tasks.join_next().await {
                 Some(Ok(Ok(part))) => parts.push(part),
                 // Dropping the JoinSet on return aborts the parts still in flight.
-                Some(Ok(Err(f))) => return Err(self.fail(f, Op::Put, key)),
+                Some(Ok(Err(e))) => return Err(e),
                 Some(Err(join)) => {
                     if join.is_panic() {
                         std::panic::resume_unwind(join.into_panic());
@@ -420,78 +417,10 @@ impl S3Client {
         if mode == PutMode::CreateOnly {
             req = req.if_none_match("*");
         }
-        match req.send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let f = Failure::from_sdk(&e);
-                match f.kind {
-                    // A completion retried after a lost response finds its upload gone
-                    // (NoSuchUpload) or, create-only, the key taken (412): by us, if the
-                    // object carries our token.
-                    Kind::PreconditionFailed | Kind::ConditionalConflict | Kind::NoSuchUpload => {
-                        self.resolve_conflict(key, full, put_id, f).await
-                    }
-                    _ => Err(self.fail(f, Op::Put, key)),
-                }
-            }
-        }
-    }
-
-    /// After a create-only put (or a multipart completion) failed with 412, 409
-    /// ConditionalRequestConflict or NoSuchUpload, decides whether the object now at
-    /// `full` is the one this call wrote, by comparing its `replica-put-id` metadata
-    /// with this call's random token.
-    async fn resolve_conflict(
-        &self,
-        key: &str,
-        full: &str,
-        put_id: &str,
-        failure: Failure,
-    ) -> Result<(), StoreError> {
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.config.bucket)
-            .key(full)
-            .send()
-            .await;
-        match head {
-            Ok(out) => {
-                let theirs = out.metadata().and_then(|m| m.get(PUT_ID_METADATA));
-                if theirs.map(String::as_str) == Some(put_id) {
-                    debug!(key, "create-only put landed on an earlier attempt");
-                    Ok(())
-                } else if failure.kind == Kind::NoSuchUpload {
-                    Err(self.fail(failure, Op::Put, key))
-                } else {
-                    Err(StoreError::AlreadyExists {
-                        key: key.to_owned(),
-                    })
-                }
-            }
-            Err(e) => {
-                let f = Failure::from_sdk(&e);
-                match (f.kind, failure.kind) {
-                    // The object that made us fail is gone again (deleted); the key was
-                    // taken when we tried, so we lost.
-                    (Kind::NoSuchKey, Kind::PreconditionFailed) => Err(StoreError::AlreadyExists {
-                        key: key.to_owned(),
-                    }),
-                    // A concurrent conditional write that did not complete: nothing
-                    // holds the key, and trying again is safe.
-                    (Kind::NoSuchKey, Kind::ConditionalConflict) => Err(StoreError::Transient {
-                        op: Op::Put,
-                        key: key.to_owned(),
-                        source: Box::new(S3Error(format!(
-                            "{}; the conflicting write did not complete, retry",
-                            failure.detail
-                        ))),
-                    }),
-                    (Kind::NoSuchKey, _) => Err(self.fail(failure, Op::Put, key)),
-                    _ => Err(self.fail(f, Op::Put, key)),
-                }
-            }
-        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail(Failure::from_sdk(&e), Op::Put, key))
     }
 
     async fn head_object(&self, key: &str) -> Result<ObjectInfo, StoreError> {
@@ -537,19 +466,14 @@ impl ReplicaClient for S3Client {
         // Object stores keep no permission bits.
     }
 
-    /// # Idempotent create-only puts
+    /// # Create-only puts
     ///
-    /// The SDK retries throttling, 5xx, timeouts and connection failures with
-    /// backoff, and that includes a conditional `PutObject` / `CompleteMultipartUpload`
-    /// whose response was lost after S3 had applied it. The retry then gets 412, which
-    /// taken at face value would report our own write as a lost race. So a create-only
-    /// put carries a random 128-bit token in the `replica-put-id` user metadata, and
-    /// every 412 (or 409 ConditionalRequestConflict, or NoSuchUpload on completion) is
-    /// checked with a HEAD: if the object there carries our token, no one else can
-    /// have written it, and the put succeeded; otherwise it is [`StoreError::AlreadyExists`].
-    /// This holds for single and multipart puts alike (an ETag/MD5 comparison would
-    /// not work for multipart, whose ETag is not an MD5 of the content). A 409 whose
-    /// HEAD finds nothing means a concurrent create did not complete: `Transient`.
+    /// `If-None-Match: *` on `PutObject` (or `CompleteMultipartUpload`); a 412 is
+    /// [`StoreError::AlreadyExists`], a 409 `ConditionalRequestConflict` (a concurrent
+    /// conditional write still in flight) is transient. A resend after a lost response
+    /// (by the core's retry policy) is refused like anyone else's write; the caller
+    /// tells its own object from another's by content (the shipper compares the
+    /// post-apply checksum in the trailer), so no per-put token is needed.
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         let key = key.as_str();
         let full = self.full_key(key);
@@ -560,13 +484,6 @@ impl ReplicaClient for S3Client {
             metadata.insert(TIMESTAMP_METADATA.to_owned(), meta::format_timestamp(ts));
         }
         let multipart = size > MULTIPART_THRESHOLD;
-        // The token is needed to recognise our own write after a retry: for every
-        // create-only put, and for multipart uploads (a retried completion may report
-        // NoSuchUpload).
-        let put_id = PutId::random().as_str().to_owned();
-        if opts.mode == PutMode::CreateOnly || multipart {
-            metadata.insert(PUT_ID_METADATA.to_owned(), put_id.clone());
-        }
         let job = PutJob {
             key,
             full,
@@ -574,25 +491,13 @@ impl ReplicaClient for S3Client {
             size,
             metadata,
             mode: opts.mode,
-            put_id,
         };
         if multipart {
             self.put_multipart(&job).await?;
         } else {
-            match self.put_single(&job).await {
-                Ok(()) => {}
-                Err(f)
-                    if opts.mode == PutMode::CreateOnly
-                        && matches!(
-                            f.kind,
-                            Kind::PreconditionFailed | Kind::ConditionalConflict
-                        ) =>
-                {
-                    self.resolve_conflict(key, &job.full, &job.put_id, f)
-                        .await?;
-                }
-                Err(f) => return Err(self.fail(f, Op::Put, key)),
-            }
+            self.put_single(&job)
+                .await
+                .map_err(|f| self.fail(f, Op::Put, key))?;
         }
         debug!(key, size, multipart, "put");
         Ok(())
@@ -650,14 +555,7 @@ impl ReplicaClient for S3Client {
                 tokio::io::copy(&mut (&mut reader).take(r.start), &mut tokio::io::sink())
                     .await
                     .map_err(|e| {
-                        self.fail(
-                            Failure {
-                                kind: Kind::Transient,
-                                detail: e.to_string(),
-                            },
-                            Op::Get,
-                            key,
-                        )
+                        self.fail(Failure::new(Kind::Transient, e.to_string()), Op::Get, key)
                     })?;
                 Ok(Box::pin(reader.take(r.end - r.start)))
             }
@@ -697,10 +595,15 @@ impl ReplicaClient for S3Client {
                     }
                 }
             }
-            let page = req
-                .send()
-                .await
-                .map_err(|e| self.fail(Failure::from_sdk(&e), Op::List, err_key))?;
+            // A page is one request of many: retried on its own.
+            let page = Policy::REQUEST
+                .run(Op::List, err_key, || async {
+                    req.clone()
+                        .send()
+                        .await
+                        .map_err(|e| self.fail(Failure::from_sdk(&e), Op::List, err_key))
+                })
+                .await?;
             for obj in page.contents() {
                 let Some(rel) = obj.key().and_then(|k| k.strip_prefix(self.root.as_str())) else {
                     continue;
@@ -802,6 +705,17 @@ fn retag(e: StoreError, op: Op) -> StoreError {
             StoreError::PermissionDenied { op, key, detail }
         }
         StoreError::Transient { key, source, .. } => StoreError::Transient { op, key, source },
+        StoreError::Throttled {
+            key,
+            retry_after,
+            source,
+            ..
+        } => StoreError::Throttled {
+            op,
+            key,
+            retry_after,
+            source,
+        },
         StoreError::Other { key, source, .. } => StoreError::Other { op, key, source },
         e => e,
     }
@@ -829,8 +743,6 @@ struct PutJob<'a> {
     size: u64,
     metadata: HashMap<String, String>,
     mode: PutMode,
-    /// This call's random token (see `put`).
-    put_id: String,
 }
 
 /// A put's payload, cheap to clone into part-upload tasks.

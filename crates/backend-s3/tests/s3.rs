@@ -30,6 +30,7 @@ use bytes::Bytes;
 use replica_core::client::{Payload, PutMode, PutOptions, ReplicaClient};
 use replica_core::error::StoreError;
 use replica_core::layout::LayoutStyle;
+use replica_core::retry::{Policy, Retrying};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod support;
@@ -54,7 +55,12 @@ fn opts(mode: PutMode) -> PutOptions {
     }
 }
 
-async fn put_bytes(c: &S3Client, key: &str, data: &[u8], mode: PutMode) -> Result<(), StoreError> {
+async fn put_bytes(
+    c: &dyn ReplicaClient,
+    key: &str,
+    data: &[u8],
+    mode: PutMode,
+) -> Result<(), StoreError> {
     c.put(
         &k(&key),
         Payload::Bytes(Bytes::copy_from_slice(data)),
@@ -197,8 +203,6 @@ async fn round_trip_with_timestamp_metadata() {
         meta.get("litestream-timestamp").map(String::as_str),
         Some("2026-11-24T07:18:55.993Z")
     );
-    // An overwrite put carries no put token.
-    assert!(!meta.contains_key("replica-put-id"), "{meta:?}");
 
     // LIST reports LastModified (the upload time) as such, and no LTX time: it is only
     // in the metadata.
@@ -323,7 +327,7 @@ async fn put_many(c: &S3Client, keys: &[String]) {
         let chunk = chunk.to_vec();
         set.spawn(async move {
             for k in chunk {
-                put_bytes(&c, &k, k.as_bytes(), PutMode::Overwrite)
+                put_bytes(c.as_ref(), &k, k.as_bytes(), PutMode::Overwrite)
                     .await
                     .unwrap_or_else(|e| panic!("put {k}: {e}"));
             }
@@ -462,7 +466,10 @@ async fn create_only_race_has_exactly_one_winner() {
         set.spawn(async move {
             let body = vec![i; 1000 + usize::from(i)];
             start.wait().await;
-            (i, put_bytes(&c, &key, &body, PutMode::CreateOnly).await)
+            (
+                i,
+                put_bytes(c.as_ref(), &key, &body, PutMode::CreateOnly).await,
+            )
         });
     }
     let mut winners = Vec::new();
@@ -608,8 +615,6 @@ async fn options_reach_the_store() {
         Some("AES256")
     );
     assert_eq!(raw.storage_class().map(|s| s.as_str()), Some("STANDARD_IA"));
-    let meta = raw.metadata().expect("metadata");
-    assert_eq!(meta.get("replica-put-id").map(String::len), Some(32));
 }
 
 /// A TCP proxy in front of the emulator that, once armed, swallows the response to the
@@ -691,49 +696,53 @@ async fn lossy_proxy(upstream: &str) -> LossyProxy {
     }
 }
 
-/// The SDK retries a create-only put whose response was lost; the retry finds the key
-/// taken (412), and the put-id check recognises the object as ours.
+/// A create-only put whose response is lost: the retry policy resends it, S3 refuses
+/// the resend (the first attempt landed), and the object there is ours, which is what
+/// the caller (`Replica::upload`) confirms by content before it counts the put done.
+/// Nothing is reported as written that was not, and no multipart upload is left open.
 #[tokio::test]
-async fn create_only_survives_a_lost_response() {
+async fn create_only_after_a_lost_response_is_refused_and_the_object_is_ours() {
     let emu = emulator();
     let bucket = new_bucket().await;
     let proxy = lossy_proxy(&emu.endpoint).await;
-    let c = client_at(&proxy.endpoint, &bucket, "p").await;
+    let raw = client_at(&proxy.endpoint, &bucket, "p").await;
+    let c = Retrying::new(Arc::new(raw.clone()), Policy::REQUEST);
 
     // Single-part.
     proxy.armed.store(true, Ordering::SeqCst);
-    put_bytes(&c, "0000/single", b"mine", PutMode::CreateOnly)
-        .await
-        .expect("create-only put after a lost response");
+    let res = put_bytes(&c, "0000/single", b"mine", PutMode::CreateOnly).await;
+    assert!(
+        matches!(res, Err(StoreError::AlreadyExists { .. })),
+        "{res:?}"
+    );
     assert_eq!(
         proxy.dropped.load(Ordering::SeqCst),
         1,
         "no response was lost"
     );
-    assert_eq!(read_all(&c, "0000/single", None).await, b"mine");
-    // A genuine conflict is still a conflict.
-    assert!(matches!(
-        put_bytes(&c, "0000/single", b"again", PutMode::CreateOnly).await,
-        Err(StoreError::AlreadyExists { .. })
-    ));
+    assert_eq!(read_all(&raw, "0000/single", None).await, b"mine");
 
     // Multipart: the lost response is CompleteMultipartUpload's.
     let data = pattern(9 * MIB, 6);
     proxy.armed.store(true, Ordering::SeqCst);
-    c.put(
-        &k("0009/multi"),
-        Payload::Bytes(Bytes::from(data.clone())),
-        &opts(PutMode::CreateOnly),
-    )
-    .await
-    .expect("create-only multipart put after a lost response");
+    let res = c
+        .put(
+            &k("0009/multi"),
+            Payload::Bytes(Bytes::from(data.clone())),
+            &opts(PutMode::CreateOnly),
+        )
+        .await;
+    assert!(
+        matches!(res, Err(StoreError::AlreadyExists { .. })),
+        "{res:?}"
+    );
     assert_eq!(
         proxy.dropped.load(Ordering::SeqCst),
         2,
         "no response was lost"
     );
-    assert!(read_all(&c, "0009/multi", None).await == data);
-    assert_eq!(open_uploads(&c).await, 0);
+    assert!(read_all(&raw, "0009/multi", None).await == data);
+    assert_eq!(open_uploads(&raw).await, 0);
 }
 
 /// Errors never carry the secret key, in Display or Debug. Runs

@@ -192,7 +192,9 @@ impl SftpClient {
     }
 
     /// Runs `f` on the shared connection; if the connection broke, reconnects and runs
-    /// it once more.
+    /// it once more at once, as an HTTP client replaces a stale keep-alive connection
+    /// (an idle SSH session the server or a NAT dropped). Retrying with backoff is left
+    /// to `replica_core::retry`, as for every backend.
     async fn run<T, F, Fut>(&self, op: Op, key: &str, f: F) -> Result<T, StoreError>
     where
         F: Fn(Arc<Conn>) -> Fut,

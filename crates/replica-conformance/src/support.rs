@@ -12,6 +12,7 @@ use bytes::Bytes;
 use replica_core::client::{ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient};
 use replica_core::error::StoreError;
 use replica_core::key::{Key, KeyPrefix};
+use replica_core::retry::{Policy, Retrying};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 
@@ -28,6 +29,7 @@ pub(crate) fn variant(e: &StoreError) -> &'static str {
         StoreError::Fenced { .. } => "Fenced",
         StoreError::PermissionDenied { .. } => "PermissionDenied",
         StoreError::Transient { .. } => "Transient",
+        StoreError::Throttled { .. } => "Throttled",
         StoreError::InvalidUrl { .. } => "InvalidUrl",
         StoreError::InvalidKey { .. } => "InvalidKey",
         StoreError::Unsupported { .. } => "Unsupported",
@@ -106,8 +108,14 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// The client as the registry hands it out: behind the one retry policy, so
+    /// that a case sees what replication and restore see (an emulator that resets a
+    /// kept-alive connection costs a resend, not a failed case). Errors that are not
+    /// transient pass through unchanged, so their translation is still what is tested.
     pub(crate) fn new(c: Arc<dyn ReplicaClient>) -> Self {
-        Self { c }
+        Self {
+            c: Arc::new(Retrying::new(c, Policy::REQUEST)),
+        }
     }
 
     /// Asserts the client starts empty: the factory must root each client at a fresh

@@ -1,7 +1,8 @@
 //! The error every object-store backend speaks.
 //!
-//! Variants are semantic, not per-backend: the engine retries `Transient`, treats
-//! `AlreadyExists` as a lost create-only race, and reports the rest to the user.
+//! Variants are semantic, not per-backend: [`crate::retry`] retries `Transient` and
+//! `Throttled`, the engine treats `AlreadyExists` as a lost create-only race, and
+//! reports the rest to the user.
 //! Messages name the object (key) and never carry credentials.
 
 use std::fmt;
@@ -56,6 +57,17 @@ pub enum StoreError {
     #[error("transient failure to {op} {key}: {source}")]
     Transient { op: Op, key: String, source: Source },
 
+    /// The store asked us to slow down (429, S3's `SlowDown`, Azure's `ServerBusy`):
+    /// transient, and the next attempt waits at least `retry_after` when the store
+    /// said how long.
+    #[error("the store is throttling requests ({op} {key}): {source}")]
+    Throttled {
+        op: Op,
+        key: String,
+        retry_after: Option<std::time::Duration>,
+        source: Source,
+    },
+
     /// A key or list prefix that breaks [`crate::key`]'s rules; nothing was sent.
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
@@ -73,7 +85,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient { .. })
+        matches!(
+            self,
+            StoreError::Transient { .. } | StoreError::Throttled { .. }
+        )
     }
 
     /// The store refused a conditional write: the object exists, or has another
@@ -89,8 +104,6 @@ impl StoreError {
         matches!(self, StoreError::NotFound { .. })
     }
 
-    /// Maps a local I/O error to the right variant. Backends whose storage is a file
-    /// system (file, sftp) share this mapping.
     /// A response body from the store that failed while it was read: whatever the
     /// I/O error says (an early end, a reset, a decoding error of the transport), the
     /// network broke it, so it is worth retrying. Not for local files.
@@ -102,6 +115,8 @@ impl StoreError {
         }
     }
 
+    /// Maps a local I/O error to the right variant. Backends whose storage is a file
+    /// system (file, sftp) share this mapping.
     pub fn from_io(op: Op, key: &str, err: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
         let key = key.to_owned();

@@ -14,12 +14,6 @@ pub const TIMESTAMP: &str = "litestream-timestamp";
 /// The same on Azure, where metadata names must be C# identifiers (no hyphens).
 pub const TIMESTAMP_AZURE: &str = "litestreamtimestamp";
 
-/// The metadata name of a create-only put's random token (see [`PutId`]).
-pub const PUT_ID: &str = "replica-put-id";
-
-/// The same on Azure.
-pub const PUT_ID_AZURE: &str = "replicaputid";
-
 /// Formats `t`, truncated to milliseconds, as Litestream writes it:
 /// `2026-11-24T07:18:55.993Z`, `…:55.99Z`, `…:55.9Z` or `…:55Z`.
 pub fn format_timestamp(t: SystemTime) -> String {
@@ -51,24 +45,6 @@ pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
         .or_else(|_| OffsetDateTime::parse(&s.to_ascii_uppercase(), &Rfc3339))
         .ok()
         .map(SystemTime::from)
-}
-
-/// A create-only put's token. A conditional put whose response is lost gets retried
-/// (by the SDK or by us) and then fails its own precondition; the object it finds
-/// carries this token if, and only if, the first attempt landed. So a precondition
-/// failure is resolved by reading the object's metadata back, never by resending
-/// (each backend does that with its own HEAD).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PutId(String);
-
-impl PutId {
-    pub fn random() -> Self {
-        PutId(format!("{:032x}", rand::random::<u128>()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 #[cfg(test)]

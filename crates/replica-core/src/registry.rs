@@ -1,5 +1,6 @@
 //! URL dispatch: each enabled backend registers its schemes, and everything that opens a
 //! replica URL (the CLI, an embedding application) resolves it through one registry.
+//! Every client it opens is wrapped in [`Retrying`], so every backend retries the same way.
 
 use std::fmt;
 use std::future::Future;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use crate::client::ReplicaClient;
 use crate::error::StoreError;
+use crate::retry::{Policy, Retrying};
 
 pub type OpenFuture =
     Pin<Box<dyn Future<Output = Result<Arc<dyn ReplicaClient>, StoreError>> + Send>>;
@@ -73,7 +75,8 @@ impl Registry {
             )));
         };
         if let Some((_, open)) = self.backends.iter().find(|(s, _)| *s == scheme) {
-            return open(url.to_owned()).await;
+            let client = open(url.to_owned()).await?;
+            return Ok(Arc::new(Retrying::new(client, Policy::REQUEST)));
         }
         Err(match self.known.iter().find(|(s, _)| *s == scheme) {
             Some((_, feature)) => invalid(format!(
