@@ -37,6 +37,7 @@ use crate::error::StoreError;
 use crate::host::{boot_id, host_name, pid_alive};
 use crate::key::{Key, KeyPrefix};
 use crate::meta;
+use crate::retry::{Backoff, Policy};
 
 /// The lease's key at the replica root, the name Litestream 0.5's leaser uses.
 pub const KEY: &str = "lock.json";
@@ -258,7 +259,7 @@ impl Lease {
         let me = Holder::this_process(database);
         let started = Instant::now();
         let mut last_said: Option<Instant> = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let key = Key::from_static(KEY);
         loop {
             let waited_s = started.elapsed().as_secs();
@@ -307,8 +308,7 @@ impl Lease {
                         warn!(url = %url, error = %e, "the store is not answering; retrying the lease");
                         last_said = Some(Instant::now());
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    backoff
+                    backoff.next(Some(&e))
                 }
                 Err(TakeError::Store(source)) => {
                     return Err(LeaseError::Store {
@@ -486,24 +486,28 @@ async fn put_record(
         record: record.clone(),
         version,
     };
-    let mut attempt = 0;
-    loop {
+    // Resent here, not by the client: a refusal is read back, and our own body
+    // there means an earlier attempt landed and only its response was lost.
+    CAS.run(crate::error::Op::Put, KEY, || async {
         match client.put_if(key, body.clone(), expected).await {
-            Ok(version) => return Ok(held(version)),
-            Err(e) if e.is_precondition() => {
-                return match client.get_versioned(key).await {
-                    Ok(v) if v.body == body => Ok(held(v.version)),
-                    _ => Err(e),
-                };
-            }
-            Err(e) if e.is_transient() && attempt < 2 => {
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
+            Ok(version) => Ok(held(version)),
+            Err(e) if e.is_precondition() => match client.get_versioned(key).await {
+                Ok(v) if v.body == body => Ok(held(v.version)),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
         }
-    }
+    })
+    .await
 }
+
+/// A lease write is retried briefly: a renewal must land well within its third of
+/// the ttl, and the acquire loop waits out anything longer.
+const CAS: Policy = Policy {
+    attempts: 3,
+    first: Duration::from_millis(200),
+    max: Duration::from_millis(800),
+};
 
 /// Whether two records are the same write (our bodies are unique by nonce and
 /// expiry).

@@ -65,8 +65,9 @@ pub enum DeployError {
     #[error("replication of {db} failed: {source}")]
     Engine {
         db: PathBuf,
+        // Boxed: an engine error is large, and this enum is returned on every path.
         #[source]
-        source: EngineError,
+        source: Box<EngineError>,
     },
 
     #[error("replication is disabled in {0} (replication.enabled is false)")]
@@ -75,6 +76,13 @@ pub enum DeployError {
 
 impl DeployError {
     /// A mistake in the configuration rather than a failure at run time.
+    fn engine(db: PathBuf, source: EngineError) -> Self {
+        DeployError::Engine {
+            db,
+            source: Box::new(source),
+        }
+    }
+
     pub fn is_config(&self) -> bool {
         match self {
             DeployError::Config(_) | DeployError::ShardCountChanged { .. } => true,
@@ -336,16 +344,13 @@ impl Deployment {
                     }
                 }
                 Ok((db, Err(e))) => {
-                    first_err.get_or_insert(DeployError::Engine {
-                        db,
-                        source: e.into(),
-                    });
+                    first_err.get_or_insert(DeployError::engine(db, e.into()));
                 }
                 Err(e) => {
-                    first_err.get_or_insert(DeployError::Engine {
-                        db: PathBuf::from("?"),
-                        source: EngineError::Thread("lease", e.to_string()),
-                    });
+                    first_err.get_or_insert(DeployError::engine(
+                        PathBuf::from("?"),
+                        EngineError::Thread("lease", e.to_string()),
+                    ));
                 }
             }
         }
@@ -363,13 +368,9 @@ impl Deployment {
         }
         let cfg = self.engine_config();
         for db in &self.config.databases {
-            let pin =
-                Replicator::pin(&db.path, &cfg)
-                    .await
-                    .map_err(|source| DeployError::Engine {
-                        db: db.path.clone(),
-                        source,
-                    })?;
+            let pin = Replicator::pin(&db.path, &cfg)
+                .await
+                .map_err(|source| DeployError::engine(db.path.clone(), source))?;
             if let Ok(mut pins) = self.pins.lock() {
                 pins.insert(db.path.clone(), pin);
             }
@@ -397,12 +398,14 @@ impl Deployment {
         let mut tasks = Vec::new();
         for db in &self.config.databases {
             if let Some(dir) = db.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|source| DeployError::Engine {
-                    db: db.path.clone(),
-                    source: EngineError::Io {
-                        path: dir.to_path_buf(),
-                        source,
-                    },
+                std::fs::create_dir_all(dir).map_err(|source| {
+                    DeployError::engine(
+                        db.path.clone(),
+                        EngineError::Io {
+                            path: dir.to_path_buf(),
+                            source,
+                        },
+                    )
                 })?;
             }
             let replica = self.open(&db.url).await?;
@@ -426,13 +429,13 @@ impl Deployment {
             match t.await {
                 Ok((_, Ok(r))) => running.replicators.push(r),
                 Ok((db, Err(source))) => {
-                    first_err.get_or_insert(DeployError::Engine { db, source });
+                    first_err.get_or_insert(DeployError::engine(db, source));
                 }
                 Err(e) => {
-                    first_err.get_or_insert(DeployError::Engine {
-                        db: PathBuf::from("?"),
-                        source: EngineError::Thread("start", e.to_string()),
-                    });
+                    first_err.get_or_insert(DeployError::engine(
+                        PathBuf::from("?"),
+                        EngineError::Thread("start", e.to_string()),
+                    ));
                 }
             }
         }
@@ -498,13 +501,13 @@ impl Running {
                 Ok((_, Ok(()))) => {}
                 Ok((db, Err(source))) => {
                     warn!(db = %db.display(), error = %source, "shutdown");
-                    first.get_or_insert(DeployError::Engine { db, source });
+                    first.get_or_insert(DeployError::engine(db, source));
                 }
                 Err(e) => {
-                    first.get_or_insert(DeployError::Engine {
-                        db: PathBuf::from("?"),
-                        source: EngineError::Thread("shutdown", e.to_string()),
-                    });
+                    first.get_or_insert(DeployError::engine(
+                        PathBuf::from("?"),
+                        EngineError::Thread("shutdown", e.to_string()),
+                    ));
                 }
             }
         }

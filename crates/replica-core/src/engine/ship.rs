@@ -21,6 +21,7 @@ use crate::error::StoreError;
 use crate::layout::{FileId, SNAPSHOT_LEVEL, TxRange};
 use crate::ltx::{HEADER_SIZE, Header};
 use crate::replica::{RemoteFile, Replica};
+use crate::retry::Backoff;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -42,7 +43,7 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
         shared,
         manifest: _,
     } = &s;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     let mut last_upload: Option<Instant> = None;
     let mut failing = false;
     let mut over_limit = false;
@@ -97,7 +98,7 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
                     info!(dir = %spool.dir().display(), "spool back under its limit");
                     over_limit = false;
                 }
-                backoff = Duration::from_millis(250);
+                backoff.reset();
                 last_upload = Some(Instant::now());
             }
             // Another writer: uploading more could only make it worse.
@@ -111,7 +112,11 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
             Err(e @ EngineError::Store(StoreError::Fenced { lost: true, .. })) => return Err(e),
             Err(e) => {
                 shared.stats.upload_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(url = %replica.url(), error = %e, retry_in_ms = backoff.as_millis() as u64, spooled_files = pending.len(), "upload failed; keeping files in the spool");
+                let delay = match &e {
+                    EngineError::Store(se) => backoff.next(Some(se)),
+                    _ => backoff.next(None),
+                };
+                warn!(url = %replica.url(), error = %e, retry_in_ms = delay.as_millis() as u64, spooled_files = pending.len(), "upload failed; keeping files in the spool");
                 failing = true;
                 if let Err(e) = consolidate(spool, &pending).await {
                     warn!(dir = %spool.dir().display(), error = %e, "could not merge spooled files");
@@ -121,8 +126,7 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
                     warn!(dir = %spool.dir().display(), spool_bytes = bytes, limit = cfg.spool_limit, url = %replica.url(), "spool is over its limit because uploads keep failing; captured changes are kept (merged) until the store is reachable");
                     over_limit = true;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(delay).await;
             }
         }
     }

@@ -1,12 +1,15 @@
-//! Object reads that survive a bad network: a GET refused with a transient error is
-//! retried with backoff, and a response that breaks off (an error, or an end before
-//! the size the listing gave) is continued with a ranged GET from the last byte
-//! received, as Litestream 0.5 does since its 55 GB restore failed on "unexpected
-//! EOF". Bounded: [`ATTEMPTS`] failures per object, then the restore fails naming it.
+//! Object reads that survive a bad network: a response that breaks off (an error, or
+//! an end before the size the listing gave) is continued with a ranged GET from the
+//! last byte received, as Litestream 0.5 does since its 55 GB restore failed on
+//! "unexpected EOF". Bounded: [`ATTEMPTS`] broken responses per object, then the
+//! restore fails naming it. A GET refused outright is retried by the client
+//! ([`crate::retry::Retrying`]), not again here.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::retry::Backoff;
 
 use tracing::warn;
 
@@ -14,7 +17,7 @@ use crate::client::{ByteStream, ReplicaClient};
 use crate::error::{Op, StoreError};
 use crate::key::Key;
 
-/// Failed requests or broken responses tolerated per object.
+/// Broken responses tolerated per object.
 pub(super) const ATTEMPTS: u32 = 10;
 
 /// One object, read from `offset` on, with the retries counted across resumes.
@@ -24,6 +27,7 @@ pub(super) struct Fetch {
     /// The object's size from the listing.
     pub size: u64,
     pub failures: u32,
+    backoff: Backoff,
 }
 
 impl Fetch {
@@ -33,14 +37,13 @@ impl Fetch {
             key,
             size,
             failures: 0,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
 
-    /// A stream of the object from `offset` (the whole object at 0), retrying
-    /// transient refusals.
+    /// A stream of the object from `offset` (the whole object at 0).
     pub async fn open(&mut self, offset: u64) -> Result<ByteStream, StoreError> {
-        self.get((offset > 0).then_some(offset..self.size), offset)
-            .await
+        self.get((offset > 0).then_some(offset..self.size)).await
     }
 
     /// The first `len` bytes of the object (a header), resumed and retried as a
@@ -51,7 +54,7 @@ impl Fetch {
         let mut out = Vec::with_capacity(len as usize);
         while (out.len() as u64) < len {
             let offset = out.len() as u64;
-            let stream = self.get(Some(offset..len), offset).await?;
+            let stream = self.get(Some(offset..len)).await?;
             let read = stream.take(len - offset).read_to_end(&mut out).await;
             match read {
                 Ok(_) if out.len() as u64 >= len => break,
@@ -62,27 +65,8 @@ impl Fetch {
         Ok(out)
     }
 
-    async fn get(
-        &mut self,
-        range: Option<std::ops::Range<u64>>,
-        offset: u64,
-    ) -> Result<ByteStream, StoreError> {
-        loop {
-            match self.client.get(&self.key, range.clone()).await {
-                Ok(s) => return Ok(s),
-                Err(e) if e.is_transient() && self.failures < ATTEMPTS => {
-                    self.failed(offset, &e.to_string()).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Notes a failure at `offset` and sleeps before the next attempt.
-    async fn failed(&mut self, offset: u64, what: &str) {
-        self.failures += 1;
-        warn!(key = %self.key, offset, size = self.size, attempt = self.failures, error = what, "read of a replica file failed; resuming from where it stopped");
-        tokio::time::sleep(backoff(self.failures)).await;
+    async fn get(&self, range: Option<std::ops::Range<u64>>) -> Result<ByteStream, StoreError> {
+        self.client.get(&self.key, range).await
     }
 
     /// A response that ended at `offset` before the object's end, or failed there
@@ -104,16 +88,9 @@ impl Fetch {
             });
         }
         let what = err.map_or_else(|| "the response ended early".into(), |e| e.to_string());
-        self.failed(offset, &what).await;
+        self.failures += 1;
+        warn!(key = %self.key, offset, size = self.size, attempt = self.failures, error = what, "read of a replica file broke off; resuming from where it stopped");
+        tokio::time::sleep(self.backoff.next(None)).await;
         Ok(())
     }
-}
-
-/// 100 ms doubling to 5 s, with up to 50% jitter so parallel downloads do not retry
-/// in step.
-fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_millis(100)
-        .saturating_mul(1 << failures.min(6))
-        .min(Duration::from_secs(5));
-    base + base.mul_f64(rand::random::<f64>() / 2.0)
 }
