@@ -61,7 +61,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "soak",
-        usage: "soak --minutes N [--seed S] [--keep]",
+        usage: "soak --minutes N [--seed S] [--keep] [--faults]",
         summary: "soak test: steady writes, app checkpoints, replicator kills/restarts, restores verified every minute",
         run: soak::run,
     },
