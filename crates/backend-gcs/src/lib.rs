@@ -56,7 +56,7 @@ use replica_core::client::{
 use replica_core::error::{Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
 use replica_core::meta;
-use replica_core::retry::{Backoff, Policy};
+use replica_core::retry::Policy;
 use tokio::io::AsyncReadExt;
 use tracing::{debug, warn};
 
@@ -282,7 +282,7 @@ impl GcsClient {
         let total = job.size;
         let mut offset = 0u64;
         let mut failures = 0u32;
-        let mut backoff = Backoff::new(Policy::REQUEST.first, Policy::REQUEST.max);
+        let mut backoff = Policy::REQUEST.backoff();
         loop {
             let len = CHUNK_SIZE.min(total - offset);
             let chunk = job.read(offset, len).await?;
@@ -295,7 +295,11 @@ impl GcsClient {
                     if !f.kind.is_transient() || failures >= Policy::REQUEST.attempts {
                         return Err(f);
                     }
-                    tokio::time::sleep(backoff.next(None)).await;
+                    let delay = match f.kind {
+                        Kind::Throttled => backoff.next_throttled(None),
+                        _ => backoff.next(None),
+                    };
+                    tokio::time::sleep(delay).await;
                     // Where did the session get to?
                     match session.status(Some(total)).await {
                         Ok(s) => s,

@@ -64,6 +64,12 @@ impl Policy {
         max: Duration::from_secs(10),
     };
 
+    /// The backoff between this policy's attempts, for a retry loop of its own (one
+    /// that must look at each failure, as a resumable upload does).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.first, self.max)
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or the attempts are spent;
     /// each retry is logged at debug level with `op` and `key`.
     pub async fn run<T, Fut>(
@@ -75,7 +81,7 @@ impl Policy {
     where
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let mut backoff = Backoff::new(self.first, self.max);
+        let mut backoff = self.backoff();
         let mut n = 1;
         loop {
             match attempt().await {
@@ -113,15 +119,23 @@ impl Backoff {
 
     /// The delay before the next attempt after `failure`.
     pub fn next(&mut self, failure: Option<&StoreError>) -> Duration {
+        match failure {
+            Some(StoreError::Throttled { retry_after, .. }) => self.next_throttled(*retry_after),
+            _ => self.next_step(),
+        }
+    }
+
+    /// The delay after a throttling answer that asked for `retry_after` (if it said),
+    /// for a backend loop that has not translated its failure into a [`StoreError`].
+    pub fn next_throttled(&mut self, retry_after: Option<Duration>) -> Duration {
+        self.next_step()
+            .max(retry_after.unwrap_or(THROTTLED_MIN).min(RETRY_AFTER_MAX))
+    }
+
+    fn next_step(&mut self) -> Duration {
         let step = self.step;
         self.step = (self.step * 2).min(self.max);
-        let jittered = step / 2 + step.mul_f64(rand::random::<f64>() / 2.0);
-        match failure {
-            Some(StoreError::Throttled { retry_after, .. }) => {
-                jittered.max(retry_after.unwrap_or(THROTTLED_MIN).min(RETRY_AFTER_MAX))
-            }
-            _ => jittered,
-        }
+        step / 2 + step.mul_f64(rand::random::<f64>() / 2.0)
     }
 
     /// Back to the first step, after a success.

@@ -206,6 +206,8 @@ fn a_store_cannot_ask_for_an_unbounded_wait() {
         source: Box::new(std::io::Error::other("slow down")),
     };
     assert_eq!(b.next(Some(&throttled)), RETRY_AFTER_MAX);
+    // A backend loop that has not translated its failure gets the same floor.
+    assert!(b.next_throttled(None) >= THROTTLED_MIN);
 }
 
 #[test]
