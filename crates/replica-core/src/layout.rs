@@ -33,6 +33,19 @@ pub struct FileId {
     pub range: TxRange,
 }
 
+impl FileId {
+    /// The id of a file of `level` with this header's TXID range.
+    pub fn of(level: u8, h: &crate::ltx::Header) -> FileId {
+        FileId {
+            level,
+            range: TxRange {
+                min: h.min_txid,
+                max: h.max_txid,
+            },
+        }
+    }
+}
+
 impl fmt::Display for FileId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "L{} {}", self.level, file_name(self.range))

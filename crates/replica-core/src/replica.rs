@@ -143,35 +143,43 @@ impl Replica {
     /// the same database state (the same post-apply checksum: an earlier attempt of
     /// ours whose success we did not see, or an identical compaction); anything else
     /// was written by another replicator, and is [`StoreError::Conflict`].
+    /// Returns the uploaded file as the replica now holds it.
     pub async fn upload(
         &self,
         id: FileId,
         path: &Path,
         timestamp: SystemTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<RemoteFile, StoreError> {
         let opts = PutOptions {
             mode: PutMode::CreateOnly,
             timestamp: Some(timestamp),
         };
         let key = self.key(id);
-        match self
-            .client
-            .put(&key, Payload::File(path.to_path_buf()), &opts)
+        let payload = Payload::File(path.to_path_buf());
+        let size = payload
+            .size()
             .await
-        {
+            .map_err(|e| StoreError::from_io(Op::Put, &key, e))?;
+        match self.client.put(&key, payload, &opts).await {
+            Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => {
                 let ours = local_post_apply_checksum(path)
                     .map_err(|e| StoreError::from_io(Op::Put, &key, e))?;
-                if self.post_apply_checksum(&key).await? == ours {
-                    Ok(())
-                } else {
-                    Err(StoreError::Conflict {
+                if self.post_apply_checksum(&key).await? != ours {
+                    return Err(StoreError::Conflict {
                         key: key.to_string(),
-                    })
+                    });
                 }
             }
-            r => r,
+            Err(e) => return Err(e),
         }
+        Ok(RemoteFile {
+            id,
+            key,
+            size,
+            ltx_time: Some(timestamp),
+            last_modified: None,
+        })
     }
 
     /// The post-apply checksum in the trailer of the object at `key` (a HEAD and a

@@ -122,17 +122,80 @@ impl WalPosition {
     }
 }
 
+/// Where the newest committed image of each page lives in the WAL: page number →
+/// file offset of its frame (the 24-byte frame header). The one index type of the
+/// capture path: a scan builds one, capture's batch and generation absorb them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrameIndex(BTreeMap<u32, u64>);
+
+impl FrameIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes `newer`'s entries, which replace older frames of the same pages. Moves
+    /// them without copying when `self` is empty.
+    pub fn absorb(&mut self, mut newer: FrameIndex) {
+        if self.0.is_empty() {
+            self.0 = newer.0;
+        } else {
+            self.0.append(&mut newer.0);
+        }
+    }
+
+    /// Drops pages past the end of a database of `db_pages` pages (it shrank).
+    pub fn truncate(&mut self, db_pages: u32) {
+        self.0.retain(|&pgno, _| pgno <= db_pages);
+    }
+
+    fn insert(&mut self, pgno: u32, frame_offset: u64) {
+        self.0.insert(pgno, frame_offset);
+    }
+}
+
+/// Read-only map operations (`get`, `range`, iteration) come from the map itself.
+impl std::ops::Deref for FrameIndex {
+    type Target = BTreeMap<u32, u64>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl PartialEq<BTreeMap<u32, u64>> for FrameIndex {
+    fn eq(&self, other: &BTreeMap<u32, u64>) -> bool {
+        self.0 == *other
+    }
+}
+
+impl IntoIterator for FrameIndex {
+    type Item = (u32, u64);
+    type IntoIter = std::collections::btree_map::IntoIter<u32, u64>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a FrameIndex {
+    type Item = (&'a u32, &'a u64);
+    type IntoIter = std::collections::btree_map::Iter<'a, u32, u64>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// Result of scanning committed frames after a position.
 #[derive(Debug, Clone)]
 pub struct Scan {
     /// Position after the last valid COMMIT frame found (== `from` if none).
     pub end: WalPosition,
     /// Database size in pages from the last commit frame, if any commit was found.
-    pub commit: Option<u32>,
-    /// For each page number, the file offset of the FRAME (its 24-byte header) holding the
-    /// newest committed image in (from, end]. Pages above `commit` (the database shrank)
-    /// are left out.
-    pub pages: BTreeMap<u32, u64>,
+    pub db_pages: Option<u32>,
+    /// The frame holding the newest committed image of each page in (from, end]. Pages
+    /// above `db_pages` (the database shrank) are left out.
+    pub pages: FrameIndex,
     /// Number of committed frames taken, and commits (transactions) seen.
     pub frames: u64,
     pub commits: u64,
@@ -142,8 +205,8 @@ impl Scan {
     fn empty(at: WalPosition) -> Scan {
         Scan {
             end: at,
-            commit: None,
-            pages: BTreeMap::new(),
+            db_pages: None,
+            pages: FrameIndex::new(),
             frames: 0,
             commits: 0,
         }
@@ -232,8 +295,10 @@ fn scan_chunked(
             if db_size != 0 {
                 out.frames += pending.len() as u64;
                 out.commits += 1;
-                out.commit = Some(db_size);
-                out.pages.extend(pending.drain(..));
+                out.db_pages = Some(db_size);
+                for (pgno, offset) in pending.drain(..) {
+                    out.pages.insert(pgno, offset);
+                }
                 out.end = WalPosition {
                     salt1: header.salt1,
                     salt2: header.salt2,
@@ -253,8 +318,8 @@ fn scan_chunked(
 
     // Only the last commit's size matters: SQLite looks pages up in the WAL regardless of
     // intermediate sizes, so pruning per transaction could drop an image it would still use.
-    if let Some(db_size) = out.commit {
-        out.pages.retain(|&pgno, _| pgno <= db_size);
+    if let Some(db_size) = out.db_pages {
+        out.pages.truncate(db_size);
     }
     Ok(out)
 }

@@ -40,7 +40,7 @@ async fn settle(r: &Replicator) {
     loop {
         let s = r.stats();
         let captured = s.ltx_files.load(Ordering::Relaxed);
-        if captured > 0 && s.uploaded_txid.load(Ordering::Relaxed) > 0 {
+        if captured > 0 && r.remote_txid() > 0 {
             let before = totals(r);
             tokio::time::sleep(Duration::from_millis(600)).await;
             if totals(r) == before {

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
@@ -16,7 +16,7 @@ use super::levels::{next_boundary, phase_for};
 use super::manifest::Manifest;
 use super::spool::{Durability, Spool, SpoolError};
 use super::{EngineConfig, EngineError, Shared};
-use crate::layout::{FileId, TxRange};
+use crate::layout::FileId;
 use crate::replica::{RemoteFile, Replica};
 
 /// How often retention looks at the manifest when no compaction level is faster.
@@ -108,33 +108,13 @@ impl Maintenance {
                     }
                 }
             }
-            let spool = self.spool.clone();
-            let sources = paths.clone();
-            let (out, header) = tokio::task::spawn_blocking(move || {
-                spool.merge(&sources, Durability::Deferred)
-            })
-            .await
-            .map_err(|e| EngineError::Thread("compaction", e.to_string()))??;
+            let (out, header) =
+                super::ship::merge(&self.spool, paths.clone(), Durability::Deferred).await?;
             fetched.push(out.clone());
-            let id = FileId {
-                level,
-                range: TxRange {
-                    min: header.min_txid,
-                    max: header.max_txid,
-                },
-            };
-            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-            let created = UNIX_EPOCH + Duration::from_millis(header.timestamp_ms.max(0) as u64);
-            self.replica.upload(id, &out, created).await?;
+            let id = FileId::of(level, &header);
+            let file = super::ship::publish(&self.replica, &self.manifest, id, &out, &header).await?;
             self.shared.stats.compactions.fetch_add(1, Ordering::Relaxed);
-            self.manifest.lock().map_err(poisoned)?.insert(RemoteFile {
-                id,
-                key: self.replica.key(id),
-                size,
-                ltx_time: Some(created),
-                last_modified: None,
-            });
-            debug!(url = %self.replica.url(), file = %id, inputs = inputs.len(), bytes = size, "compacted");
+            debug!(url = %self.replica.url(), file = %id, inputs = inputs.len(), bytes = file.size, "compacted");
             Ok::<_, EngineError>(())
         }
         .await;
@@ -273,8 +253,9 @@ pub fn doomed(m: &Manifest, now: SystemTime, cfg: &EngineConfig) -> Vec<RemoteFi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::LayoutStyle;
+    use crate::layout::{LayoutStyle, TxRange};
     use crate::restore::{Target, plan};
+    use std::time::UNIX_EPOCH;
 
     fn f(level: u8, min: u64, max: u64, created_s: u64) -> RemoteFile {
         let id = FileId {

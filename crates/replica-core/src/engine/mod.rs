@@ -220,8 +220,6 @@ pub struct Stats {
     pub deleted_files: AtomicU64,
     /// Object-store calls, by kind.
     pub requests: Arc<RequestCounts>,
-    /// Highest TXID known to be in the replica.
-    pub uploaded_txid: AtomicU64,
     /// Capture retries made because the disk was full.
     pub disk_full_pauses: AtomicU64,
 }
@@ -239,7 +237,6 @@ pub struct Shared {
     /// Set when capture or the shipper ends with an error.
     failed: AtomicBool,
     pub stats: Stats,
-    last_snapshot_txid: AtomicU64,
     /// The database's permission bits; capture sets them at start and when the file
     /// is replaced (then `mode_changed` fires).
     db_mode: AtomicU32,
@@ -287,6 +284,8 @@ pub struct Replicator {
     capture_exit: Arc<Notify>,
     lease: Option<Lease>,
     lease_state: Arc<LeaseState>,
+    /// What is in the replica; the shipper and maintenance update it.
+    manifest: Arc<Mutex<Manifest>>,
 }
 
 /// A database's WAL held by a read transaction until replication starts
@@ -375,10 +374,6 @@ impl Replicator {
         .await?;
         let manifest = Manifest::new(files);
         let remote_max = manifest.replica_max();
-        shared
-            .stats
-            .uploaded_txid
-            .store(remote_max, Ordering::Relaxed);
         let remote_snapshot = manifest.newest_snapshot();
         let manifest = Arc::new(Mutex::new(manifest));
 
@@ -443,7 +438,7 @@ impl Replicator {
                 replica,
                 cfg,
                 shared: shared.clone(),
-                manifest,
+                manifest: manifest.clone(),
             };
             let (shared, exit) = (shared.clone(), capture_exit.clone());
             tokio::spawn(async move {
@@ -467,6 +462,7 @@ impl Replicator {
             capture_exit,
             lease: Some(lease),
             lease_state,
+            manifest,
         })
     }
 
@@ -476,6 +472,12 @@ impl Replicator {
 
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// The highest TXID in the replica, as this process knows it (its own uploads
+    /// and the listing at start).
+    pub fn remote_txid(&self) -> u64 {
+        self.manifest.lock().map(|m| m.replica_max()).unwrap_or(0)
     }
 
     /// Resolves if replication stops on its own, which only an error does: capture

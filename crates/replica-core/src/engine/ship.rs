@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
@@ -18,7 +18,7 @@ use super::manifest::Manifest;
 use super::spool::{self, Durability, Pending, Spool};
 use super::{EngineConfig, EngineError, Shared};
 use crate::error::StoreError;
-use crate::layout::{FileId, SNAPSHOT_LEVEL, TxRange};
+use crate::layout::{FileId, SNAPSHOT_LEVEL};
 use crate::ltx::{HEADER_SIZE, Header};
 use crate::replica::{RemoteFile, Replica};
 use crate::retry::Backoff;
@@ -41,19 +41,24 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
         replica,
         cfg,
         shared,
-        manifest: _,
+        manifest,
     } = &s;
     let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
-    let mut last_upload: Option<Instant> = None;
     let mut failing = false;
     let mut over_limit = false;
+    // Capture's last signal covers the files up to this TXID: they are sent, in as
+    // many uploads as `max_upload_bytes` needs, before anything waits again.
+    let mut signalled_to: u64 = 0;
     loop {
         let capture_done = shared.capture_done.load(Ordering::Acquire);
         let stopping = shared.stop.load(Ordering::Acquire);
         let mut pending = spool.pending()?;
         // An L0 the replica already covers was uploaded by a run that died before
         // removing it; uploading it again would only add an overlapping object.
-        let uploaded = shared.stats.uploaded_txid.load(Ordering::Relaxed);
+        let uploaded = manifest
+            .lock()
+            .map_err(|_| poisoned("shipper"))?
+            .replica_max();
         let newest_snapshot = pending
             .iter()
             .filter(|p| p.id.level == SNAPSHOT_LEVEL)
@@ -68,6 +73,11 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
         }) {
             spool.remove(&p)?;
         }
+        if shared.ship_due.swap(false, Ordering::AcqRel)
+            && let Some(last) = pending.last()
+        {
+            signalled_to = signalled_to.max(last.id.range.max);
+        }
         if pending.is_empty() {
             if capture_done {
                 return Ok(());
@@ -75,14 +85,12 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
             let _ = tokio::time::timeout(Duration::from_secs(1), shared.ship.notified()).await;
             continue;
         }
-        // Capture says when an interval's worth is ready (at most once per interval,
-        // at once after a quiet one); files cut early wait for it, so a busy database
-        // still costs one upload per interval. A snapshot, a flush at shutdown, or an
-        // interval without that signal (capture busy) do not wait.
-        let due = shared.ship_due.swap(false, Ordering::AcqRel)
+        // Capture alone says when to ship (at most once per sync interval, at once
+        // after a quiet one), so a busy database costs one upload per interval. A
+        // snapshot, the flush at a stop and a retry after a failure do not wait.
+        let due = pending[0].id.range.min <= signalled_to
             || stopping
             || pending[0].id.level == SNAPSHOT_LEVEL
-            || last_upload.is_none_or(|t| t.elapsed() >= cfg.sync_interval)
             || failing;
         if !due {
             let _ = tokio::time::timeout(cfg.sync_interval, shared.ship.notified()).await;
@@ -99,7 +107,6 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
                     over_limit = false;
                 }
                 backoff.reset();
-                last_upload = Some(Instant::now());
             }
             // Another writer: uploading more could only make it worse.
             Err(EngineError::Store(StoreError::Conflict { key })) => {
@@ -132,6 +139,27 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
     }
 }
 
+fn poisoned(who: &'static str) -> EngineError {
+    EngineError::Thread(who, "manifest lock poisoned".into())
+}
+
+/// The one way a file enters the replica: uploaded, then recorded in the manifest,
+/// which compaction and retention decide from.
+pub(super) async fn publish(
+    replica: &Replica,
+    manifest: &Mutex<Manifest>,
+    id: FileId,
+    path: &Path,
+    header: &Header,
+) -> Result<RemoteFile, EngineError> {
+    let file = replica.upload(id, path, header.time()).await?;
+    manifest
+        .lock()
+        .map_err(|_| poisoned("upload"))?
+        .insert(file.clone());
+    Ok(file)
+}
+
 fn read_header(path: &std::path::Path) -> Result<Header, EngineError> {
     let io = |source| EngineError::Io {
         path: path.to_path_buf(),
@@ -142,10 +170,6 @@ fn read_header(path: &std::path::Path) -> Result<Header, EngineError> {
         .and_then(|mut f| f.read_exact(&mut b))
         .map_err(io)?;
     Header::from_bytes(&b).map_err(|e| io(std::io::Error::other(e)))
-}
-
-fn timestamp(h: &Header) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(h.timestamp_ms.max(0) as u64)
 }
 
 /// The leading run of contiguous L0 files, at most `max_bytes` (but at least one).
@@ -175,7 +199,7 @@ fn file_len(p: &Path) -> u64 {
 }
 
 /// Merges `inputs` into a spool scratch file, off the async workers.
-async fn merge(
+pub(super) async fn merge(
     spool: &Spool,
     inputs: Vec<PathBuf>,
     durability: Durability,
@@ -210,13 +234,7 @@ async fn consolidate(spool: &Spool, pending: &[Pending]) -> Result<(), EngineErr
         Durability::Now,
     )
     .await?;
-    let id = FileId {
-        level: 0,
-        range: TxRange {
-            min: header.min_txid,
-            max: header.max_txid,
-        },
-    };
+    let id = FileId::of(0, &header);
     let inputs: Vec<Pending> = group.into_iter().cloned().collect();
     if let Err(e) = spool.replace_pending(&merged, id, &inputs) {
         spool.discard(&merged);
@@ -252,41 +270,23 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
             Durability::Deferred,
         )
         .await?;
-        let id = FileId {
-            level: 0,
-            range: TxRange {
-                min: header.min_txid,
-                max: header.max_txid,
-            },
-        };
-        (id, out, header, true)
+        (FileId::of(0, &header), out, header, true)
     };
 
-    let size = file_len(&path);
-    let created = timestamp(&header);
-    let result = replica.upload(id, &path, created).await;
-    if let Err(e) = result {
-        if merged {
-            spool.discard(&path);
+    let file = match publish(replica, manifest, id, &path, &header).await {
+        Ok(f) => f,
+        Err(e) => {
+            if merged {
+                spool.discard(&path);
+            }
+            return Err(e);
         }
-        return Err(e.into());
-    }
+    };
     shared.stats.uploads.fetch_add(1, Ordering::Relaxed);
-    shared.stats.upload_bytes.fetch_add(size, Ordering::Relaxed);
     shared
         .stats
-        .uploaded_txid
-        .fetch_max(id.range.max, Ordering::Relaxed);
-    manifest
-        .lock()
-        .map_err(|_| EngineError::Thread("shipper", "manifest lock poisoned".into()))?
-        .insert(RemoteFile {
-            id,
-            key: replica.key(id),
-            size,
-            ltx_time: Some(created),
-            last_modified: None,
-        });
+        .upload_bytes
+        .fetch_add(file.size, Ordering::Relaxed);
     // L0 files stay as local copies until compaction has merged them into L1.
     let keep = id.level == 0 && !cfg.levels.is_empty();
     if keep {
@@ -299,6 +299,6 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
             spool.remove(p)?;
         }
     }
-    debug!(file = %id, bytes = size, "uploaded");
+    debug!(file = %id, bytes = file.size, "uploaded");
     Ok(())
 }

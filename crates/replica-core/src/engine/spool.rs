@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::file_mode::{self, FileMode};
-use crate::layout::{FileId, TxRange, parse_file_name};
+use crate::layout::{FileId, parse_file_name};
 use crate::ltx::{Encoder, Header, LtxError};
 use crate::wal::WalPosition;
 
@@ -359,13 +359,7 @@ impl Spool {
         durability: Durability,
         write_pages: impl FnOnce(&mut Encoder<BufWriter<File>>) -> Result<(), LtxError>,
     ) -> Result<Pending, SpoolError> {
-        let id = FileId {
-            level,
-            range: TxRange {
-                min: header.min_txid,
-                max: header.max_txid,
-            },
-        };
+        let id = FileId::of(level, &header);
         let (tmp, file) = self.scratch("ltx")?;
         let result = (|| {
             let ltx = |source| SpoolError::Ltx {

@@ -25,6 +25,11 @@ pub struct Header {
 }
 
 impl Header {
+    /// The file's creation time (`timestamp_ms`; times before the epoch read as it).
+    pub fn time(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.timestamp_ms.max(0) as u64)
+    }
+
     /// A snapshot holds the whole database (MinTXID 1), whatever its level.
     pub fn is_snapshot(&self) -> bool {
         self.min_txid == 1

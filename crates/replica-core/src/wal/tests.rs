@@ -176,7 +176,7 @@ fn assert_scan_matches_raw(wal: &[u8], h: &WalHeader, from: WalPosition, s: &Sca
         assert_ne!(f.pgno, 0);
         newest.insert(f.pgno, f.offset);
     }
-    if let Some(c) = s.commit {
+    if let Some(c) = s.db_pages {
         newest.retain(|&p, _| p <= c);
     }
     assert_eq!(s.pages, newest);
@@ -187,7 +187,7 @@ fn assert_scan_matches_raw(wal: &[u8], h: &WalHeader, from: WalPosition, s: &Sca
     );
     if let Some(last) = frames.last() {
         assert_ne!(last.commit, 0, "a scan must end on a commit frame");
-        assert_eq!(Some(last.commit), s.commit);
+        assert_eq!(Some(last.commit), s.db_pages);
     }
 }
 
@@ -327,7 +327,7 @@ fn wal_scan_counts_commits_and_matches_page_count() {
         let h = db.header();
         let s = scan_all(&f, &h);
         assert_eq!(s.commits, n, "page size {ps}");
-        assert_eq!(s.commit, Some(db.page_count()));
+        assert_eq!(s.db_pages, Some(db.page_count()));
         let wal = db.wal_bytes();
         assert_eq!(s.end.offset, wal.len() as u64, "every frame is committed");
         assert_eq!(s.frames, raw_frames(&wal, ps).len() as u64);
@@ -354,7 +354,7 @@ fn wal_scan_of_header_only_wal_is_empty() {
     let f = File::open(&p).unwrap();
     let s = scan_all(&f, &h);
     assert_eq!(s.end, WalPosition::start(&h));
-    assert_eq!((s.commit, s.frames, s.commits), (None, 0, 0));
+    assert_eq!((s.db_pages, s.frames, s.commits), (None, 0, 0));
     assert!(s.pages.is_empty());
 }
 
@@ -385,7 +385,7 @@ fn wal_incremental_scan_equals_full_scan() {
             pos = s.end;
             frames += s.frames;
             commits += s.commits;
-            commit = s.commit.or(commit);
+            commit = s.db_pages.or(commit);
             pages.extend(s.pages);
             if let Some(c) = commit {
                 pages.retain(|&p, _| p <= c);
@@ -393,16 +393,16 @@ fn wal_incremental_scan_equals_full_scan() {
             // Nothing new: an empty scan at the same position.
             let again = scan(&f, &h, pos, None).unwrap();
             assert_eq!(again.end, pos);
-            assert_eq!((again.commit, again.frames, again.commits), (None, 0, 0));
+            assert_eq!((again.db_pages, again.frames, again.commits), (None, 0, 0));
         }
         let full = scan_all(&f, &h);
         assert_eq!(full.end, pos);
         assert_eq!(full.pages, pages);
         assert_eq!(
-            (full.frames, full.commits, full.commit),
+            (full.frames, full.commits, full.db_pages),
             (frames, commits, commit)
         );
-        assert_eq!(full.commit, Some(db.page_count()));
+        assert_eq!(full.db_pages, Some(db.page_count()));
     }
 }
 
@@ -451,7 +451,7 @@ fn wal_scan_max_frames_stops_at_commit_boundaries() {
         }
         assert_eq!(pos, full.end);
         assert_eq!((frames, commits), (full.frames, full.commits));
-        assert_eq!(pages, full.pages);
+        assert_eq!(full.pages, pages);
     }
 }
 
@@ -487,8 +487,8 @@ fn wal_scan_is_independent_of_read_size() {
             assert_eq!(s.end, expected.end, "{frames_per_read} frames per read");
             assert_eq!(s.pages, expected.pages);
             assert_eq!(
-                (s.frames, s.commits, s.commit),
-                (expected.frames, expected.commits, expected.commit)
+                (s.frames, s.commits, s.db_pages),
+                (expected.frames, expected.commits, expected.db_pages)
             );
         }
         let s = scan_chunked(&f, &h, WalPosition::start(&h), Some(10), chunk).unwrap();
@@ -560,8 +560,8 @@ fn wal_torn_tail_stops_at_last_complete_commit() {
             assert_eq!(s.end, before.end, "cut at {cut}");
             assert_eq!(s.pages, before.pages);
             assert_eq!(
-                (s.frames, s.commits, s.commit),
-                (before.frames, before.commits, before.commit)
+                (s.frames, s.commits, s.db_pages),
+                (before.frames, before.commits, before.db_pages)
             );
 
             // SQLite's own recovery draws the line at the same place.
@@ -607,7 +607,7 @@ fn wal_uncommitted_spilled_transaction_is_not_returned() {
     let s = scan(&f, &h, committed.end, None).unwrap();
     assert_eq!(s.commits, 1);
     assert!(s.frames >= spilled.len() as u64);
-    assert_eq!(s.commit, Some(db.page_count()));
+    assert_eq!(s.db_pages, Some(db.page_count()));
     assert_scan_matches_raw(&db.wal_bytes(), &h, committed.end, &s);
 }
 
@@ -634,7 +634,7 @@ fn wal_rolled_back_spill_is_skipped_and_overwritten() {
     let s = scan(&f, &h, committed.end, None).unwrap();
     assert_eq!(s.commits, 1);
     assert!(s.end.offset < len_after_rollback as u64);
-    assert_eq!(s.commit, Some(db.page_count()));
+    assert_eq!(s.db_pages, Some(db.page_count()));
 }
 
 #[test]
@@ -720,7 +720,7 @@ fn wal_salts_change_after_truncate_checkpoint() {
 
     let s = scan_all(&f, &new);
     assert_eq!(s.commits, 1);
-    assert_eq!(s.commit, Some(db.page_count()));
+    assert_eq!(s.db_pages, Some(db.page_count()));
 }
 
 #[test]
@@ -780,7 +780,7 @@ fn wal_salts_change_after_passive_checkpoint_and_commit() {
 
         let s = scan_all(&f, &new);
         assert_eq!(s.commits, 1);
-        assert_eq!(s.commit, Some(db.page_count()));
+        assert_eq!(s.db_pages, Some(db.page_count()));
         // Stale frames of the old generation follow, and stop the scan by their salts.
         let stale = raw_frames(&db.wal_bytes(), ps)
             .into_iter()
@@ -816,7 +816,7 @@ fn wal_padding_frames_are_accepted() {
     assert!(repeats > 0, "psow=0 should produce padding frames");
     let s = scan_all(&f, &h);
     assert_eq!(s.end.offset, wal.len() as u64);
-    assert_eq!(s.commit, Some(db.page_count()));
+    assert_eq!(s.db_pages, Some(db.page_count()));
     assert_scan_matches_raw(&wal, &h, WalPosition::start(&h), &s);
 }
 
@@ -840,8 +840,8 @@ fn wal_big_endian_checksums_are_honoured() {
     let s = scan_all(&f, &h);
     assert_eq!(s.pages, le.pages);
     assert_eq!(
-        (s.frames, s.commits, s.commit),
-        (le.frames, le.commits, le.commit)
+        (s.frames, s.commits, s.db_pages),
+        (le.frames, le.commits, le.db_pages)
     );
     assert_ne!(s.end.checksum, le.end.checksum);
 
@@ -961,7 +961,7 @@ fn wal_reconstructed_image_matches_sqlite() {
     let f = db.wal();
     let h = db.header();
     let s = scan_all(&f, &h);
-    let size = s.commit.unwrap();
+    let size = s.db_pages.unwrap();
     assert_eq!(size, db.page_count());
     let db_bytes = read_all(&db_file);
     assert!(

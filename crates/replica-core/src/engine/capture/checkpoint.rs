@@ -1,0 +1,146 @@
+//! The replicator's own checkpoints, and the write barrier they run under.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tracing::{debug, warn};
+
+use super::super::EngineError;
+use super::super::sqlite::Connections;
+use super::{Capturer, SPOOL_DURABILITY, SnapshotReason};
+use crate::engine::spool::Durability;
+use crate::wal;
+
+impl Capturer {
+    /// The replicator's own checkpoint, in three steps so that the write barrier is
+    /// held only for work proportional to what was committed in the last moments:
+    ///
+    /// 1. catch up without locks, then under a barrier seal the tail and move our read
+    ///    transaction to the end of the WAL;
+    /// 2. without any barrier, a PASSIVE checkpoint copies the bulk of the WAL into the
+    ///    database file while the application keeps committing;
+    /// 3. under a second barrier, seal again, end the read transaction, checkpoint the
+    ///    little that is left (which arms the WAL reset) and begin it again.
+    pub(super) fn checkpoint(&mut self) -> Result<(), EngineError> {
+        self.advance()?;
+        self.spool_batch(SPOOL_DURABILITY)?;
+        self.schedule
+            .checkpoint_started(self.cursor.spooled_frames());
+        let path = self.db_path.clone();
+
+        if self
+            .under_barrier(|c, conns| conns.restart_read(&c.db_path))?
+            .is_none()
+        {
+            return Ok(());
+        }
+        if let Some(conns) = self.conns.as_mut() {
+            // Busy only if another connection is checkpointing; step 3 copes.
+            let bulk = conns.passive_unlocked(&path);
+            debug!(db = %path.display(), ?bulk, "bulk checkpoint");
+        }
+        let Some(res) = self.under_barrier(|c, conns| conns.checkpoint(&c.db_path, false))? else {
+            return Ok(());
+        };
+
+        self.shared
+            .stats
+            .checkpoints
+            .fetch_add(1, Ordering::Relaxed);
+        let captured = self.cursor.spooled_frames() as i64;
+        self.schedule.checkpoint_base(captured as u64);
+        if res.log >= 0 && res.log != captured {
+            warn!(db = %path.display(), log = res.log, captured, "checkpoint saw frames we had not captured");
+        }
+        debug!(db = %path.display(), ?res, "checkpoint");
+        if !res.complete() {
+            self.truncate_backstop(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` under the write barrier after sealing: everything committed up to the
+    /// barrier is spooled (fsync deferred until the barrier is released). Returns
+    /// `Ok(None)` if the barrier could not be taken.
+    fn under_barrier<T>(
+        &mut self,
+        f: impl FnOnce(&Self, &mut Connections) -> Result<T, EngineError>,
+    ) -> Result<Option<T>, EngineError> {
+        // A writer that got ahead while we waited for the lock is caught up outside the
+        // barrier, so the work under it stays bounded by `checkpoint_pages`.
+        let mut attempts = 0;
+        let (mut conns, acquired) = loop {
+            let Some(mut conns) = self.conns.take() else {
+                return Ok(None);
+            };
+            if let Err(e) = conns.take_barrier(&self.db_path) {
+                self.conns = Some(conns);
+                warn!(db = %self.db_path.display(), error = %e, "checkpoint skipped: write lock not available");
+                return Ok(None);
+            }
+            let acquired = Instant::now();
+            attempts += 1;
+            match self.advance_bounded(Some(self.cfg.checkpoint_pages)) {
+                Ok(true) if attempts < 4 => {
+                    let released = conns.release_barrier(&self.db_path);
+                    self.conns = Some(conns);
+                    released?;
+                    self.advance()?;
+                    self.spool_batch(SPOOL_DURABILITY)?;
+                }
+                Ok(_) => break (conns, acquired),
+                Err(e) => {
+                    let released = conns.release_barrier(&self.db_path);
+                    self.conns = Some(conns);
+                    released?;
+                    return Err(e);
+                }
+            }
+        };
+        let result = self
+            .advance()
+            .and_then(|()| self.spool_batch(Durability::Deferred))
+            .and_then(|_| f(self, &mut conns));
+        let released = conns.release_barrier(&self.db_path);
+        let held = acquired.elapsed();
+        self.conns = Some(conns);
+        self.shared
+            .stats
+            .max_barrier_us
+            .fetch_max(held.as_micros() as u64, Ordering::Relaxed);
+        debug!(db = %self.db_path.display(), barrier_us = held.as_micros() as u64, "barrier released");
+        let value = result?;
+        released?;
+        Ok(Some(value))
+    }
+
+    /// When readers keep PASSIVE from finishing and the WAL passes the hard limit,
+    /// TRUNCATE (which waits for readers up to the busy timeout). It cannot run under
+    /// our barrier, so commits can slip in between; the checkpoint's frame count tells
+    /// whether they did, and only then is a snapshot needed.
+    fn truncate_backstop(&mut self, path: &Path) -> Result<(), EngineError> {
+        let wal_len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let limit = self.cfg.truncate_pages * (u64::from(self.page_size) + wal::FRAME_HEADER_SIZE);
+        if wal_len < limit {
+            return Ok(());
+        }
+        warn!(db = %path.display(), wal_bytes = wal_len, "WAL past its hard limit; running a TRUNCATE checkpoint");
+        self.advance()?;
+        self.spool_batch(SPOOL_DURABILITY)?;
+        let Some(mut conns) = self.conns.take() else {
+            return Ok(());
+        };
+        let res = conns.checkpoint(path, true);
+        self.conns = Some(conns);
+        let res = res?;
+        let captured = self.cursor.spooled_frames() as i64;
+        if res.complete() && res.log != captured {
+            self.cursor.reset();
+            self.schedule.snapshot_due = Some(SnapshotReason::WalReset);
+        }
+        Ok(())
+    }
+}

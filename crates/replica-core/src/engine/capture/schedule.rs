@@ -1,0 +1,114 @@
+//! Capture's three clocks: when to ship, when to checkpoint, when to snapshot.
+//! Capture alone decides when the shipper sends: it sets `Shared::ship_due`.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::super::EngineConfig;
+use super::SnapshotReason;
+
+#[derive(Debug)]
+pub(super) struct Schedule {
+    /// When the sync-interval timer last shipped: only timer signals move it, so files
+    /// spooled early (by a checkpoint or a large batch) never postpone shipping.
+    last_ship: Instant,
+    /// Files spooled since `last_ship` that the shipper has not been told to send.
+    unshipped: bool,
+    last_checkpoint: Instant,
+    /// Spooled frames of the generation when the last checkpoint ran: the next one is
+    /// due only once the WAL has grown past it again.
+    checkpoint_frames: u64,
+    last_snapshot: Instant,
+    /// A snapshot that must come next (and is retried until it is taken).
+    pub snapshot_due: Option<SnapshotReason>,
+    /// TXID of the newest snapshot, spooled or in the replica.
+    pub last_snapshot_txid: u64,
+}
+
+impl Schedule {
+    /// The snapshot clock continues from the replica's newest snapshot, so restarts
+    /// neither postpone snapshots for ever nor add one per start.
+    pub fn new(cfg: &EngineConfig, remote_snapshot: Option<(u64, Option<SystemTime>)>) -> Self {
+        let now = Instant::now();
+        let mut last_snapshot = now;
+        let mut last_snapshot_txid = 0;
+        if let Some((txid, created)) = remote_snapshot {
+            last_snapshot_txid = txid;
+            let age = created
+                .and_then(|c| SystemTime::now().duration_since(c).ok())
+                .unwrap_or_default()
+                .min(cfg.snapshot_interval);
+            last_snapshot = now.checked_sub(age).unwrap_or(now);
+        }
+        Self {
+            last_ship: now.checked_sub(cfg.sync_interval).unwrap_or(now),
+            unshipped: false,
+            last_checkpoint: now,
+            checkpoint_frames: 0,
+            last_snapshot,
+            snapshot_due: None,
+            last_snapshot_txid,
+        }
+    }
+
+    /// Whether to ship now (`batch`: scanned frames wait to be spooled): at most once
+    /// per interval, at once for the first change after a quiet interval, and at once
+    /// when `force`d (a stop).
+    pub fn ship_due(&self, now: Instant, cfg: &EngineConfig, batch: bool, force: bool) -> bool {
+        (batch || self.unshipped)
+            && (force || now.duration_since(self.last_ship) >= cfg.sync_interval)
+    }
+
+    pub fn spooled(&mut self) {
+        self.unshipped = true;
+    }
+
+    pub fn shipped(&mut self, now: Instant) {
+        self.last_ship = now;
+        self.unshipped = false;
+    }
+
+    /// How long capture may sleep before the next ship signal is due, if anything
+    /// waits to be shipped.
+    pub fn ship_wait(&self, cfg: &EngineConfig, batch: bool) -> Option<Duration> {
+        (batch || self.unshipped)
+            .then(|| (self.last_ship + cfg.sync_interval).saturating_duration_since(Instant::now()))
+    }
+
+    /// A checkpoint is due once the WAL grew by `checkpoint_pages`, or grew at all and
+    /// `checkpoint_interval` passed.
+    pub fn checkpoint_due(&self, now: Instant, cfg: &EngineConfig, wal_frames: u64) -> bool {
+        let grown = wal_frames.saturating_sub(self.checkpoint_frames);
+        grown >= cfg.checkpoint_pages
+            || (grown > 0 && now.duration_since(self.last_checkpoint) >= cfg.checkpoint_interval)
+    }
+
+    pub fn checkpoint_started(&mut self, wal_frames: u64) {
+        self.checkpoint_frames = wal_frames;
+        self.last_checkpoint = Instant::now();
+    }
+
+    /// The frames a (new) WAL generation counts from.
+    pub fn checkpoint_base(&mut self, wal_frames: u64) {
+        self.checkpoint_frames = wal_frames;
+    }
+
+    pub fn snapshot_interval_due(&self, now: Instant, cfg: &EngineConfig) -> bool {
+        now.duration_since(self.last_snapshot) >= cfg.snapshot_interval
+    }
+
+    pub fn snapshot_taken(&mut self, txid: Option<u64>) {
+        self.last_snapshot = Instant::now();
+        if let Some(txid) = txid {
+            self.last_snapshot_txid = txid;
+        }
+    }
+
+    /// The interval snapshot is due but must wait (the last one is not uploaded yet):
+    /// look again in a second.
+    pub fn snapshot_retry_soon(&mut self, cfg: &EngineConfig) {
+        self.last_snapshot = Instant::now()
+            .checked_sub(cfg.snapshot_interval)
+            .map(|t| t + Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+    }
+}
