@@ -26,6 +26,7 @@ use super::spool::{Durability, Spool, SpoolState};
 use super::sqlite::Connections;
 use super::watch::{IDLE_WAIT, WalWatch};
 use super::{EngineConfig, EngineError, Shared};
+use crate::error::Chain;
 use crate::file_mode::FileMode;
 use crate::layout::SNAPSHOT_LEVEL;
 use crate::ltx::{self, FLAG_NO_CHECKSUM, Header, LtxError};
@@ -66,7 +67,7 @@ struct DiskFull {
 impl DiskFull {
     fn pause(&mut self, db: &Path, e: &EngineError, shared: &Shared) {
         if self.since.is_none() {
-            warn!(db = %db.display(), error = %e, "the disk is full: capture pauses and retries; nothing committed is lost, and replication catches up once space is freed");
+            warn!(db = %db.display(), error = %Chain(e), "the disk is full: capture pauses and retries; nothing committed is lost, and replication catches up once space is freed");
             self.since = Some(Instant::now());
             self.backoff = Duration::from_millis(200);
         }
@@ -532,7 +533,7 @@ impl Capturer {
         if let Some(old) = self.conns.take()
             && let Err(e) = old.close(&self.db_path)
         {
-            debug!(db = %self.db_path.display(), error = %e, "closing the old database's connections");
+            debug!(db = %self.db_path.display(), error = %Chain(&e), "closing the old database's connections");
         }
         check_sqlite_file(&self.db_path)?;
         let conns = Connections::open(&self.db_path, self.cfg.busy_timeout)?;
@@ -916,7 +917,7 @@ impl Capturer {
             };
             if let Err(e) = conns.take_barrier(&self.db_path) {
                 self.conns = Some(conns);
-                warn!(db = %self.db_path.display(), error = %e, "checkpoint skipped: write lock not available");
+                warn!(db = %self.db_path.display(), error = %Chain(&e), "checkpoint skipped: write lock not available");
                 return Ok(None);
             }
             let acquired = Instant::now();

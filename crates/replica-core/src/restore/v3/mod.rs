@@ -74,7 +74,7 @@ pub enum V3Error {
     #[error("replica object {key} is damaged: {detail}")]
     Corrupt { key: String, detail: String },
 
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
