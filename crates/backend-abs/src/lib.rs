@@ -683,14 +683,14 @@ impl ReplicaClient for AbsClient {
                 return Err(map_err(&e, Op::Get, key));
             }
         };
-        let owned_key = key.to_owned();
+        // Whoever reads the body names the key when it reports the error.
         let stream = rsp.body.map_err(move |e| {
             let kind = if matches!(e.kind(), ErrorKind::Io | ErrorKind::Connection) {
                 std::io::ErrorKind::ConnectionAborted
             } else {
                 std::io::ErrorKind::Other
             };
-            std::io::Error::new(kind, format!("reading {owned_key}: {}", describe(&e)))
+            std::io::Error::new(kind, describe(&e))
         });
         let reader = tokio_util::io::StreamReader::new(stream);
         match range {

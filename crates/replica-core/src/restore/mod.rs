@@ -27,7 +27,7 @@ use tracing::{debug, info};
 pub use plan::{PlanError, Target, plan};
 pub use v3::{V3Error, V3Target};
 
-use crate::error::{Chain, StoreError};
+use crate::error::{Chain, Op, StoreError};
 use crate::file_mode::{self, FileMode};
 use crate::ltx::{Decoder, Header, LtxError};
 use crate::replica::{RemoteFile, Replica};
@@ -695,6 +695,7 @@ async fn stream_base(
     let reader = StreamReader {
         handle: tokio::runtime::Handle::current(),
         stream,
+        key: f.key.to_string(),
         fetch: Some(fetch),
         bytes: 0,
         error: None,
@@ -706,7 +707,7 @@ async fn stream_base(
         let reader = reader.into_inner();
         match (applied, reader.error) {
             // A broken stream surfaces in the decoder; report it as the GET it was.
-            (Err(_), Some(e)) => Err(StoreError::from_io(crate::error::Op::Get, &f.key, e).into()),
+            (Err(_), Some(e)) => Err(e.into()),
             (applied, _) => applied.map(|ps| (reader.bytes, ps)),
         }
     })
@@ -719,9 +720,12 @@ async fn stream_base(
 struct StreamReader {
     handle: tokio::runtime::Handle,
     stream: crate::client::ByteStream,
+    /// The object read, for the error.
+    key: String,
     fetch: Option<Fetch>,
     bytes: u64,
-    error: Option<std::io::Error>,
+    /// Why the stream failed, as the GET's failure: the decoder only sees an I/O error.
+    error: Option<StoreError>,
 }
 
 impl StreamReader {
@@ -732,7 +736,7 @@ impl StreamReader {
         let Some(fetch) = self.fetch.as_mut() else {
             let e = err.unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into());
             let copy = std::io::Error::new(e.kind(), e.to_string());
-            self.error = Some(e);
+            self.error = Some(StoreError::from_io(Op::Get, &self.key, e));
             return Err(copy);
         };
         let resumed = self.handle.block_on(async {
@@ -746,7 +750,7 @@ impl StreamReader {
             }
             Err(e) => {
                 let io = std::io::Error::other(Chain(&e).to_string());
-                self.error = Some(std::io::Error::other(Chain(&e).to_string()));
+                self.error = Some(e);
                 Err(io)
             }
         }
