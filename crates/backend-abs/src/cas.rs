@@ -10,7 +10,7 @@ use replica_core::client::{
 use replica_core::error::{Op, StoreError};
 use replica_core::key::Key;
 
-use crate::{AbsClient, http_parts, map_err, redact};
+use crate::{AbsClient, describe, http_parts, map_err};
 
 impl AbsClient {
     pub(crate) async fn get_versioned_blob(&self, key: &Key) -> Result<Versioned, StoreError> {
@@ -31,7 +31,7 @@ impl AbsClient {
         while let Some(chunk) = stream.try_next().await.map_err(|e| StoreError::Transient {
             op: Op::Get,
             key: key.to_string(),
-            source: redact(&e.to_string()).into(),
+            source: describe(&e).into(),
         })? {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_VERSIONED_LEN {

@@ -63,7 +63,7 @@ use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
     Version, Versioned,
 };
-use replica_core::error::{Op, StoreError};
+use replica_core::error::{Chain, Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
 use replica_core::meta;
 use replica_core::retry::{Policy, parse_retry_after};
@@ -235,18 +235,18 @@ impl AbsClient {
                 let mut u = container_url;
                 u.set_query(Some(token.trim().trim_start_matches('?')));
                 let c = BlobContainerClient::new(u, None, Some(sdk_options()))
-                    .map_err(|e| bad(redact(&e.to_string())))?;
+                    .map_err(|e| bad(describe(&e)))?;
                 Auth::Fixed(Arc::new(c))
             }
             Credentials::EntraId => {
                 let cred: Arc<dyn TokenCredential> = Arc::new(ChainCredential::new());
                 let c = BlobContainerClient::new(container_url, Some(cred), Some(sdk_options()))
-                    .map_err(|e| bad(format!("Entra ID: {}", redact(&e.to_string()))))?;
+                    .map_err(|e| bad(format!("Entra ID: {}", describe(&e))))?;
                 Auth::Fixed(Arc::new(c))
             }
             Credentials::Token(cred) => {
                 let c = BlobContainerClient::new(container_url, Some(cred), Some(sdk_options()))
-                    .map_err(|e| bad(format!("Entra ID: {}", redact(&e.to_string()))))?;
+                    .map_err(|e| bad(format!("Entra ID: {}", describe(&e))))?;
                 Auth::Fixed(Arc::new(c))
             }
         };
@@ -304,7 +304,7 @@ impl AbsClient {
                 let c = BlobContainerClient::new(u, None, Some(sdk_options())).map_err(|e| {
                     StoreError::InvalidUrl {
                         url: self.info.redacted_url.clone(),
-                        reason: redact(&e.to_string()),
+                        reason: describe(&e),
                     }
                 })?;
                 let c = Arc::new(c);
@@ -427,7 +427,7 @@ impl AbsClient {
         };
         let content: RequestContent<BlockLookupList, azure_core::http::XmlFormat> = list
             .try_into()
-            .map_err(|e: azure_core::Error| Failure::Local(e.to_string()))?;
+            .map_err(|e: azure_core::Error| Failure::Local(describe(&e)))?;
         let opts = BlockBlobClientCommitBlockListOptions {
             metadata: Some(metadata),
             if_none_match: (mode == PutMode::CreateOnly).then(|| "*".into()),
@@ -496,6 +496,18 @@ fn block_size(size: u64) -> u64 {
 }
 
 /// Removes SAS signatures (`sig=…`) from a message, in case an SDK error quotes a URL.
+/// An SDK error with its causes, `error: cause: …`, with SAS signatures redacted.
+/// azure_core's error that wraps another error shows that error's message and also
+/// returns it as its source: it is printed once, as that error.
+fn describe(e: &azure_core::Error) -> String {
+    use std::error::Error as _;
+    let top: &(dyn std::error::Error + 'static) = match e.source() {
+        Some(inner) if inner.to_string() == e.to_string() => inner,
+        _ => e,
+    };
+    redact(&Chain(top).to_string())
+}
+
 fn redact(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -573,13 +585,13 @@ fn map_err(e: &azure_core::Error, op: Op, key: &str) -> StoreError {
                 _ => other(detail),
             }
         }
-        ErrorKind::Io | ErrorKind::Connection => transient(redact(&e.to_string())),
+        ErrorKind::Io | ErrorKind::Connection => transient(describe(e)),
         ErrorKind::Credential => StoreError::PermissionDenied {
             op,
             key: key_s.clone(),
-            detail: format!("Entra ID credential: {}", redact(&e.to_string())),
+            detail: format!("Entra ID credential: {}", describe(e)),
         },
-        _ => other(redact(&e.to_string())),
+        _ => other(describe(e)),
     }
 }
 
@@ -671,17 +683,14 @@ impl ReplicaClient for AbsClient {
                 return Err(map_err(&e, Op::Get, key));
             }
         };
-        let owned_key = key.to_owned();
+        // Whoever reads the body names the key when it reports the error.
         let stream = rsp.body.map_err(move |e| {
             let kind = if matches!(e.kind(), ErrorKind::Io | ErrorKind::Connection) {
                 std::io::ErrorKind::ConnectionAborted
             } else {
                 std::io::ErrorKind::Other
             };
-            std::io::Error::new(
-                kind,
-                format!("reading {owned_key}: {}", redact(&e.to_string())),
-            )
+            std::io::Error::new(kind, describe(&e))
         });
         let reader = tokio_util::io::StreamReader::new(stream);
         match range {
@@ -853,7 +862,7 @@ impl TokenCredential for ChainCredential {
                     *self.chosen.lock().unwrap_or_else(|p| p.into_inner()) = Some(i);
                     return Ok(t);
                 }
-                Err(e) => errors.push(redact(&e.to_string())),
+                Err(e) => errors.push(describe(&e)),
             }
         }
         Err(azure_core::Error::with_message(

@@ -15,7 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use backend_file::FileClient;
 use bytes::Bytes;
 use replica_core::client::{Payload, PutMode, PutOptions, ReplicaClient};
-use replica_core::error::StoreError;
+use replica_core::error::{Chain, StoreError};
 use tokio::io::AsyncReadExt;
 use url::Url;
 
@@ -292,7 +292,7 @@ async fn missing_payload_file_is_not_reported_as_missing_object() {
         .await
         .expect_err("missing source");
     assert!(matches!(err, StoreError::Other { .. }), "{err:?}");
-    let msg = err.to_string();
+    let msg = Chain(&err).to_string();
     assert!(msg.contains("no-such-spool") && msg.contains('k'), "{msg}");
     assert!(dir_names(c.root()).is_empty(), "temp file removed");
 }

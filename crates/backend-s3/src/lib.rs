@@ -72,7 +72,7 @@ use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
     Version, Versioned,
 };
-use replica_core::error::{Op, StoreError};
+use replica_core::error::{Chain, Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
 use replica_core::layout::LayoutStyle;
 use replica_core::meta;
@@ -555,7 +555,11 @@ impl ReplicaClient for S3Client {
                 tokio::io::copy(&mut (&mut reader).take(r.start), &mut tokio::io::sink())
                     .await
                     .map_err(|e| {
-                        self.fail(Failure::new(Kind::Transient, e.to_string()), Op::Get, key)
+                        self.fail(
+                            Failure::new(Kind::Transient, Chain(&e).to_string()),
+                            Op::Get,
+                            key,
+                        )
                     })?;
                 Ok(Box::pin(reader.take(r.end - r.start)))
             }
@@ -788,7 +792,7 @@ impl Body {
                 .buffer_size(256 * 1024)
                 .build()
                 .await
-                .map_err(|e| source_failure(path, &e.to_string())),
+                .map_err(|e| source_failure(path, &Chain(&e).to_string())),
         }
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backend_s3::S3Client;
 use bytes::Bytes;
 use replica_core::client::{Payload, PutMode, PutOptions, ReplicaClient};
-use replica_core::error::StoreError;
+use replica_core::error::{Chain, StoreError};
 use replica_core::layout::LayoutStyle;
 use replica_core::retry::{Policy, Retrying};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -548,7 +548,8 @@ async fn multipart_file_payload_and_create_only() {
         .await
     {
         Err(e @ StoreError::Other { .. }) => {
-            assert!(e.to_string().contains("payload file"), "{e}")
+            let text = Chain(&e).to_string();
+            assert!(text.contains("payload file"), "{text}")
         }
         r => panic!("missing spool file: {r:?}"),
     }
@@ -791,7 +792,7 @@ async fn secret_leak_child() {
     };
     let emu = emulator();
     let check = |what: &str, e: &StoreError| {
-        let shown = format!("{e}");
+        let shown = Chain(e).to_string();
         let debug = format!("{e:?}");
         let alternate = format!("{e:#?}");
         println!("checked error ({what}): {shown}");

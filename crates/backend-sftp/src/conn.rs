@@ -5,7 +5,7 @@ use super::*;
 /// Why a connection could not be made. Never carries a password.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
-    #[error("cannot reach {addr}: {source}")]
+    #[error("cannot reach {addr}")]
     Unreachable { addr: String, source: io::Error },
     #[error("SSH handshake with {addr} failed: {detail}")]
     Handshake { addr: String, detail: String },

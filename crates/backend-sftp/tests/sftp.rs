@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use backend_sftp::SftpClient;
 use bytes::Bytes;
 use replica_core::client::{Payload, PutOptions, ReplicaClient};
-use replica_core::error::StoreError;
+use replica_core::error::{Chain, StoreError};
 use tokio::io::AsyncReadExt;
 
 mod support;
@@ -78,7 +78,7 @@ async fn wrong_pinned_host_key_is_refused() {
     let err = round_trip(&c)
         .await
         .expect_err("a wrong pin must be refused");
-    let text = err.to_string();
+    let text = Chain(&err).to_string();
     assert!(
         text.contains("host key verification failed") && text.contains("does not match"),
         "unclear error: {text}"
@@ -104,7 +104,7 @@ async fn unknown_host_is_refused() {
     let err = round_trip(&c)
         .await
         .expect_err("an unknown host must be refused");
-    let text = err.to_string();
+    let text = Chain(&err).to_string();
     assert!(text.contains("unknown host"), "unclear error: {text}");
     assert!(!err.is_transient(), "{err:?}");
 }
@@ -135,7 +135,8 @@ async fn known_hosts_entry_is_accepted_and_a_changed_key_refused() {
     let err = round_trip(&c)
         .await
         .expect_err("a changed key must be refused");
-    assert!(err.to_string().contains("changed"), "unclear error: {err}");
+    let text = Chain(&err).to_string();
+    assert!(text.contains("changed"), "unclear error: {text}");
 }
 
 #[derive(Clone, Default)]

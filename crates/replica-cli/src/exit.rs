@@ -39,18 +39,56 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
     if config { 2 } else { 1 }
 }
 
-/// The error and its causes on one line. Library errors often repeat their source in
-/// their own message; a cause already stated is not printed again.
+/// The error and its causes on one line, `error: cause: cause`. Each error states
+/// only its own level and leaves its cause to `source()`, so each is printed once.
 pub fn render(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
     for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        // "Error code 14: unable to open …" restates "unable to open …".
-        let gist = c.split_once(": ").map_or(c.as_str(), |(_, rest)| rest);
-        if !out.contains(&c) && !out.contains(gist) {
-            out.push_str(": ");
-            out.push_str(&c);
-        }
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    /// A library error in the house style: its message, and its cause as `source()`.
+    #[derive(Debug)]
+    struct Read(std::io::Error);
+
+    impl fmt::Display for Read {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cannot read config file /etc/replica.yml")
+        }
+    }
+
+    impl std::error::Error for Read {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn render_prints_each_level_once_in_order() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = Err::<(), _>(Read(io))
+            .context("cannot start replication")
+            .expect_err("an error");
+        assert_eq!(
+            render(&e),
+            "cannot start replication: cannot read config file /etc/replica.yml: No such file or directory"
+        );
+    }
+
+    #[test]
+    fn render_keeps_a_cause_that_looks_like_an_earlier_one() {
+        // No de-duplication by text: two levels that happen to read alike are two levels.
+        let e = anyhow::Error::new(std::io::Error::other("disk full"))
+            .context("disk full")
+            .context("flush failed");
+        assert_eq!(render(&e), "flush failed: disk full: disk full");
+    }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use replica_core::client::{ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient};
-use replica_core::error::StoreError;
+use replica_core::error::{Chain, StoreError};
 use replica_core::key::{Key, KeyPrefix};
 use replica_core::retry::{Policy, Retrying};
 use tokio::io::AsyncReadExt;
@@ -52,7 +52,7 @@ pub(crate) fn prefix(p: &str) -> KeyPrefix {
 
 /// `message [Variant]`.
 pub(crate) fn describe(e: &StoreError) -> String {
-    format!("{e} [{}]", variant(e))
+    format!("{} [{}]", Chain(e), variant(e))
 }
 
 pub(crate) fn overwrite() -> PutOptions {

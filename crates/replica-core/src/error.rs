@@ -4,6 +4,10 @@
 //! `Throttled`, the engine treats `AlreadyExists` as a lost create-only race, and
 //! reports the rest to the user.
 //! Messages name the object (key) and never carry credentials.
+//!
+//! Each error's message states its own level only; its cause is reached through
+//! [`std::error::Error::source`], never repeated in the message. [`Chain`] prints an
+//! error with all its causes, for logs and for the binary.
 
 use std::fmt;
 
@@ -26,6 +30,39 @@ impl fmt::Display for Op {
             Op::List => "list",
             Op::Delete => "delete",
         })
+    }
+}
+
+/// An error followed by each of its causes, `error: cause: cause`: how a log line or
+/// another error's text shows an error, so that no cause is lost.
+///
+/// ```
+/// # use replica_core::error::{Chain, Op, StoreError};
+/// let e = StoreError::Other {
+///     op: Op::Get,
+///     key: "ltx/0/x.ltx".into(),
+///     source: Box::new(std::io::Error::other("disk on fire")),
+/// };
+/// assert_eq!(Chain(&e).to_string(), "failed to get ltx/0/x.ltx: disk on fire");
+/// ```
+#[derive(Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -54,13 +91,13 @@ pub enum StoreError {
     PermissionDenied { op: Op, key: String, detail: String },
 
     /// Worth retrying: network errors, throttling, 5xx.
-    #[error("transient failure to {op} {key}: {source}")]
+    #[error("transient failure to {op} {key}")]
     Transient { op: Op, key: String, source: Source },
 
     /// The store asked us to slow down (429, S3's `SlowDown`, Azure's `ServerBusy`):
     /// transient, and the next attempt waits at least `retry_after` when the store
     /// said how long.
-    #[error("the store is throttling requests ({op} {key}): {source}")]
+    #[error("the store is throttling requests ({op} {key})")]
     Throttled {
         op: Op,
         key: String,
@@ -79,7 +116,7 @@ pub enum StoreError {
     Unsupported { backend: &'static str, what: String },
 
     /// A permanent failure that fits no other variant.
-    #[error("failed to {op} {key}: {source}")]
+    #[error("failed to {op} {key}")]
     Other { op: Op, key: String, source: Source },
 }
 
@@ -144,5 +181,38 @@ impl StoreError {
                 source: Box::new(err),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("replication of app.db failed")]
+    struct Outer(#[source] StoreError);
+
+    #[test]
+    fn chain_prints_every_level_once_in_order() {
+        let inner = std::io::Error::other("connection refused");
+        let e = Outer(StoreError::Transient {
+            op: Op::Put,
+            key: "ltx/0/a.ltx".into(),
+            source: Box::new(inner),
+        });
+        assert_eq!(
+            Chain(&e).to_string(),
+            "replication of app.db failed: transient failure to put ltx/0/a.ltx: connection refused"
+        );
+        // Each level states only itself.
+        assert_eq!(e.to_string(), "replication of app.db failed");
+    }
+
+    #[test]
+    fn chain_of_an_error_without_cause_is_its_message() {
+        let e = StoreError::NotFound {
+            key: "lock.json".into(),
+        };
+        assert_eq!(Chain(&e).to_string(), "object lock.json not found");
     }
 }

@@ -134,14 +134,14 @@ pub fn create_dir(path: &Path, bits: u32) -> io::Result<()> {
 }
 
 /// Creates `path` and its missing parents, each with exactly `bits`. Directories that
-/// already exist are left as they are.
+/// already exist are left as they are. The error does not name `path`: the caller does.
 pub fn create_dir_all(path: &Path, bits: u32) -> io::Result<()> {
     match fs::metadata(path) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a directory", path.display()),
+                "exists and is not a directory",
             ));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -213,5 +213,14 @@ mod tests {
         );
         set_path(&f, 0o600).unwrap();
         assert_eq!(mode(&f), 0o600);
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_not_named_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        let e = create_dir_all(&file, 0o750).unwrap_err();
+        assert_eq!(e.to_string(), "exists and is not a directory");
     }
 }

@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use crate::client::{
     ByteStream, ObjectInfo, Payload, PutOptions, ReplicaClient, StoreInfo, Version, Versioned,
 };
-use crate::error::StoreError;
+use crate::error::{Chain, StoreError};
 use crate::host::{boot_id, host_name, pid_alive};
 use crate::key::{Key, KeyPrefix};
 use crate::meta;
@@ -136,7 +136,7 @@ pub enum LeaseError {
     )]
     Malformed { url: String, detail: String },
 
-    #[error("could not take the lease of {url} within {waited_s} s: {source}")]
+    #[error("could not take the lease of {url} within {waited_s} s")]
     Store {
         url: String,
         waited_s: u64,
@@ -305,7 +305,7 @@ impl Lease {
                 }
                 Err(TakeError::Store(e)) if e.is_transient() && started.elapsed() < cfg.wait => {
                     if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                        warn!(url = %url, error = %e, "the store is not answering; retrying the lease");
+                        warn!(url = %url, error = %Chain(&e), "the store is not answering; retrying the lease");
                         last_said = Some(Instant::now());
                     }
                     backoff.next(Some(&e))
@@ -347,7 +347,7 @@ impl Lease {
         match put_record(self.client.as_ref(), &key, &record, Some(&held.version)).await {
             Ok(_) => info!(url = %self.state.url, "lease released"),
             Err(e) => {
-                warn!(url = %self.state.url, error = %e, ttl_s = self.ttl.as_secs(), "could not release the lease; it expires on its own")
+                warn!(url = %self.state.url, error = %Chain(&e), ttl_s = self.ttl.as_secs(), "could not release the lease; it expires on its own")
             }
         }
         // Dropping `self` ends the permission to write.
@@ -594,10 +594,10 @@ async fn renew(
             Err(e) => {
                 unsure.push(record);
                 if state.permit(KEY).is_err() && !lapsed {
-                    warn!(url = %state.url, error = %e, "lease lapsed: it could not be renewed in time; uploads pause (the spool keeps every change) until it is");
+                    warn!(url = %state.url, error = %Chain(&e), "lease lapsed: it could not be renewed in time; uploads pause (the spool keeps every change) until it is");
                     lapsed = true;
                 } else if !lapsed {
-                    warn!(url = %state.url, error = %e, "lease renewal failed; retrying");
+                    warn!(url = %state.url, error = %Chain(&e), "lease renewal failed; retrying");
                 }
                 next = Instant::now() + Duration::from_secs(1).min(ttl / 6);
             }

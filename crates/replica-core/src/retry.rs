@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 use crate::client::{
     ByteStream, ObjectInfo, Payload, PutOptions, ReplicaClient, StoreInfo, Version, Versioned,
 };
-use crate::error::{Op, StoreError};
+use crate::error::{Chain, Op, StoreError};
 use crate::key::{Key, KeyPrefix};
 
 /// A throttling answer without `Retry-After` waits at least this long.
@@ -87,7 +87,7 @@ impl Policy {
             match attempt().await {
                 Err(e) if e.is_transient() && n < self.attempts => {
                     let delay = backoff.next(Some(&e));
-                    debug!(%op, key, attempt = n, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
+                    debug!(%op, key, attempt = n, delay_ms = delay.as_millis() as u64, error = %Chain(&e), "retrying");
                     tokio::time::sleep(delay).await;
                     n += 1;
                 }
@@ -251,7 +251,7 @@ where
     loop {
         match attempt().await {
             Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                warn!(url, error = %e, "{what} failed; retrying");
+                warn!(url, error = %Chain(&e), "{what} failed; retrying");
                 tokio::time::sleep(backoff.next(Some(&e))).await;
             }
             r => return r,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::client::{Payload, PutMode, PutOptions, ReplicaClient};
-use crate::error::{Op, StoreError};
+use crate::error::{Chain, Op, StoreError};
 use crate::file_mode::FileMode;
 use crate::key::Key;
 
@@ -218,7 +218,7 @@ async fn read_or_default(client: &dyn ReplicaClient) -> Result<RootRecord, Store
         Ok(r) => Ok(r.unwrap_or_default()),
         Err(RootRecordError::Store(e)) => Err(e),
         Err(e @ RootRecordError::Malformed { .. }) => {
-            tracing::warn!(error = %e, "replacing the replica's record");
+            tracing::warn!(error = %Chain(&e), "replacing the replica's record");
             Ok(RootRecord::default())
         }
     }

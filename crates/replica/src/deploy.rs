@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use replica_core::client::{Payload, PutMode, PutOptions};
 use replica_core::engine::{EngineConfig, EngineError, Pin, Replicator};
-use replica_core::error::StoreError;
+use replica_core::error::{Chain, StoreError};
 use replica_core::key::Key;
 use replica_core::lease::Lease;
 use replica_core::registry::Registry;
@@ -35,7 +35,7 @@ pub enum DeployError {
     #[error(transparent)]
     Config(#[from] ConfigError),
 
-    #[error("replica {url}: {source}")]
+    #[error("replica {url}")]
     Store {
         url: String,
         #[source]
@@ -55,14 +55,14 @@ pub enum DeployError {
         affected: String,
     },
 
-    #[error("restore of {db} failed: {source}")]
+    #[error("restore of {db} failed")]
     Restore {
         db: PathBuf,
         #[source]
         source: RestoreError,
     },
 
-    #[error("replication of {db} failed: {source}")]
+    #[error("replication of {db} failed")]
     Engine {
         db: PathBuf,
         // Boxed: an engine error is large, and this enum is returned on every path.
@@ -500,7 +500,7 @@ impl Running {
             match t.await {
                 Ok((_, Ok(()))) => {}
                 Ok((db, Err(source))) => {
-                    warn!(db = %db.display(), error = %source, "shutdown");
+                    warn!(db = %db.display(), error = %Chain(&source), "shutdown");
                     first.get_or_insert(DeployError::engine(db, source));
                 }
                 Err(e) => {

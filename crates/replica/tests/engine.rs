@@ -390,6 +390,7 @@ impl tokio::io::AsyncRead for Failing {
 /// error naming the object, and leaves nothing at the output path or beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_stream_that_breaks_fails_the_restore_cleanly() {
+    use replica_core::error::Chain;
     use replica_core::restore::{self, RestoreError, RestoreOptions};
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("app.db");
@@ -419,7 +420,7 @@ async fn a_snapshot_stream_that_breaks_fails_the_restore_cleanly() {
         .await
         .expect_err("a broken download must fail the restore");
     assert!(matches!(err, RestoreError::Store(_)), "{err:?}");
-    let msg = err.to_string();
+    let msg = Chain(&err).to_string();
     assert!(
         msg.contains(".ltx") && msg.contains("connection reset"),
         "{msg}"

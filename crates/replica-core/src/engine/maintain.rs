@@ -16,6 +16,7 @@ use super::levels::{next_boundary, phase_for};
 use super::manifest::Manifest;
 use super::spool::{Durability, Spool, SpoolError};
 use super::{EngineConfig, EngineError, Shared};
+use crate::error::Chain;
 use crate::layout::FileId;
 use crate::replica::{RemoteFile, Replica};
 
@@ -62,7 +63,7 @@ impl Maintenance {
             for (level, interval, at) in next.iter_mut() {
                 if *at <= now {
                     if let Err(e) = self.compact(*level).await {
-                        warn!(url = %self.replica.url(), level = *level, error = %e, "compaction failed; retrying at the next interval");
+                        warn!(url = %self.replica.url(), level = *level, error = %Chain(&e), "compaction failed; retrying at the next interval");
                     }
                     *at = next_boundary(now, *interval, phase);
                 }
@@ -187,7 +188,7 @@ impl Maintenance {
                 debug!(url = %self.replica.url(), files = keys.len(), "retention deleted old files");
             }
             Err(e) => {
-                warn!(url = %self.replica.url(), error = %e, "retention could not delete old files; retrying later")
+                warn!(url = %self.replica.url(), error = %Chain(&e), "retention could not delete old files; retrying later")
             }
         }
     }

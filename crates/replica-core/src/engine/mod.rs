@@ -30,7 +30,7 @@ pub use levels::{Levels, LevelsError};
 pub use manifest::Manifest;
 pub use spool::{Durability, Pending, Spool, SpoolError, SpoolState};
 
-use crate::error::StoreError;
+use crate::error::{Chain, StoreError};
 use crate::file_mode::FileMode;
 use crate::lease::{Fenced, Lease, LeaseConfig, LeaseError, LeaseState};
 use crate::replica::Replica;
@@ -113,21 +113,21 @@ pub enum EngineError {
     #[error("page size of {path} changed from {was} to {now} while replicating")]
     PageSizeChanged { path: PathBuf, was: u32, now: u32 },
 
-    #[error("SQLite error on {path}: {source}")]
+    #[error("SQLite error on {path}")]
     Sqlite {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
     },
 
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("LTX file {path}: {source}")]
+    #[error("LTX file {path}")]
     Ltx {
         path: PathBuf,
         #[source]
@@ -602,7 +602,7 @@ async fn follow_modes(replica: Replica, shared: Arc<Shared>, mut recorded: FileM
             Ok(()) => recorded = mode,
             // The next start writes it; until then a restore uses the old mode.
             Err(e) => {
-                warn!(url = %replica.url(), error = %e, "could not record the database's new mode")
+                warn!(url = %replica.url(), error = %Chain(&e), "could not record the database's new mode")
             }
         }
     }

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::manifest::Manifest;
 use super::spool::{self, Durability, Pending, Spool};
 use super::{EngineConfig, EngineError, Shared};
-use crate::error::StoreError;
+use crate::error::{Chain, StoreError};
 use crate::layout::{FileId, SNAPSHOT_LEVEL};
 use crate::ltx::{HEADER_SIZE, Header};
 use crate::replica::{RemoteFile, Replica};
@@ -123,10 +123,10 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
                     EngineError::Store(se) => backoff.next(Some(se)),
                     _ => backoff.next(None),
                 };
-                warn!(url = %replica.url(), error = %e, retry_in_ms = delay.as_millis() as u64, spooled_files = pending.len(), "upload failed; keeping files in the spool");
+                warn!(url = %replica.url(), error = %Chain(&e), retry_in_ms = delay.as_millis() as u64, spooled_files = pending.len(), "upload failed; keeping files in the spool");
                 failing = true;
                 if let Err(e) = consolidate(spool, &pending).await {
-                    warn!(dir = %spool.dir().display(), error = %e, "could not merge spooled files");
+                    warn!(dir = %spool.dir().display(), error = %Chain(&e), "could not merge spooled files");
                 }
                 let bytes = spool.pending_bytes();
                 if bytes > cfg.spool_limit && !over_limit {

@@ -76,13 +76,13 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool {path}: {source}")]
+    #[error("spool {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("encoding LTX file {path}: {source}")]
+    #[error("encoding LTX file {path}")]
     Ltx {
         path: PathBuf,
         #[source]

@@ -4,7 +4,7 @@ use std::io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LtxError {
-    #[error("LTX I/O error: {0}")]
+    #[error("LTX I/O error")]
     Io(#[source] io::Error),
 
     /// The input ended before the file did.

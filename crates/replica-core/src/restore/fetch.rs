@@ -14,7 +14,7 @@ use crate::retry::Backoff;
 use tracing::warn;
 
 use crate::client::{ByteStream, ReplicaClient};
-use crate::error::{Op, StoreError};
+use crate::error::{Chain, Op, StoreError};
 use crate::key::Key;
 
 /// Broken responses tolerated per object.
@@ -76,8 +76,9 @@ impl Fetch {
         if self.failures >= ATTEMPTS {
             let detail = match err {
                 Some(e) => format!(
-                    "the response broke off at byte {offset} of {}: {e}",
-                    self.size
+                    "the response broke off at byte {offset} of {}: {}",
+                    self.size,
+                    Chain(&e)
                 ),
                 None => format!("the response ended at byte {offset} of {}", self.size),
             };
@@ -87,7 +88,10 @@ impl Fetch {
                 source: format!("{detail}, after {ATTEMPTS} attempts").into(),
             });
         }
-        let what = err.map_or_else(|| "the response ended early".into(), |e| e.to_string());
+        let what = err.map_or_else(
+            || "the response ended early".into(),
+            |e| Chain(&e).to_string(),
+        );
         self.failures += 1;
         warn!(key = %self.key, offset, size = self.size, attempt = self.failures, error = what, "read of a replica file broke off; resuming from where it stopped");
         tokio::time::sleep(self.backoff.next(None)).await;

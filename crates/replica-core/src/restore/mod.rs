@@ -27,7 +27,7 @@ use tracing::{debug, info};
 pub use plan::{PlanError, Target, plan};
 pub use v3::{V3Error, V3Target};
 
-use crate::error::StoreError;
+use crate::error::{Chain, Op, StoreError};
 use crate::file_mode::{self, FileMode};
 use crate::ltx::{Decoder, Header, LtxError};
 use crate::replica::{RemoteFile, Replica};
@@ -114,7 +114,7 @@ pub enum RestoreError {
     )]
     NoReplica { url: String },
 
-    #[error("cannot restore from {url}: {source}")]
+    #[error("cannot restore from {url}")]
     Plan {
         url: String,
         #[source]
@@ -124,7 +124,7 @@ pub enum RestoreError {
     #[error(transparent)]
     Store(#[from] StoreError),
 
-    #[error("replica file {key} is corrupt: {source}")]
+    #[error("replica file {key} is corrupt")]
     Corrupt {
         key: String,
         #[source]
@@ -145,7 +145,7 @@ pub enum RestoreError {
         available: u64,
     },
 
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -453,7 +453,7 @@ fn seed_spool(
     let mode = FileMode::of(&meta);
     let spool = Spool::open(db, mode)
         .and_then(|s| s.save_state(&state, Durability::Now).map(|()| s))
-        .map_err(|e| RestoreError::Task(format!("recording the restored state: {e}")))?;
+        .map_err(|e| RestoreError::Task(format!("recording the restored state: {}", Chain(&e))))?;
     // The restored database is the replica's database: replication finds its id.
     if let Some(identity) = identity {
         root_record::write_local_id(spool.dir(), &identity.id, mode)
@@ -473,7 +473,7 @@ async fn restored_mode(
         Err(RootRecordError::Store(e)) => return Err(e.into()),
         // Not worth failing a restore over: the private mode is the safe guess.
         Err(e @ RootRecordError::Malformed { .. }) => {
-            tracing::warn!(error = %e, mode = %FileMode::PRIVATE, "restoring with the private mode");
+            tracing::warn!(error = %Chain(&e), mode = %FileMode::PRIVATE, "restoring with the private mode");
             (None, None)
         }
     };
@@ -695,6 +695,7 @@ async fn stream_base(
     let reader = StreamReader {
         handle: tokio::runtime::Handle::current(),
         stream,
+        key: f.key.to_string(),
         fetch: Some(fetch),
         bytes: 0,
         error: None,
@@ -706,7 +707,7 @@ async fn stream_base(
         let reader = reader.into_inner();
         match (applied, reader.error) {
             // A broken stream surfaces in the decoder; report it as the GET it was.
-            (Err(_), Some(e)) => Err(StoreError::from_io(crate::error::Op::Get, &f.key, e).into()),
+            (Err(_), Some(e)) => Err(e.into()),
             (applied, _) => applied.map(|ps| (reader.bytes, ps)),
         }
     })
@@ -719,9 +720,12 @@ async fn stream_base(
 struct StreamReader {
     handle: tokio::runtime::Handle,
     stream: crate::client::ByteStream,
+    /// The object read, for the error.
+    key: String,
     fetch: Option<Fetch>,
     bytes: u64,
-    error: Option<std::io::Error>,
+    /// Why the stream failed, as the GET's failure: the decoder only sees an I/O error.
+    error: Option<StoreError>,
 }
 
 impl StreamReader {
@@ -732,7 +736,7 @@ impl StreamReader {
         let Some(fetch) = self.fetch.as_mut() else {
             let e = err.unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into());
             let copy = std::io::Error::new(e.kind(), e.to_string());
-            self.error = Some(e);
+            self.error = Some(StoreError::from_io(Op::Get, &self.key, e));
             return Err(copy);
         };
         let resumed = self.handle.block_on(async {
@@ -745,8 +749,8 @@ impl StreamReader {
                 Ok(())
             }
             Err(e) => {
-                let io = std::io::Error::other(e.to_string());
-                self.error = Some(std::io::Error::other(e.to_string()));
+                let io = std::io::Error::other(Chain(&e).to_string());
+                self.error = Some(e);
                 Err(io)
             }
         }

@@ -10,6 +10,7 @@ use super::super::EngineError;
 use super::super::sqlite::Connections;
 use super::{Capturer, SPOOL_DURABILITY, SnapshotReason};
 use crate::engine::spool::Durability;
+use crate::error::Chain;
 use crate::wal;
 
 impl Capturer {
@@ -76,7 +77,7 @@ impl Capturer {
             };
             if let Err(e) = conns.take_barrier(&self.db_path) {
                 self.conns = Some(conns);
-                warn!(db = %self.db_path.display(), error = %e, "checkpoint skipped: write lock not available");
+                warn!(db = %self.db_path.display(), error = %Chain(&e), "checkpoint skipped: write lock not available");
                 return Ok(None);
             }
             let acquired = Instant::now();

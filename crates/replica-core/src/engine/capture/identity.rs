@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::super::EngineError;
 use super::super::sqlite::Connections;
 use super::{Capturer, SnapshotReason, check_sqlite_file};
+use crate::error::Chain;
 use crate::file_mode::FileMode;
 
 /// What capture last saw of the database and WAL files.
@@ -94,7 +95,7 @@ impl Capturer {
         if let Some(old) = self.conns.take()
             && let Err(e) = old.close(&self.db_path)
         {
-            debug!(db = %self.db_path.display(), error = %e, "closing the old database's connections");
+            debug!(db = %self.db_path.display(), error = %Chain(&e), "closing the old database's connections");
         }
         check_sqlite_file(&self.db_path)?;
         let conns = Connections::open(&self.db_path, self.cfg.busy_timeout)?;

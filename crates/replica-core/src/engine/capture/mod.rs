@@ -36,6 +36,7 @@ use super::spool::{Durability, Spool, SpoolState};
 use super::sqlite::Connections;
 use super::watch::{IDLE_WAIT, WalWatch};
 use super::{EngineConfig, EngineError, Shared};
+use crate::error::Chain;
 use crate::file_mode::FileMode;
 use crate::layout::SNAPSHOT_LEVEL;
 use crate::ltx::{FLAG_NO_CHECKSUM, Header, LtxError};
@@ -55,7 +56,7 @@ struct DiskFull {
 impl DiskFull {
     fn pause(&mut self, db: &Path, e: &EngineError, shared: &Shared) {
         if self.since.is_none() {
-            warn!(db = %db.display(), error = %e, "the disk is full: capture pauses and retries; nothing committed is lost, and replication catches up once space is freed");
+            warn!(db = %db.display(), error = %Chain(e), "the disk is full: capture pauses and retries; nothing committed is lost, and replication catches up once space is freed");
             self.since = Some(Instant::now());
             self.backoff = Duration::from_millis(200);
         }

@@ -163,20 +163,19 @@ impl<R: Read> Read for Walked<R> {
 
 /// An object's decompressed content, which fails at its end unless the LZ4 stream
 /// ended with a complete frame.
+/// Its errors do not name the object: the caller does.
 pub(super) struct Lz4Object<R: Read> {
     dec: lz4_flex::frame::FrameDecoder<Walked<R>>,
-    key: String,
 }
 
 impl<R: Read> Lz4Object<R> {
-    pub(super) fn new(src: R, key: &str) -> Self {
+    pub(super) fn new(src: R) -> Self {
         Self {
             dec: lz4_flex::frame::FrameDecoder::new(Walked {
                 inner: src,
                 walk: FrameWalk::new(),
                 compressed: 0,
             }),
-            key: key.to_owned(),
         }
     }
 
@@ -196,7 +195,7 @@ impl<R: Read> Read for Lz4Object<R> {
             if !self.dec.get_ref().walk.complete() {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("{}: the LZ4 frame is truncated", self.key),
+                    "the LZ4 frame is truncated",
                 ));
             }
             // 0.3 writes one frame per object; bytes after it are not ours to ignore.
@@ -204,7 +203,7 @@ impl<R: Read> Read for Lz4Object<R> {
             if read_full(&mut self.dec.get_mut().inner, &mut probe)? != 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: data follows the LZ4 frame", self.key),
+                    "data follows the LZ4 frame",
                 ));
             }
         }
@@ -555,7 +554,7 @@ mod tests {
         let mut r = WalReplay::new(GenerationId(1), 0, &db, &db_path, PS, dir.path().join("s"))?;
         for (offset, bytes) in parts {
             let f = frame(bytes);
-            let mut obj = Lz4Object::new(&f[..], "k");
+            let mut obj = Lz4Object::new(&f[..]);
             r.segment(&seg(0, *offset), &mut obj)?.unwrap();
         }
         r.finish()?;
@@ -616,7 +615,7 @@ mod tests {
     }
 
     fn decode(bytes: &[u8]) -> io::Result<Vec<u8>> {
-        let mut obj = Lz4Object::new(bytes, "k");
+        let mut obj = Lz4Object::new(bytes);
         let mut out = Vec::new();
         obj.read_to_end(&mut out)?;
         Ok(out)

@@ -25,7 +25,7 @@ pub use store::{Generation, Listing, Segment, Snapshot, list};
 
 use super::{RestoreError, StreamReader};
 use crate::client::ReplicaClient;
-use crate::error::{Op, StoreError};
+use crate::error::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum V3Error {
@@ -74,7 +74,7 @@ pub enum V3Error {
     #[error("replica object {key} is damaged: {detail}")]
     Corrupt { key: String, detail: String },
 
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -220,20 +220,21 @@ fn open(
     let reader = StreamReader {
         handle: handle.clone(),
         stream,
+        key: key.to_owned(),
         fetch: None,
         bytes: 0,
         error: None,
     };
-    Ok(apply::Lz4Object::new(
-        BufReader::with_capacity(1 << 20, reader),
-        key,
-    ))
+    Ok(apply::Lz4Object::new(BufReader::with_capacity(
+        1 << 20,
+        reader,
+    )))
 }
 
 fn corrupt(key: &str, e: &std::io::Error) -> V3Error {
     V3Error::Corrupt {
         key: key.to_owned(),
-        detail: e.to_string().replace(&format!("{key}: "), ""),
+        detail: e.to_string(),
     }
 }
 
@@ -266,7 +267,7 @@ fn apply_blocking(
         // A broken GET is the store's failure; anything else is the object's.
         Err(e) => {
             return Err(match obj.into_inner().into_inner().error {
-                Some(get) => V3Error::from(StoreError::from_io(Op::Get, key, get)),
+                Some(get) => V3Error::from(get),
                 None => corrupt(key, &e),
             }
             .into());
@@ -290,13 +291,12 @@ fn apply_blocking(
             total += n;
             let applied = match &fetched {
                 store::Fetched::Memory(bytes) => {
-                    let mut obj = apply::Lz4Object::new(&bytes[..], &seg.key);
+                    let mut obj = apply::Lz4Object::new(&bytes[..]);
                     replay.segment(seg, &mut obj)?
                 }
                 store::Fetched::File(path) => {
                     let file = std::fs::File::open(path).map_err(io_err(path))?;
-                    let mut obj =
-                        apply::Lz4Object::new(BufReader::with_capacity(1 << 20, file), &seg.key);
+                    let mut obj = apply::Lz4Object::new(BufReader::with_capacity(1 << 20, file));
                     let r = replay.segment(seg, &mut obj)?;
                     // Free the space early on big restores.
                     let _ = std::fs::remove_file(path);
