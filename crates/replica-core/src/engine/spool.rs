@@ -183,6 +183,12 @@ impl Spool {
             drop(free);
             return fs::remove_file(path);
         }
+        // Emptied now, not when reused: a pooled file keeps its inode, not its blocks,
+        // so the pool costs no disk space (a snapshot's worth per file otherwise).
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(0)?;
         let to = self
             .dir
             .join("free")
@@ -732,6 +738,13 @@ mod tests {
         spool.keep_shipped(&big.path, big.id).unwrap();
         spool.remove_shipped(big.id);
         assert!(spool.shipped(big.id).is_none());
+        // A pooled file holds no data: the pool costs inodes, not disk space.
+        let pooled: Vec<_> = fs::read_dir(dir.path().join(".app.db-replica/free"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap())
+            .collect();
+        assert_eq!(pooled.len(), 1);
+        assert_eq!((pooled[0].ino(), pooled[0].len()), (ino, 0));
         // The next file takes the spent inode, and holds only its own, smaller content.
         let small = write_l0(&spool, 3, 1);
         assert_eq!(fs::metadata(&small.path).unwrap().ino(), ino);
