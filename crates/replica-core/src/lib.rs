@@ -22,4 +22,5 @@ pub mod requests;
 pub mod restore;
 pub mod retry;
 pub mod root_record;
+pub mod spool;
 pub mod wal;

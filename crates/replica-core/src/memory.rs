@@ -41,6 +41,9 @@ pub struct Faults {
     /// `put_if` ignores the version it is given and overwrites, like a store that
     /// drops `If-Match`.
     pub ignores_if_match: bool,
+    /// The first this many GETs answer NotFound, as for an object a live replica's
+    /// retention deleted between a listing and the read.
+    pub vanishing_reads: u32,
 }
 
 /// One stored object: its bytes, the store's time of the put, and the LTX time it was
@@ -65,6 +68,8 @@ pub struct MemoryClient {
     next_version: AtomicU64,
     info: StoreInfo,
     faults: Faults,
+    /// GETs answered NotFound so far under `faults.vanishing_reads`.
+    vanished: std::sync::atomic::AtomicU32,
 }
 
 /// Everything a store can offer.
@@ -90,6 +95,19 @@ impl MemoryClient {
             next_version: AtomicU64::new(1),
             info: StoreInfo::new("memory", url, capabilities),
             faults,
+            vanished: Default::default(),
+        }
+    }
+
+    /// Another client on the same objects, with other faults: a store seen by a
+    /// second process.
+    pub fn with_faults(&self, faults: Faults) -> Self {
+        Self {
+            objects: self.objects.clone(),
+            next_version: AtomicU64::new(self.next_version.load(Ordering::SeqCst)),
+            info: self.info.clone(),
+            faults,
+            vanished: Default::default(),
         }
     }
 
@@ -180,6 +198,17 @@ impl ReplicaClient for MemoryClient {
     async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
         let key = key.as_str();
         self.refuse(Op::Get, key)?;
+        if self
+            .vanished
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.faults.vanishing_reads).then_some(n + 1)
+            })
+            .is_ok()
+        {
+            return Err(StoreError::NotFound {
+                key: key.to_owned(),
+            });
+        }
         let data = self
             .lock()
             .get(key)

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::levels::{next_boundary, phase_for};
 use super::manifest::Manifest;
-use super::spool::{Durability, Spool, SpoolError};
+use crate::spool::{Durability, Spool, SpoolError};
 use super::{EngineConfig, EngineError, Shared};
 use crate::error::Chain;
 use crate::layout::FileId;

@@ -9,7 +9,6 @@ mod maintain;
 mod manifest;
 pub mod retention;
 mod ship;
-mod spool;
 pub(crate) mod sqlite;
 #[cfg(target_os = "linux")]
 mod watch;
@@ -28,7 +27,6 @@ use tracing::{info, warn};
 pub use capture::SnapshotReason;
 pub use levels::{Levels, LevelsError};
 pub use manifest::Manifest;
-pub use spool::{Durability, Pending, Spool, SpoolError, SpoolState};
 
 use crate::error::{Chain, StoreError};
 use crate::file_mode::FileMode;
@@ -36,6 +34,7 @@ use crate::lease::{Fenced, Lease, LeaseConfig, LeaseError, LeaseState};
 use crate::replica::Replica;
 use crate::requests::{Counted, RequestCounts};
 use crate::root_record;
+use crate::spool::{Spool, SpoolError};
 use sqlite::Connections;
 
 #[derive(Debug, Clone, Copy)]
@@ -224,21 +223,40 @@ pub struct Stats {
     pub disk_full_pauses: AtomicU64,
 }
 
-/// State shared by the capture thread, the shipper and the handle.
+/// State shared by the capture thread, the shipper task, the maintenance task and
+/// the [`Replicator`] handle. Who writes and who reads each field, and with what
+/// ordering (everything else each side keeps to itself):
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// Stop requested. Written once by the handle (`request_stop`, Release); read by
+    /// capture before each tick and by the shipper before each pass (Acquire).
     stop: AtomicBool,
+    /// `stop` again, for capture's sleeps: it waits on `stop_cv` under this lock
+    /// (`wait_stop`), so a stop wakes it at once instead of at its next tick.
     stop_lock: Mutex<bool>,
     stop_cv: Condvar,
+    /// Wakes the shipper. Notified by capture (a ship signal, a snapshot spooled) and
+    /// by the handle (stop); the shipper is its only waiter.
     ship: Notify,
-    /// Set by capture when the sync interval says the spool should be shipped now.
+    /// "Ship what is spooled now." Set only by capture, on its sync-interval clock or
+    /// at a stop (Release); taken by the shipper with a swap (AcqRel). The shipper
+    /// keeps no clock of its own.
     ship_due: AtomicBool,
+    /// Capture has returned (spooled everything, or failed). Written by the capture
+    /// thread's wrapper (Release); read by the shipper (Acquire), which then drains the
+    /// spool and returns.
     capture_done: AtomicBool,
-    /// Set when capture or the shipper ends with an error.
+    /// Capture or the shipper ended with an error. Written by their wrappers
+    /// (Release); read by the handle (Acquire) to report the failure.
     failed: AtomicBool,
+    /// Counters: each written by the one side that does the counted work (capture:
+    /// files, snapshots, checkpoints, barrier time, disk-full pauses; shipper:
+    /// uploads, bytes, errors; maintenance: compactions, deletions), read by anyone.
+    /// Relaxed: they order nothing.
     pub stats: Stats,
-    /// The database's permission bits; capture sets them at start and when the file
-    /// is replaced (then `mode_changed` fires).
+    /// The database's permission bits. Written by capture at start and when the file
+    /// is replaced, then `mode_changed` fires; read by the mode follower task and by
+    /// `start` (Relaxed: the notification orders them).
     db_mode: AtomicU32,
     mode_changed: Notify,
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::manifest::Manifest;
-use super::spool::{self, Durability, Pending, Spool};
+use crate::spool::{self, Durability, Pending, Spool};
 use super::{EngineConfig, EngineError, Shared};
 use crate::error::{Chain, StoreError};
 use crate::layout::{FileId, SNAPSHOT_LEVEL};

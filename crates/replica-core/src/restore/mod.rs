@@ -214,32 +214,37 @@ pub async fn restore(
             }
         };
         file_mode::create_dir_all(&parent, mode.dir()).map_err(io_err(&parent))?;
-        if let Source::Ltx(chain) = &source {
-            check_space(replica, chain, out, &parent).await?;
-        }
-        let work = WorkDir::create(&parent, out, mode)?;
-        let applied = match &source {
-            Source::Ltx(chain) => apply_chain(replica, chain, &work, opts.parallelism.max(1)).await,
-            Source::V3(plan) => {
-                v3::apply(
-                    replica.client(),
-                    plan,
-                    &work.db_path(),
-                    &work.0,
-                    opts.parallelism.max(1),
-                )
-                .await
+        let attempt = async {
+            if let Source::Ltx(chain) = &source {
+                check_space(replica, chain, out, &parent).await?;
             }
+            let work = WorkDir::create(&parent, out, mode)?;
+            let bytes = match &source {
+                Source::Ltx(chain) => {
+                    apply_chain(replica, chain, &work, opts.parallelism.max(1)).await?
+                }
+                Source::V3(plan) => {
+                    v3::apply(
+                        replica.client(),
+                        plan,
+                        &work.db_path(),
+                        &work.0,
+                        opts.parallelism.max(1),
+                    )
+                    .await?
+                }
+            };
+            Ok::<_, RestoreError>((work, bytes))
         };
-        match applied {
-            Ok(bytes) => break (source, work, bytes),
+        match attempt.await {
+            Ok((work, bytes)) => break (source, work, bytes),
             // A replicator's retention or compaction deleted a planned file while
-            // this restore ran (the replica is live): plan again from a new listing,
-            // which holds the files that replaced it.
+            // this restore ran (the replica is live), before the space check or a
+            // download read it: plan again from a new listing, which holds the files
+            // that replaced it. The work directory of the attempt is gone already.
             Err(RestoreError::Store(StoreError::NotFound { key })) if replans < MAX_REPLANS => {
                 replans += 1;
                 info!(%key, attempt = replans, "a planned replica file was deleted meanwhile (retention or compaction); planning again");
-                drop(work);
                 planned = choose_source(replica, opts).await;
             }
             Err(e) => return Err(e),
@@ -437,7 +442,7 @@ fn seed_spool(
     txid: u64,
     identity: Option<&root_record::Identity>,
 ) -> Result<(), RestoreError> {
-    use crate::engine::{Durability, Spool, SpoolState};
+    use crate::spool::{Durability, Spool, SpoolState};
     let mut header = [0u8; 18];
     let meta = File::open(db)
         .and_then(|mut f| {

@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 use super::super::EngineError;
 use super::super::sqlite::Connections;
 use super::{Capturer, SPOOL_DURABILITY, SnapshotReason};
-use crate::engine::spool::Durability;
+use crate::spool::Durability;
 use crate::error::Chain;
 use crate::wal;
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
-use super::spool::{Durability, Spool, SpoolState};
+use crate::spool::{Durability, Spool, SpoolState};
 use super::sqlite::Connections;
 use super::watch::{IDLE_WAIT, WalWatch};
 use super::{EngineConfig, EngineError, Shared};

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::info;
 
 use super::super::EngineError;
-use super::super::spool::{Durability, SpoolError};
+use crate::spool::{Durability, SpoolError};
 use super::{Capturer, SPOOL_DURABILITY, SnapshotReason, now_ms};
 use crate::layout::SNAPSHOT_LEVEL;
 use crate::ltx::{self, FLAG_NO_CHECKSUM, Header, LtxError};
