@@ -42,15 +42,27 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// One walk, each file classed by the top directory it is in, so a file renamed
+    /// from `tmp/` into `pending/` during the walk is never counted twice.
     pub fn measure(dir: &Path) -> Spool {
-        let pending = dir_size(&dir.join("pending")).1;
-        let shipped = dir_size(&dir.join("shipped")).1;
-        let all = dir_size(dir).1;
-        Spool {
-            pending,
-            shipped,
-            other: all.saturating_sub(pending + shipped),
+        let mut out = Spool::default();
+        let Ok(top) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        for e in top.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            let bytes = if m.is_dir() {
+                dir_size(&e.path()).1
+            } else {
+                m.len()
+            };
+            match e.file_name().to_str() {
+                Some("pending") => out.pending += bytes,
+                Some("shipped") => out.shipped += bytes,
+                _ => out.other += bytes,
+            }
         }
+        out
     }
 
     pub fn total(&self) -> u64 {

@@ -45,7 +45,7 @@ no gap, no torn transaction; fresh (k includes every commit older than 5 s while
 a replicator is up); and, for the point in time, no commit that began after it.
 Retention is 5 minutes, or a quarter of the run if shorter (at least 1 minute),
 so that even a short soak deletes history. The WAL must stay under 64 MiB and
-the spool under the database size plus 128 MiB. At the end the writer stops,
+the spool under four database images plus its shipped L0 copies plus 16 MiB. At the end the writer stops,
 the replicator flushes (SIGTERM), and the restore must equal the database, as
 must Litestream 0.5.17's restore of the replica (skipped if it is unavailable).
 
@@ -83,10 +83,13 @@ const DOWN_MS_LONG: (u64, u64) = (1_000, 10_000);
 /// The WAL is checkpointed by the replicator every 1000 pages (~4 MB) and by the
 /// application now and then; 64 MiB means checkpoints have stopped working.
 const MAX_WAL: u64 = 64 << 20;
-/// The spool holds at most one snapshot (no bigger than the database) plus files
-/// captured from the WAL and not yet uploaded: with a store that never fails that is a
-/// few sync intervals of frames, each bounded by the WAL, and a merged copy of them.
-const SPOOL_OVER_DB: u64 = 2 * MAX_WAL;
+/// The spool's bound (ARCHITECTURE.md, "The spool is bounded"): pending files of at
+/// most two database images (the changed pages, merged during an outage, and one
+/// unsent snapshot), work files of at most two more (a merge's output, a snapshot
+/// being written), the shipped L0 copies awaiting compaction, and this much for
+/// the rest (a compaction's inputs, the state).
+const SPOOL_DB_IMAGES: u64 = 4;
+const SPOOL_SLACK: u64 = 16 << 20;
 
 /// Requests broken at random in a `--faults` soak, per million.
 const FAULT_RATE_PPM: u64 = 50_000;
@@ -174,6 +177,8 @@ struct Tally {
     max_wal: u64,
     /// The spool at its largest.
     max_spool: measure::Spool,
+    /// The database's size when the spool peaked, and that peak's bound.
+    max_spool_db: u64,
     max_db: u64,
     max_replica_files: u64,
     max_replica_bytes: u64,
@@ -609,10 +614,11 @@ impl Soak {
         let wal = measure::file_len(&with_suffix(&self.db, "-wal"));
         let parts = measure::Spool::measure(&self.spool_dir());
         let spool = parts.total();
+        let db = measure::file_len(&self.db);
         if spool > self.t.max_spool.total() {
             self.t.max_spool = parts;
+            self.t.max_spool_db = db;
         }
-        let db = measure::file_len(&self.db);
         self.t.max_wal = self.t.max_wal.max(wal);
         self.t.max_db = self.t.max_db.max(db);
         if wal > MAX_WAL && !self.wal_failed {
@@ -623,13 +629,17 @@ impl Soak {
                 MAX_WAL >> 20
             ));
         }
-        if spool > db + SPOOL_OVER_DB && !self.spool_failed {
+        let bound = SPOOL_DB_IMAGES * db + parts.shipped + SPOOL_SLACK;
+        if spool > bound && !self.spool_failed {
             self.spool_failed = true;
             self.fail(format!(
-                "the spool reached {:.1} MiB with a {:.1} MiB database (bound: database + {} MiB)",
+                "the spool reached {:.1} MiB ({:.1} pending, {:.1} shipped, {:.1} other) with a {:.1} MiB database (bound: {SPOOL_DB_IMAGES} × database + shipped + {} MiB)",
                 measure::mib(spool),
+                measure::mib(parts.pending),
+                measure::mib(parts.shipped),
+                measure::mib(parts.other),
                 measure::mib(db),
-                SPOOL_OVER_DB >> 20
+                SPOOL_SLACK >> 20
             ));
         }
     }
@@ -1051,13 +1061,17 @@ impl Soak {
         row(
             "max sizes",
             format!(
-                "WAL {:.1} MiB (bound {} MiB), spool {:.1} MiB ({:.1} pending, {:.1} shipped, {:.1} other), database {:.1} MiB{replica_size}",
+                "WAL {:.1} MiB (bound {} MiB), spool {:.1} MiB ({:.1} pending, {:.1} shipped, {:.1} other; bound then {:.1} MiB for a {:.1} MiB database), database {:.1} MiB{replica_size}",
                 measure::mib(t.max_wal),
                 MAX_WAL >> 20,
                 measure::mib(t.max_spool.total()),
                 measure::mib(t.max_spool.pending),
                 measure::mib(t.max_spool.shipped),
                 measure::mib(t.max_spool.other),
+                measure::mib(
+                    SPOOL_DB_IMAGES * t.max_spool_db + t.max_spool.shipped + SPOOL_SLACK
+                ),
+                measure::mib(t.max_spool_db),
                 measure::mib(t.max_db),
             ),
         );
