@@ -46,7 +46,8 @@
 //! }
 //! ```
 //!
-//! (the bucket must exist; `tests/s3.rs` creates one with [`S3Client::sdk_client`]).
+//! (the bucket must exist; the tests' `tests/it/support.rs` creates one with
+//! [`S3Client::sdk_client`]).
 
 mod cas;
 mod config;

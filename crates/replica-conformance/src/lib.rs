@@ -6,9 +6,12 @@
 //! # Adding a backend
 //!
 //! 1. Add a dev-dependency: `replica-conformance = { path = "../replica-conformance" }`.
-//! 2. Write `tests/conformance.rs` with a factory that returns a client rooted at a
-//!    **fresh, empty** prefix on every call (use [`random_root`]; keep any temporary
-//!    directory or emulator handle alive with [`keep_alive`]), and invoke the macro:
+//! 2. Write `tests/it/conformance.rs`, a module of the crate's one integration-test
+//!    binary (`tests/it/main.rs` declaring `mod conformance;`, named `integration` by a
+//!    `[[test]]` section with `autotests = false`), with a factory that returns a
+//!    client rooted at a **fresh, empty** prefix on every call (use [`random_root`];
+//!    keep any temporary directory or emulator handle alive with [`keep_alive`]), and
+//!    invoke the macro:
 //!
 //! ```ignore
 //! use std::sync::Arc;
@@ -21,21 +24,22 @@
 //!
 //! replica_conformance::conformance_suite! {
 //!     backend: "mine",
-//!     client: crate::fresh_client,
+//!     client: crate::conformance::fresh_client,
 //!     // Optional: a client whose every operation is refused (wrong credentials, a
 //!     // forbidden root). Without it, `permission_denied` is reported as skipped.
-//!     permission_denied: crate::denied_client,
+//!     permission_denied: crate::conformance::denied_client,
 //!     // Optional: cases this backend cannot pass, each with a reason. Only cases whose
 //!     // capability the client does not declare may be listed (checked at run time).
 //!     skip: { create_only_race: "the store has no atomic create-only" },
 //! }
 //! ```
 //!
-//! 3. `cargo nextest run -p <crate>`: every case is its own test, named after the
-//!    function in [`cases`]; skipped cases are `#[ignore]`d with their reason (run them
-//!    anyway with `--run-ignored all`), and `conformance_skips` prints the skips and
-//!    fails if one is not justified by a missing capability, or if a case needs a
-//!    capability the backend lacks but is not skipped.
+//! 3. `cargo nextest run -p <crate>`: every case is its own test,
+//!    `conformance::<case>` after the function in [`cases`]; skipped cases are
+//!    `#[ignore]`d with their reason (run them anyway with `--run-ignored all`), and
+//!    `conformance_skips` prints the skips and fails if one is not justified by a
+//!    missing capability, or if a case needs a capability the backend lacks but is not
+//!    skipped.
 //!
 //! The arguments must appear in this order (`backend`, `client`, then optionally
 //! `permission_denied`, then optionally `skip`); trailing commas are optional. The test

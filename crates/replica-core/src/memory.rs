@@ -4,13 +4,17 @@
 //! of it ([`Faults`]).
 
 use std::collections::BTreeMap;
+use std::io::ErrorKind;
 use std::ops::{Bound, Range};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::client::{
     ByteStream, Capabilities, MAX_VERSIONED_LEN, ObjectInfo, Payload, PutMode, PutOptions,
@@ -44,6 +48,10 @@ pub struct Faults {
     /// The first this many GETs answer NotFound, as for an object a live replica's
     /// retention deleted between a listing and the read.
     pub vanishing_reads: u32,
+    /// A `get` whose body is longer than this many bytes breaks off there with a
+    /// connection reset, every time, as a connection that drops mid-response would; a
+    /// shorter body arrives whole.
+    pub gets_break_after: Option<u64>,
 }
 
 /// One stored object: its bytes, the store's time of the put, and the LTX time it was
@@ -65,7 +73,8 @@ type Objects = Arc<Mutex<BTreeMap<String, Object>>>;
 #[derive(Debug)]
 pub struct MemoryClient {
     objects: Objects,
-    next_version: AtomicU64,
+    /// Shared with the clients made by [`MemoryClient::with_faults`].
+    next_version: Arc<AtomicU64>,
     info: StoreInfo,
     faults: Faults,
     /// GETs answered NotFound so far under `faults.vanishing_reads`.
@@ -92,19 +101,19 @@ impl MemoryClient {
         let url = format!("memory://{:p}", Arc::as_ptr(&objects));
         Self {
             objects,
-            next_version: AtomicU64::new(1),
+            next_version: Arc::new(AtomicU64::new(1)),
             info: StoreInfo::new("memory", url, capabilities),
             faults,
             vanished: Default::default(),
         }
     }
 
-    /// Another client on the same objects, with other faults: a store seen by a
-    /// second process.
+    /// Another client on the same objects, with other `faults`: the store as one
+    /// reader sees it through a bad network while the writer sees it whole.
     pub fn with_faults(&self, faults: Faults) -> Self {
         Self {
-            objects: self.objects.clone(),
-            next_version: AtomicU64::new(self.next_version.load(Ordering::SeqCst)),
+            objects: Arc::clone(&self.objects),
+            next_version: Arc::clone(&self.next_version),
             info: self.info.clone(),
             faults,
             vanished: Default::default(),
@@ -232,6 +241,13 @@ impl ReplicaClient for MemoryClient {
                 data.slice(start as usize..end as usize)
             }
         };
+        if let Some(limit) = self.faults.gets_break_after
+            && data.len() as u64 > limit
+        {
+            let body = std::io::Cursor::new(data.slice(..limit as usize));
+            let reset = std::io::Error::new(ErrorKind::ConnectionReset, "connection reset");
+            return Ok(Box::pin(body.chain(BrokenOff(Some(reset)))));
+        }
         Ok(Box::pin(std::io::Cursor::new(data)))
     }
 
@@ -338,5 +354,18 @@ impl ReplicaClient for MemoryClient {
         };
         objects.insert(key.to_owned(), object);
         Ok(Version::new(version.to_string()))
+    }
+}
+
+/// The end of a response that broke off: its error, once, then end of stream.
+struct BrokenOff(Option<std::io::Error>);
+
+impl AsyncRead for BrokenOff {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(self.0.take().map_or(Ok(()), Err))
     }
 }

@@ -185,10 +185,7 @@ impl Spool {
         }
         // Emptied now, not when reused: a pooled file keeps its inode, not its blocks,
         // so the pool costs no disk space (a snapshot's worth per file otherwise).
-        fs::OpenOptions::new()
-            .write(true)
-            .open(path)?
-            .set_len(0)?;
+        fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
         let to = self
             .dir
             .join("free")

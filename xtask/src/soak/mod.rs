@@ -1068,9 +1068,7 @@ impl Soak {
                 measure::mib(t.max_spool.pending),
                 measure::mib(t.max_spool.shipped),
                 measure::mib(t.max_spool.other),
-                measure::mib(
-                    SPOOL_DB_IMAGES * t.max_spool_db + t.max_spool.shipped + SPOOL_SLACK
-                ),
+                measure::mib(SPOOL_DB_IMAGES * t.max_spool_db + t.max_spool.shipped + SPOOL_SLACK),
                 measure::mib(t.max_spool_db),
                 measure::mib(t.max_db),
             ),

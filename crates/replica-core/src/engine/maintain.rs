@@ -14,11 +14,11 @@ use tracing::{debug, warn};
 
 use super::levels::{next_boundary, phase_for};
 use super::manifest::Manifest;
-use crate::spool::{Durability, Spool, SpoolError};
 use super::{EngineConfig, EngineError, Shared};
 use crate::error::Chain;
 use crate::layout::FileId;
 use crate::replica::{RemoteFile, Replica};
+use crate::spool::{Durability, Spool, SpoolError};
 
 /// How often retention looks at the manifest when no compaction level is faster.
 const RETENTION_TICK: Duration = Duration::from_secs(15);

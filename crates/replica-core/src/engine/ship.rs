@@ -15,13 +15,13 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::manifest::Manifest;
-use crate::spool::{self, Durability, Pending, Spool};
 use super::{EngineConfig, EngineError, Shared};
 use crate::error::{Chain, StoreError};
 use crate::layout::{FileId, SNAPSHOT_LEVEL};
 use crate::ltx::{HEADER_SIZE, Header};
 use crate::replica::{RemoteFile, Replica};
 use crate::retry::Backoff;
+use crate::spool::{self, Durability, Pending, Spool};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 

@@ -9,8 +9,8 @@ use tracing::{debug, warn};
 use super::super::EngineError;
 use super::super::sqlite::Connections;
 use super::{Capturer, SPOOL_DURABILITY, SnapshotReason};
-use crate::spool::Durability;
 use crate::error::Chain;
+use crate::spool::Durability;
 use crate::wal;
 
 impl Capturer {

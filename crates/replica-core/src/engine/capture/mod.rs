@@ -32,7 +32,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
-use crate::spool::{Durability, Spool, SpoolState};
 use super::sqlite::Connections;
 use super::watch::{IDLE_WAIT, WalWatch};
 use super::{EngineConfig, EngineError, Shared};
@@ -40,6 +39,7 @@ use crate::error::Chain;
 use crate::file_mode::FileMode;
 use crate::layout::SNAPSHOT_LEVEL;
 use crate::ltx::{FLAG_NO_CHECKSUM, Header, LtxError};
+use crate::spool::{Durability, Spool, SpoolState};
 use crate::wal::{self, WalHeader, WalPosition};
 use cursor::WalCursor;
 use identity::Identity;

@@ -7,10 +7,10 @@ use std::time::Instant;
 use tracing::info;
 
 use super::super::EngineError;
-use crate::spool::{Durability, SpoolError};
 use super::{Capturer, SPOOL_DURABILITY, SnapshotReason, now_ms};
 use crate::layout::SNAPSHOT_LEVEL;
 use crate::ltx::{self, FLAG_NO_CHECKSUM, Header, LtxError};
+use crate::spool::{Durability, SpoolError};
 use crate::wal;
 
 /// A WAL frame the snapshot was reading was overwritten: only possible while we hold

@@ -1,7 +1,8 @@
-//! The engine over time, in process, against a real `file://` replica and real
-//! SQLite connections: what an idle database costs, how many snapshots a busy one
-//! takes, and how long a writer can be stalled while a large snapshot is taken and
-//! uploaded; and a restore whose snapshot download breaks halfway.
+//! The engine over time, in process, against the in-memory store and real SQLite
+//! connections: what an idle database costs, how many snapshots a busy one takes, and
+//! how long a writer can be stalled while a large snapshot is taken and uploaded; a
+//! restored database resuming replication; a restore whose snapshot download breaks
+//! halfway; and the spool's files reused rather than reallocated.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use replica_core::engine::{EngineConfig, Levels, Replicator};
+use replica_core::memory::{ALL_CAPABILITIES, Faults, MemoryClient};
 use replica_core::replica::Replica;
 use replica_core::requests::RequestTotals;
 use rusqlite::Connection;
@@ -22,10 +24,13 @@ fn open_db(path: &Path) -> Connection {
     conn
 }
 
-async fn start(db: &Path, replica_dir: &Path, cfg: EngineConfig) -> Replicator {
-    let url = format!("file://{}", replica_dir.display());
-    let client = replica::backends().open(&url).await.expect("file backend");
-    Replicator::start(db, Replica::new(client), cfg)
+/// An empty in-memory store, as a replica.
+fn store() -> Arc<MemoryClient> {
+    Arc::new(MemoryClient::new(ALL_CAPABILITIES, Faults::default()))
+}
+
+async fn start(db: &Path, store: &Arc<MemoryClient>, cfg: EngineConfig) -> Replicator {
+    Replicator::start(db, Replica::new(store.clone()), cfg)
         .await
         .expect("start replication")
 }
@@ -74,7 +79,7 @@ async fn idle_costs_nothing_and_snapshots_follow_the_interval() {
         checkpoint_interval: Duration::from_millis(300),
         ..EngineConfig::default()
     };
-    let r = start(&db, &dir.path().join("replica"), cfg).await;
+    let r = start(&db, &store(), cfg).await;
     for i in 0u32..20 {
         conn.execute("INSERT INTO t(v) VALUES (randomblob(500))", [])
             .expect("insert");
@@ -188,7 +193,7 @@ fn snapshot_of_a_large_database_does_not_stall_writers() {
             snapshot_interval: Duration::from_secs(4),
             ..EngineConfig::default()
         };
-        let r = start(&db, &dir.path().join("replica"), cfg).await;
+        let r = start(&db, &store(), cfg).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         // Both snapshots taken and uploaded (the bytes count once a put completes).
         while r.stats().snapshots.load(Ordering::Relaxed) < 2
@@ -233,7 +238,7 @@ async fn a_restored_database_resumes_without_a_snapshot() {
     use replica_core::restore::{self, RestoreOptions, RestoreOutcome};
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("app.db");
-    let replica_dir = dir.path().join("replica");
+    let store = store();
     let cfg = EngineConfig {
         sync_interval: Duration::from_millis(100),
         ..EngineConfig::default()
@@ -247,7 +252,7 @@ async fn a_restored_database_resumes_without_a_snapshot() {
     let conn = open_db(&db);
     conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
         .expect("schema");
-    let r = start(&db, &replica_dir, cfg).await;
+    let r = start(&db, &store, cfg).await;
     for _ in 0..50 {
         conn.execute("INSERT INTO t(v) VALUES (randomblob(200))", [])
             .expect("insert");
@@ -255,15 +260,18 @@ async fn a_restored_database_resumes_without_a_snapshot() {
     drop(conn);
     r.shutdown(Duration::from_secs(30)).await.expect("shutdown");
 
-    // The disk is lost; the boot restore brings the database back.
+    // The disk is lost (the database, its WAL and its spool); the boot restore brings
+    // the database back.
     for entry in std::fs::read_dir(dir.path()).expect("dir").flatten() {
-        if entry.file_name() != "replica" {
-            let p = entry.path();
-            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-        }
+        let p = entry.path();
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
     }
-    let url = format!("file://{}", replica_dir.display());
-    let replica = Replica::new(replica::backends().open(&url).await.expect("backend"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        0,
+        "the local files were not all removed"
+    );
+    let replica = Replica::new(store.clone());
     let opts = RestoreOptions {
         seed_spool: true,
         ..RestoreOptions::new(&db)
@@ -271,7 +279,7 @@ async fn a_restored_database_resumes_without_a_snapshot() {
     let outcome = restore::restore(&replica, &opts).await.expect("restore");
     assert!(matches!(outcome, RestoreOutcome::Restored { .. }));
 
-    let r = start(&db, &replica_dir, cfg).await;
+    let r = start(&db, &store, cfg).await;
     let conn = open_db(&db);
     for _ in 0..30 {
         conn.execute("INSERT INTO t(v) VALUES (randomblob(200))", [])
@@ -289,112 +297,17 @@ async fn a_restored_database_resumes_without_a_snapshot() {
     assert_eq!(count(&out), 80);
 }
 
-use replica_core::key::{Key, KeyPrefix};
-
-/// A file backend whose GETs of LTX files fail after `limit` bytes, as a dropped
-/// connection would.
-#[derive(Debug)]
-struct BreakingGets {
-    inner: Arc<dyn replica_core::client::ReplicaClient>,
-    limit: usize,
-}
-
-#[async_trait::async_trait]
-impl replica_core::client::ReplicaClient for BreakingGets {
-    fn info(&self) -> &replica_core::client::StoreInfo {
-        self.inner.info()
-    }
-    fn set_file_mode(&self, mode: replica_core::file_mode::FileMode) {
-        self.inner.set_file_mode(mode);
-    }
-    async fn put(
-        &self,
-        key: &Key,
-        body: replica_core::client::Payload,
-        opts: &replica_core::client::PutOptions,
-    ) -> Result<(), replica_core::error::StoreError> {
-        self.inner.put(key, body, opts).await
-    }
-    async fn get(
-        &self,
-        key: &Key,
-        range: Option<std::ops::Range<u64>>,
-    ) -> Result<replica_core::client::ByteStream, replica_core::error::StoreError> {
-        use tokio::io::AsyncReadExt;
-        // Only LTX files break; the small record at the root reads whole.
-        if !key.ends_with(".ltx") {
-            return self.inner.get(key, range).await;
-        }
-        let mut body = Vec::new();
-        self.inner
-            .get(key, range)
-            .await?
-            .read_to_end(&mut body)
-            .await
-            .expect("read test object");
-        body.truncate(self.limit);
-        let broken = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
-        Ok(Box::pin(tokio::io::AsyncReadExt::chain(
-            std::io::Cursor::new(body),
-            Failing(Some(broken)),
-        )))
-    }
-    async fn head(
-        &self,
-        key: &Key,
-    ) -> Result<replica_core::client::ObjectInfo, replica_core::error::StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &KeyPrefix,
-        start_after: Option<&str>,
-    ) -> Result<Vec<replica_core::client::ObjectInfo>, replica_core::error::StoreError> {
-        self.inner.list(prefix, start_after).await
-    }
-    async fn delete_many(&self, keys: &[Key]) -> Result<(), replica_core::error::StoreError> {
-        self.inner.delete_many(keys).await
-    }
-    async fn get_versioned(
-        &self,
-        key: &Key,
-    ) -> Result<replica_core::client::Versioned, replica_core::error::StoreError> {
-        self.inner.get_versioned(key).await
-    }
-    async fn put_if(
-        &self,
-        key: &Key,
-        body: bytes::Bytes,
-        expected: Option<&replica_core::client::Version>,
-    ) -> Result<replica_core::client::Version, replica_core::error::StoreError> {
-        self.inner.put_if(key, body, expected).await
-    }
-}
-
-struct Failing(Option<std::io::Error>);
-
-impl tokio::io::AsyncRead for Failing {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        _: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(match self.0.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        })
-    }
-}
-
-/// The snapshot is applied as it streams in; a stream that breaks halfway is a store
-/// error naming the object, and leaves nothing at the output path or beside it.
+/// The snapshot is applied as it streams in; a stream that keeps breaking off (every
+/// response, resumed or not, is cut after 64 KiB: [`Faults::gets_break_after`]) is a
+/// store error naming the object once the resumes are spent, and leaves nothing at the
+/// output path or beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_stream_that_breaks_fails_the_restore_cleanly() {
     use replica_core::error::Chain;
     use replica_core::restore::{self, RestoreError, RestoreOptions};
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("app.db");
-    let replica_dir = dir.path().join("replica");
+    let store = store();
     let conn = open_db(&db);
     conn.execute_batch(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
@@ -402,17 +315,19 @@ async fn a_snapshot_stream_that_breaks_fails_the_restore_cleanly() {
          INSERT INTO t(v) SELECT randomblob(1000) FROM c;",
     )
     .expect("seed");
-    let r = start(&db, &replica_dir, EngineConfig::default()).await;
+    let r = start(&db, &store, EngineConfig::default()).await;
     // Shutdown uploads everything captured, the snapshot included.
     r.shutdown(Duration::from_secs(30)).await.expect("shutdown");
     drop(conn);
 
-    let url = format!("file://{}", replica_dir.display());
-    let inner = replica::backends().open(&url).await.expect("backend");
-    let replica = Replica::new(Arc::new(BreakingGets {
-        inner,
-        limit: 1 << 20,
-    }));
+    // The same objects, read through a connection that drops mid-response: the
+    // snapshot (about 2 MB of random rows) is longer than all the responses the restore
+    // reads before it gives up (eleven, 704 KiB); the small record at the root reads
+    // whole.
+    let replica = Replica::new(Arc::new(store.with_faults(Faults {
+        gets_break_after: Some(64 << 10),
+        ..Faults::default()
+    })));
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).expect("out dir");
     let out = out_dir.join("restored.db");
@@ -430,6 +345,45 @@ async fn a_snapshot_stream_that_breaks_fails_the_restore_cleanly() {
         0,
         "a failed restore left files behind"
     );
+}
+
+/// A restore of a live replica plans again when a planned file is gone by the time
+/// it reads it (a replicator's retention deleted it after the listing), whether the
+/// space check or a download meets the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_plans_again_when_a_planned_file_vanishes() {
+    use replica_core::restore::{self, RestoreOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("app.db");
+    let store = store();
+    let conn = open_db(&db);
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .expect("schema");
+    let r = start(&db, &store, EngineConfig::default()).await;
+    for _ in 0..20 {
+        conn.execute("INSERT INTO t(v) VALUES (randomblob(3000))", [])
+            .expect("insert");
+    }
+    r.shutdown(Duration::from_secs(30)).await.expect("shutdown");
+
+    // Three reads answer NotFound: the root record's (read beside the listing), then
+    // the space check's read of the last file's header, then the next one.
+    let replica = Replica::new(Arc::new(store.with_faults(Faults {
+        vanishing_reads: 3,
+        ..Faults::default()
+    })));
+    let out = dir.path().join("restored.db");
+    restore::restore(&replica, &RestoreOptions::new(&out))
+        .await
+        .expect("the restore plans again and succeeds");
+    let count = |c: &Connection| -> (i64, i64) {
+        c.query_row("SELECT count(*), sum(length(v)) FROM t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("count rows")
+    };
+    let restored = Connection::open(&out).expect("open restored");
+    assert_eq!(count(&restored), count(&conn));
 }
 
 /// Every file regular file below `dir`, by inode.
@@ -472,7 +426,7 @@ async fn spool_inodes_are_reused_across_syncs_and_compactions() {
         retention: Duration::from_secs(3600),
         ..EngineConfig::default()
     };
-    let r = start(&db, &dir.path().join("replica"), cfg).await;
+    let r = start(&db, &store(), cfg).await;
     let spool = dir.path().join(".app.db-replica");
     let mut seen = std::collections::BTreeSet::new();
     let mut new_late = 0usize;

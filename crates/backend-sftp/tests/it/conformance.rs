@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use replica_core::client::ReplicaClient;
 
-mod support;
+use crate::support;
 
 async fn fresh_client() -> Arc<dyn ReplicaClient> {
     let emu = support::emulator();
@@ -34,6 +34,6 @@ async fn denied_client() -> Arc<dyn ReplicaClient> {
 
 replica_conformance::conformance_suite! {
     backend: "sftp",
-    client: crate::fresh_client,
-    permission_denied: crate::denied_client,
+    client: crate::conformance::fresh_client,
+    permission_denied: crate::conformance::denied_client,
 }

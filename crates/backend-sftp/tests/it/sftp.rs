@@ -16,7 +16,7 @@ use replica_core::client::{Payload, PutOptions, ReplicaClient};
 use replica_core::error::{Chain, StoreError};
 use tokio::io::AsyncReadExt;
 
-mod support;
+use crate::support;
 
 fn key(name: &str) -> String {
     format!("ltx/0/{name}.ltx")

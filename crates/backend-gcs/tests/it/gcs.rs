@@ -17,7 +17,7 @@ use replica_core::client::{Payload, PutMode, PutOptions, ReplicaClient};
 use replica_core::error::StoreError;
 use tokio::io::AsyncReadExt;
 
-mod support;
+use crate::support;
 
 fn create_only() -> PutOptions {
     PutOptions {

@@ -1,6 +1,4 @@
-//! Shared by the abs test binaries: Azurite's settings and clients on it.
-
-#![allow(dead_code)] // each test binary uses its own subset
+//! Shared by the abs test modules: Azurite's settings and clients on it.
 
 use backend_abs::{AbsClient, AbsConfig, AccountKey, Credentials};
 
@@ -62,10 +60,4 @@ pub async fn new_container() -> String {
         .await
         .unwrap_or_else(|e| panic!("creating container {name}: {e}"));
     name
-}
-
-/// A client rooted at a random prefix of a new container.
-pub async fn fresh() -> AbsClient {
-    let container = new_container().await;
-    client_at(&container, &random_name("root"))
 }

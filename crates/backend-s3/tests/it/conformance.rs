@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use replica_core::client::ReplicaClient;
 
-mod support;
+use crate::support;
 
 static BUCKET: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
 
@@ -23,7 +23,7 @@ async fn fresh_client() -> Arc<dyn ReplicaClient> {
 
 replica_conformance::conformance_suite! {
     backend: "s3",
-    client: crate::fresh_client,
+    client: crate::conformance::fresh_client,
 }
 
 /// Every case of the suite but one, against SeaweedFS, listed here rather than

@@ -12,7 +12,7 @@
 //! of [`S3Client::from_url`] is exercised too.
 //!
 //! Not covered here: `PermissionDenied`. moto accepts any credentials and has no
-//! policies, so it never answers 403; `conformance.rs` runs the suite's
+//! policies, so it never answers 403; the `conformance` module runs the suite's
 //! `permission_denied` case against SeaweedFS, which refuses a wrong secret.
 
 // The key helpers take anything string-like; `&key` reads the same for both kinds.
@@ -33,8 +33,7 @@ use replica_core::layout::LayoutStyle;
 use replica_core::retry::{Policy, Retrying};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-mod support;
-use support::{client_at, client_for, emulator, fresh, new_bucket, random_name};
+use crate::support::{client_at, client_for, emulator, fresh, new_bucket, random_name};
 
 const MIB: usize = 1024 * 1024;
 
@@ -757,7 +756,7 @@ fn secrets_never_appear_in_errors() {
     let out = std::process::Command::new(exe)
         .args([
             "--exact",
-            "secret_leak_child",
+            "s3::secret_leak_child",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

@@ -1,7 +1,5 @@
-//! Shared by the sftp test binaries: the emulator (OpenSSH sshd started by
+//! Shared by the sftp test modules: the emulator (OpenSSH sshd started by
 //! `cargo xtask test`) from the environment, and clients rooted at fresh directories.
-
-#![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::PathBuf;
 

@@ -28,6 +28,6 @@ async fn denied_client() -> Arc<dyn ReplicaClient> {
 
 replica_conformance::conformance_suite! {
     backend: "file",
-    client: crate::fresh_client,
-    permission_denied: crate::denied_client,
+    client: crate::conformance::fresh_client,
+    permission_denied: crate::conformance::denied_client,
 }

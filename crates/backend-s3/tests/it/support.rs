@@ -1,6 +1,4 @@
-//! Shared by the S3 test binaries: the emulator's settings and clients on it.
-
-#![allow(dead_code)] // each test binary uses its own subset
+//! Shared by the S3 test modules: the emulator's settings and clients on it.
 
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::Credentials;

@@ -1,6 +1,4 @@
-//! Shared by the GCS test binaries: the emulator's endpoint, buckets and clients on it.
-
-#![allow(dead_code)] // each test binary uses its own subset
+//! Shared by the GCS test modules: the emulator's endpoint, buckets and clients on it.
 
 use backend_gcs::GcsClient;
 use gcloud_storage::http::buckets::insert::{

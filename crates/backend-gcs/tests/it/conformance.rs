@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use replica_core::client::ReplicaClient;
 
-mod support;
+use crate::support;
 
 static BUCKET: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
 
@@ -21,5 +21,5 @@ async fn fresh_client() -> Arc<dyn ReplicaClient> {
 
 replica_conformance::conformance_suite! {
     backend: "gcs",
-    client: crate::fresh_client,
+    client: crate::conformance::fresh_client,
 }

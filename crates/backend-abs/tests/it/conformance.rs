@@ -8,7 +8,7 @@ use std::sync::Arc;
 use backend_abs::{AccountKey, Credentials};
 use replica_core::client::ReplicaClient;
 
-mod support;
+use crate::support;
 
 static CONTAINER: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
 
@@ -32,6 +32,6 @@ async fn denied_client() -> Arc<dyn ReplicaClient> {
 
 replica_conformance::conformance_suite! {
     backend: "abs",
-    client: crate::fresh_client,
-    permission_denied: crate::denied_client,
+    client: crate::conformance::fresh_client,
+    permission_denied: crate::conformance::denied_client,
 }

@@ -1,7 +1,7 @@
 //! File-specific tests: URL parsing, key validation, temp-file hygiene, mtimes, the
 //! on-disk layout. The behaviour every backend shares (round trips, listing and paging,
 //! ranges, large objects, create-only, not-found) is checked by the conformance suite in
-//! `tests/conformance.rs`.
+//! the `conformance` module.
 
 // The key helpers take anything string-like; `&key` reads the same for both kinds.
 #![allow(clippy::needless_borrows_for_generic_args)]
