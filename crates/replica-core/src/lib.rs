@@ -17,6 +17,7 @@ pub mod ltx;
 pub mod memory;
 pub mod meta;
 pub mod registry;
+mod remote_read;
 pub mod replica;
 pub mod requests;
 pub mod restore;

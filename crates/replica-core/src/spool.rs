@@ -10,7 +10,7 @@
 //! umask, and keeps following them when the database's mode changes.
 
 use std::fs::{self, File};
-use std::io::BufWriter;
+use std::io::{BufWriter, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -313,12 +313,23 @@ impl Spool {
         durability: Durability,
     ) -> Result<(PathBuf, Header), SpoolError> {
         use std::io::BufReader;
+        let mut readers: Vec<Box<dyn Read + Send>> = Vec::with_capacity(inputs.len());
+        for p in inputs {
+            readers.push(Box::new(BufReader::new(File::open(p).map_err(io(p))?)));
+        }
+        self.merge_from(readers, durability)
+    }
+
+    /// [`Self::merge`] of LTX files read from anywhere (local files, or objects
+    /// streamed from the store): the inputs are read once, in page order, and only
+    /// the output takes room in the spool.
+    pub fn merge_from(
+        &self,
+        readers: Vec<Box<dyn Read + Send>>,
+        durability: Durability,
+    ) -> Result<(PathBuf, Header), SpoolError> {
         let (out, file) = self.scratch("merge")?;
         let result = (|| {
-            let mut readers = Vec::with_capacity(inputs.len());
-            for p in inputs {
-                readers.push(BufReader::new(File::open(p).map_err(io(p))?));
-            }
             let w = BufWriter::with_capacity(64 << 10, file);
             let (w, header, _) =
                 crate::ltx::compact(readers, w).map_err(|source| SpoolError::Ltx {

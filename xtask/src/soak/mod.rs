@@ -45,7 +45,7 @@ no gap, no torn transaction; fresh (k includes every commit older than 5 s while
 a replicator is up); and, for the point in time, no commit that began after it.
 Retention is 5 minutes, or a quarter of the run if shorter (at least 1 minute),
 so that even a short soak deletes history. The WAL must stay under 64 MiB and
-the spool under four database images plus its shipped L0 copies plus 16 MiB. At the end the writer stops,
+the spool under five database images plus its shipped L0 copies plus 16 MiB. At the end the writer stops,
 the replicator flushes (SIGTERM), and the restore must equal the database, as
 must Litestream 0.5.17's restore of the replica (skipped if it is unavailable).
 
@@ -85,10 +85,10 @@ const DOWN_MS_LONG: (u64, u64) = (1_000, 10_000);
 const MAX_WAL: u64 = 64 << 20;
 /// The spool's bound (ARCHITECTURE.md, "The spool is bounded"): pending files of at
 /// most two database images (the changed pages, merged during an outage, and one
-/// unsent snapshot), work files of at most two more (a merge's output, a snapshot
-/// being written), the shipped L0 copies awaiting compaction, and this much for
-/// the rest (a compaction's inputs, the state).
-const SPOOL_DB_IMAGES: u64 = 4;
+/// unsent snapshot), work files of at most three more (a merge's output, a snapshot
+/// being written, a compaction's output), the shipped L0 copies awaiting compaction,
+/// and this much for the rest (the state, partial files).
+const SPOOL_DB_IMAGES: u64 = 5;
 const SPOOL_SLACK: u64 = 16 << 20;
 
 /// Requests broken at random in a `--faults` soak, per million.

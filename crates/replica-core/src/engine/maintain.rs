@@ -3,13 +3,12 @@
 //! Every decision is taken from the in-memory [`Manifest`], so when nothing changed
 //! nothing is requested: an idle database costs no object-store request.
 
+use std::io::{BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use super::levels::{next_boundary, phase_for};
@@ -17,6 +16,7 @@ use super::manifest::Manifest;
 use super::{EngineConfig, EngineError, Shared};
 use crate::error::Chain;
 use crate::layout::FileId;
+use crate::remote_read::StreamReader;
 use crate::replica::{RemoteFile, Replica};
 use crate::spool::{Durability, Spool, SpoolError};
 
@@ -96,30 +96,41 @@ impl Maintenance {
         if inputs.is_empty() {
             return Ok(());
         }
-        let mut paths = Vec::with_capacity(inputs.len());
-        let mut fetched = Vec::new();
+        let mut out = None;
         let result = async {
+            // Local copies where the spool kept them; the rest streamed from the
+            // store, so a compaction takes room for its output only, not for a
+            // level's worth of downloaded inputs.
+            let mut readers: Vec<Box<dyn Read + Send>> = Vec::with_capacity(inputs.len());
             for f in &inputs {
                 match self.spool.shipped(f.id) {
-                    Some(p) => paths.push(p),
+                    Some(p) => {
+                        let file = std::fs::File::open(&p)
+                            .map_err(|source| EngineError::Io { path: p, source })?;
+                        readers.push(Box::new(BufReader::new(file)));
+                    }
                     None => {
-                        let p = self.download(f).await?;
-                        fetched.push(p.clone());
-                        paths.push(p);
+                        let client = self.replica.client().clone();
+                        let remote = StreamReader::open(client, f.key.clone(), f.size).await?;
+                        readers.push(Box::new(BufReader::with_capacity(256 << 10, remote)));
                     }
                 }
             }
-            let (out, header) =
-                super::ship::merge(&self.spool, paths.clone(), Durability::Deferred).await?;
-            fetched.push(out.clone());
+            let spool = self.spool.clone();
+            let (path, header) = tokio::task::spawn_blocking(move || {
+                spool.merge_from(readers, Durability::Deferred)
+            })
+            .await
+            .map_err(|e| EngineError::Thread("compaction", e.to_string()))??;
+            out = Some(path.clone());
             let id = FileId::of(level, &header);
-            let file = super::ship::publish(&self.replica, &self.manifest, id, &out, &header).await?;
+            let file = super::ship::publish(&self.replica, &self.manifest, id, &path, &header).await?;
             self.shared.stats.compactions.fetch_add(1, Ordering::Relaxed);
             debug!(url = %self.replica.url(), file = %id, inputs = inputs.len(), bytes = file.size, "compacted");
             Ok::<_, EngineError>(())
         }
         .await;
-        for p in &fetched {
+        if let Some(p) = &out {
             self.spool.discard(p);
         }
         match &result {
@@ -138,26 +149,6 @@ impl Maintenance {
             Err(_) => {}
         }
         result
-    }
-
-    async fn download(&self, f: &RemoteFile) -> Result<PathBuf, EngineError> {
-        let (path, file) = self.spool.scratch("fetch")?;
-        let io = |source| EngineError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = tokio::fs::File::from_std(file);
-        let copied = async {
-            let mut body = self.replica.client().get(&f.key, None).await?;
-            tokio::io::copy(&mut body, &mut file).await.map_err(io)?;
-            file.flush().await.map_err(io)
-        }
-        .await;
-        if let Err(e) = copied {
-            self.spool.discard(&path);
-            return Err(e);
-        }
-        Ok(path)
     }
 
     /// Deletes what retention and L0 retention allow, deciding from the manifest.

@@ -10,7 +10,6 @@
 //! A replica path may also hold Litestream 0.3 generations (`v3`); they restore
 //! through the same work directory, check and link.
 
-mod fetch;
 mod plan;
 pub mod v3;
 
@@ -27,12 +26,12 @@ use tracing::{debug, info};
 pub use plan::{PlanError, Target, plan};
 pub use v3::{V3Error, V3Target};
 
-use crate::error::{Chain, Op, StoreError};
+use crate::error::{Chain, StoreError};
 use crate::file_mode::{self, FileMode};
 use crate::ltx::{Decoder, Header, LtxError};
+use crate::remote_read::{Fetch, StreamReader};
 use crate::replica::{RemoteFile, Replica};
 use crate::root_record::{self, RootRecordError};
-use fetch::Fetch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntegrityCheck {
@@ -695,94 +694,20 @@ async fn stream_base(
     db: &Arc<File>,
     db_path: &Path,
 ) -> Result<(u64, u32), RestoreError> {
-    let mut fetch = Fetch::new(replica.client().clone(), f.key.clone(), f.size);
-    let stream = fetch.open(0).await?;
-    let reader = StreamReader {
-        handle: tokio::runtime::Handle::current(),
-        stream,
-        key: f.key.to_string(),
-        fetch: Some(fetch),
-        bytes: 0,
-        error: None,
-    };
+    let reader = StreamReader::open(replica.client().clone(), f.key.clone(), f.size).await?;
     let (db, f, db_path) = (db.clone(), f.clone(), db_path.to_path_buf());
     tokio::task::spawn_blocking(move || {
         let mut reader = BufReader::with_capacity(1 << 20, reader);
         let applied = apply_ltx(&db, &db_path, &f, &mut reader, None, true);
-        let reader = reader.into_inner();
-        match (applied, reader.error) {
+        let mut reader = reader.into_inner();
+        match (applied, reader.take_error()) {
             // A broken stream surfaces in the decoder; report it as the GET it was.
             (Err(_), Some(e)) => Err(e.into()),
-            (applied, _) => applied.map(|ps| (reader.bytes, ps)),
+            (applied, _) => applied.map(|ps| (reader.bytes_read(), ps)),
         }
     })
     .await
     .map_err(|e| RestoreError::Task(e.to_string()))?
-}
-
-/// A blocking `Read` over an object's byte stream, for use on the blocking pool; with
-/// a `fetch`, a response that breaks off is resumed with a ranged GET.
-struct StreamReader {
-    handle: tokio::runtime::Handle,
-    stream: crate::client::ByteStream,
-    /// The object read, for the error.
-    key: String,
-    fetch: Option<Fetch>,
-    bytes: u64,
-    /// Why the stream failed, as the GET's failure: the decoder only sees an I/O error.
-    error: Option<StoreError>,
-}
-
-impl StreamReader {
-    /// Replaces a broken stream with one from the current offset, or gives the error
-    /// to report.
-    fn resume(&mut self, err: Option<std::io::Error>) -> std::io::Result<()> {
-        let offset = self.bytes;
-        let Some(fetch) = self.fetch.as_mut() else {
-            let e = err.unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into());
-            let copy = std::io::Error::new(e.kind(), e.to_string());
-            self.error = Some(StoreError::from_io(Op::Get, &self.key, e));
-            return Err(copy);
-        };
-        let resumed = self.handle.block_on(async {
-            fetch.broke(offset, err).await?;
-            fetch.open(offset).await
-        });
-        match resumed {
-            Ok(s) => {
-                self.stream = s;
-                Ok(())
-            }
-            Err(e) => {
-                let io = std::io::Error::other(Chain(&e).to_string());
-                self.error = Some(e);
-                Err(io)
-            }
-        }
-    }
-}
-
-impl Read for StreamReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let r = self
-                .handle
-                .block_on(tokio::io::AsyncReadExt::read(&mut self.stream, buf));
-            match r {
-                Ok(0)
-                    if !buf.is_empty()
-                        && self.fetch.as_ref().is_some_and(|f| self.bytes < f.size) =>
-                {
-                    self.resume(None)?
-                }
-                Ok(n) => {
-                    self.bytes += n as u64;
-                    return Ok(n);
-                }
-                Err(e) => self.resume(Some(e))?,
-            }
-        }
-    }
 }
 
 /// Downloads `f` to `path`, resuming a response that breaks off ([`fetch`]).

@@ -23,9 +23,10 @@ pub use layout::GenerationId;
 pub use plan::{V3Plan, V3Target, plan};
 pub use store::{Generation, Listing, Segment, Snapshot, list};
 
-use super::{RestoreError, StreamReader};
+use super::RestoreError;
 use crate::client::ReplicaClient;
 use crate::error::StoreError;
+use crate::remote_read::StreamReader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum V3Error {
@@ -217,14 +218,8 @@ fn open(
     key: &str,
 ) -> Result<apply::Lz4Object<BufReader<StreamReader>>, V3Error> {
     let stream = handle.block_on(store::get(client, key))?;
-    let reader = StreamReader {
-        handle: handle.clone(),
-        stream,
-        key: key.to_owned(),
-        fetch: None,
-        bytes: 0,
-        error: None,
-    };
+    let _entered = handle.enter();
+    let reader = StreamReader::new(stream, key, None);
     Ok(apply::Lz4Object::new(BufReader::with_capacity(
         1 << 20,
         reader,
@@ -266,7 +261,7 @@ fn apply_blocking(
         Ok(ps) => ps,
         // A broken GET is the store's failure; anything else is the object's.
         Err(e) => {
-            return Err(match obj.into_inner().into_inner().error {
+            return Err(match obj.into_inner().into_inner().take_error() {
                 Some(get) => V3Error::from(get),
                 None => corrupt(key, &e),
             }
