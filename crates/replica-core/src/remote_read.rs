@@ -1,9 +1,11 @@
 //! Reading replica objects, for restore and compaction alike. Object reads that
 //! survive a bad network: a response that breaks off (an error, or an end before the
-//! size the listing gave) is continued with a ranged GET from the last byte received, as Litestream 0.5 does since its 55 GB restore failed on
-//! "unexpected EOF". Bounded: [`ATTEMPTS`] broken responses per object, then the
-//! read fails naming it. A GET refused outright is retried by the client
-//! ([`crate::retry::Retrying`]), not again here.
+//! size the listing gave) is continued with a ranged GET from the last byte
+//! received, as Litestream 0.5 does since its 55 GB restore failed on "unexpected
+//! EOF". Bounded: [`ATTEMPTS`] broken responses per object, then the read fails
+//! naming it. A GET refused outright is retried by the client
+//! ([`crate::retry::Retrying`]) first; one that still fails transiently counts as a
+//! broken response here.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -65,8 +67,19 @@ impl Fetch {
         Ok(out)
     }
 
-    async fn get(&self, range: Option<std::ops::Range<u64>>) -> Result<ByteStream, StoreError> {
-        self.client.get(&self.key, range).await
+    /// A GET of `range`. One that still fails transiently after the client's own
+    /// retries (a store that fails a third of its requests defeats five attempts now
+    /// and then) counts as one more broken response of this object, so a restore
+    /// rides out a bad stretch within the object's [`ATTEMPTS`] before it gives up.
+    async fn get(&mut self, range: Option<std::ops::Range<u64>>) -> Result<ByteStream, StoreError> {
+        loop {
+            let failed = match self.client.get(&self.key, range.clone()).await {
+                Err(e) if e.is_transient() => io::Error::other(Chain(&e).to_string()),
+                r => return r,
+            };
+            let offset = range.as_ref().map_or(0, |r| r.start);
+            self.broke(offset, Some(failed)).await?;
+        }
     }
 
     /// A response that ended at `offset` before the object's end, or failed there
