@@ -186,7 +186,7 @@ impl Maintenance {
 }
 
 fn poisoned<T>(_: T) -> EngineError {
-    EngineError::Thread("maintenance", "manifest lock poisoned".into())
+    super::ship::poisoned("maintenance")
 }
 
 /// The inputs of the next compaction into `level`: the contiguous run of files of the

@@ -52,6 +52,9 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
     loop {
         let capture_done = shared.capture_done.load(Ordering::Acquire);
         let stopping = shared.stop.load(Ordering::Acquire);
+        // Taken before listing: capture spools a file, then signals, so every file a
+        // signal covers is in the listing that follows the swap.
+        let signalled = shared.ship_due.swap(false, Ordering::AcqRel);
         let mut pending = spool.pending()?;
         // An L0 the replica already covers was uploaded by a run that died before
         // removing it; uploading it again would only add an overlapping object.
@@ -73,9 +76,7 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
         }) {
             spool.remove(&p)?;
         }
-        if shared.ship_due.swap(false, Ordering::AcqRel)
-            && let Some(last) = pending.last()
-        {
+        if signalled && let Some(last) = pending.last() {
             signalled_to = signalled_to.max(last.id.range.max);
         }
         if pending.is_empty() {
@@ -139,7 +140,7 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
     }
 }
 
-fn poisoned(who: &'static str) -> EngineError {
+pub(super) fn poisoned(who: &'static str) -> EngineError {
     EngineError::Thread(who, "manifest lock poisoned".into())
 }
 
