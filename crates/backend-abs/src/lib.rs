@@ -42,7 +42,6 @@ pub mod sas;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -61,6 +60,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
+    part_size,
     Version, Versioned,
 };
 use replica_core::error::{Chain, Op, StoreError};
@@ -68,7 +68,7 @@ use replica_core::key::{Key, KeyPrefix};
 use replica_core::meta;
 use replica_core::retry::{Policy, parse_retry_after};
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio::io::AsyncReadExt as _;
 use tracing::debug;
 
 pub use crate::config::{AbsConfig, KNOWN_OPTIONS};
@@ -379,7 +379,7 @@ impl AbsClient {
     ) -> Result<(), Failure> {
         // Same-length block ids, unique to this put.
         let put_id = format!("{:032x}", rand::random::<u128>());
-        let block_size = block_size(size);
+        let block_size = part_size(size, MIN_BLOCK_SIZE, MAX_BLOCKS);
         let count = size.div_ceil(block_size);
         let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         let mut tasks = tokio::task::JoinSet::new();
@@ -394,7 +394,10 @@ impl AbsClient {
                 let c = Arc::clone(c);
                 let (full, key) = (full.to_owned(), key.to_owned());
                 tasks.spawn(async move {
-                    let data = read_range(&body, offset, len).await?;
+                    let data = body
+                        .read_range(offset, len)
+                        .await
+                        .map_err(|e| Failure::Store(e.into_store(&key)))?;
                     let block = c.blob_client(&full).block_blob_client();
                     Policy::REQUEST
                         .run(Op::Put, &key, || async {
@@ -448,51 +451,6 @@ enum Failure {
     Local(String),
     /// Already translated (a staged block that failed after its retries).
     Store(StoreError),
-}
-
-async fn payload_size(body: &Payload) -> Result<u64, String> {
-    match body {
-        Payload::Bytes(b) => Ok(b.len() as u64),
-        Payload::File(p) => tokio::fs::metadata(p)
-            .await
-            .map(|m| m.len())
-            .map_err(|e| file_err(p, &e)),
-    }
-}
-
-fn file_err(p: &Path, e: &std::io::Error) -> String {
-    format!("reading payload file {}: {e}", p.display())
-}
-
-async fn read_range(body: &Payload, offset: u64, len: u64) -> Result<Bytes, Failure> {
-    match body {
-        Payload::Bytes(b) => {
-            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
-            let end = usize::try_from(offset + len)
-                .unwrap_or(usize::MAX)
-                .min(b.len());
-            Ok(b.slice(start..end))
-        }
-        Payload::File(p) => {
-            let mut f = tokio::fs::File::open(p)
-                .await
-                .map_err(|e| Failure::Local(file_err(p, &e)))?;
-            f.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(|e| Failure::Local(file_err(p, &e)))?;
-            let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-            f.read_exact(&mut buf)
-                .await
-                .map_err(|e| Failure::Local(file_err(p, &e)))?;
-            Ok(Bytes::from(buf))
-        }
-    }
-}
-
-fn block_size(size: u64) -> u64 {
-    const MIB: u64 = 1024 * 1024;
-    let needed = size.div_ceil(MAX_BLOCKS).div_ceil(MIB) * MIB;
-    needed.max(MIN_BLOCK_SIZE)
 }
 
 /// Removes SAS signatures (`sig=…`) from a message, in case an SDK error quotes a URL.
@@ -612,7 +570,7 @@ impl ReplicaClient for AbsClient {
             key: key.to_owned(),
             source: Box::new(AbsError(d)),
         };
-        let size = payload_size(&body).await.map_err(local)?;
+        let size = body.size().await.map_err(|e| e.into_store(key))?;
         let mut metadata = HashMap::new();
         if let Some(t) = opts.timestamp {
             metadata.insert(TIMESTAMP_METADATA.to_owned(), meta::format_timestamp(t));
@@ -624,13 +582,10 @@ impl ReplicaClient for AbsClient {
             self.put_blocks(&c, &full, &body, size, metadata, opts.mode, key)
                 .await
         } else {
-            match read_range(&body, 0, size).await {
-                Ok(data) => self
-                    .put_single(&c, &full, data, metadata, opts.mode)
-                    .await
-                    .map_err(Failure::Sdk),
-                Err(f) => Err(f),
-            }
+            let data = body.read_range(0, size).await.map_err(|e| e.into_store(key))?;
+            self.put_single(&c, &full, data, metadata, opts.mode)
+                .await
+                .map_err(Failure::Sdk)
         };
         match result {
             Ok(()) => {}
@@ -900,13 +855,5 @@ mod tests {
             "GET http://h/c?sv=1&sig=REDACTED&se=2 failed"
         );
         assert_eq!(redact("no secrets"), "no secrets");
-    }
-
-    #[test]
-    fn block_sizes() {
-        const MIB: u64 = 1024 * 1024;
-        assert_eq!(block_size(20 * MIB), 8 * MIB);
-        let huge = 4 * 1024 * 1024 * MIB;
-        assert!(huge.div_ceil(block_size(huge)) <= MAX_BLOCKS);
     }
 }

@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use percent_encoding::percent_decode_str;
 use replica_core::error::StoreError;
-use url::Url;
+use replica_core::store_url::{self, StoreUrl, UrlRules, UrlText};
 
 /// The options a URL may carry.
 pub const KNOWN_OPTIONS: &[&str] = &["endpoint"];
@@ -23,76 +22,40 @@ pub struct GcsConfig {
     pub endpoint: Option<String>,
 }
 
+const RULES: UrlRules = UrlRules {
+    schemes: &["gs", "gcs"],
+    form: "gs://bucket/prefix",
+    options: KNOWN_OPTIONS,
+    repeatable: &[],
+    credentials: "use Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, \
+                  workload identity, metadata server)",
+    public_user: false,
+};
+
 impl GcsConfig {
     pub fn parse(input: &str) -> Result<Self, StoreError> {
-        let invalid = |reason: String| StoreError::InvalidUrl {
-            url: input.to_owned(),
-            reason,
-        };
-        if has_dot_segment(input) {
-            return Err(invalid("'.' and '..' path segments are not allowed".into()));
-        }
-        let url = Url::parse(input).map_err(|e| invalid(e.to_string()))?;
-        let scheme = url.scheme().to_owned();
-        if scheme != "gs" && scheme != "gcs" {
-            return Err(invalid(format!(
-                "scheme {scheme}:// is not gs:// or gcs://"
-            )));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(invalid(
-                "credentials do not belong in the URL; use Application Default \
-                 Credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity, metadata \
-                 server)"
-                    .into(),
-            ));
-        }
-        if url.port().is_some() {
-            return Err(invalid("a bucket name has no port".into()));
-        }
-        if url.fragment().is_some() {
-            return Err(invalid("a fragment (#…) is not allowed".into()));
-        }
-        let bucket = url.host_str().unwrap_or("").to_owned();
-        check_bucket(&bucket).map_err(invalid)?;
-        let prefix = parse_prefix(url.path()).map_err(invalid)?;
+        let url = StoreUrl::parse(input, RULES)?;
+        url.no_user()?;
+        let bucket = url.name("bucket")?;
+        check_bucket(&bucket).map_err(|e| url.invalid(e))?;
         let mut endpoint = None;
-        for (name, value) in url.query_pairs() {
-            match name.as_ref() {
-                "endpoint" => {
-                    if endpoint.is_some() {
-                        return Err(invalid("option endpoint is given more than once".into()));
-                    }
-                    endpoint = Some(check_endpoint(&value).map_err(invalid)?);
-                }
-                other => {
-                    return Err(invalid(format!(
-                        "unknown option {other:?}; known options: {}",
-                        KNOWN_OPTIONS.join(", ")
-                    )));
-                }
-            }
+        for (_endpoint, value) in url.options()? {
+            endpoint = Some(check_endpoint(&value).map_err(|e| url.invalid(e))?);
         }
         Ok(Self {
-            scheme,
+            scheme: url.url().scheme().to_owned(),
             bucket,
-            prefix,
+            prefix: url.prefix()?,
             endpoint,
         })
     }
 
     /// The URL as parsed (no option is secret).
     pub fn to_url_string(&self) -> String {
-        let mut s = format!("{}://{}", self.scheme, self.bucket);
-        if !self.prefix.is_empty() {
-            s.push('/');
-            s.push_str(&self.prefix);
-        }
-        if let Some(e) = &self.endpoint {
-            s.push_str("?endpoint=");
-            s.push_str(e);
-        }
-        s
+        UrlText::new(format!("{}://{}", self.scheme, self.bucket))
+            .path(&self.prefix)
+            .option_if("endpoint", self.endpoint.as_deref())
+            .finish()
     }
 }
 
@@ -127,59 +90,16 @@ fn check_bucket(bucket: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The percent-decoded path, with empty segments dropped (as Go's `path.Join` would);
-/// `.` and `..` segments are refused.
-fn parse_prefix(path: &str) -> Result<String, String> {
-    let decoded = percent_decode_str(path)
-        .decode_utf8()
-        .map_err(|_| "the path is not valid UTF-8 once percent-decoded".to_owned())?;
-    let mut segments = Vec::new();
-    for seg in decoded.split('/') {
-        match seg {
-            "" => {}
-            "." | ".." => return Err("'.' and '..' path segments are not allowed".into()),
-            s if s.contains('\0') || s.contains('\\') => {
-                return Err("the path contains NUL or '\\'".into());
-            }
-            s => segments.push(s),
-        }
-    }
-    Ok(segments.join("/"))
-}
-
-/// Whether the raw path of `input` has a `.` or `..` segment (which URL parsing would
-/// silently resolve away), percent-encoded or not.
-fn has_dot_segment(input: &str) -> bool {
-    let rest = input.split_once("://").map_or(input, |(_, r)| r);
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    rest.split('/').skip(1).any(|seg| {
-        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
-        seg == "." || seg == ".."
-    })
-}
-
+/// An endpoint is a server's address only: the JSON API paths are fixed.
 fn check_endpoint(value: &str) -> Result<String, String> {
-    let bad = |why: &str| format!("endpoint {value:?}: {why}");
-    if value.is_empty() {
-        return Err(bad("it is empty"));
+    let endpoint = store_url::endpoint(value)?;
+    let has_path = endpoint
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('/'));
+    if has_path {
+        return Err(format!("endpoint {value:?} must not have a path"));
     }
-    let url = Url::parse(value).map_err(|e| bad(&e.to_string()))?;
-    if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(bad("it must be http://host[:port] or https://host[:port]"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("credentials are not allowed in it"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("it has no host"));
-    }
-    if url.path() != "/" && !url.path().is_empty() {
-        return Err(bad("it must not have a path"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("it must not have a query or fragment"));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
+    Ok(endpoint)
 }
 
 /// `STORAGE_EMULATOR_HOST` as an endpoint: `host:port` (as Go's SDK accepts it) gets
@@ -242,8 +162,8 @@ mod tests {
         assert!(refused("gs://bkt:123/a").contains("port"));
         assert!(refused("gs://bkt/a?endpoint=ftp://h").contains("endpoint"));
         assert!(refused("gs://bkt/a?endpoint=http://h/x").contains("path"));
-        assert!(refused("gs://bkt/a?endpoint=").contains("empty"));
-        assert!(refused("s3://bkt/a").contains("scheme"));
+        assert!(refused("gs://bkt/a?endpoint=").contains("endpoint"));
+        assert!(refused("s3://bkt/a").contains("gs://"));
         assert!(refused("gs://bkt/a#f").contains("fragment"));
     }
 

@@ -131,6 +131,12 @@ impl Failure {
     }
 }
 
+impl From<replica_core::client::PayloadError> for Failure {
+    fn from(e: replica_core::client::PayloadError) -> Self {
+        Self::other(replica_core::error::Chain(&e).to_string())
+    }
+}
+
 /// An error and its sources, joined by `: `.
 fn chain(err: &dyn std::error::Error) -> String {
     let mut parts = vec![err.to_string()];

@@ -35,7 +35,6 @@ mod error;
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -254,7 +253,7 @@ impl GcsClient {
             Payload::File(path) => {
                 let file = tokio::fs::File::open(path)
                     .await
-                    .map_err(|e| source_failure(path, &e))?;
+                    .map_err(|e| job.body.error(e))?;
                 let stream =
                     tokio_util::io::ReaderStream::with_capacity(file.take(job.size), 256 * 1024);
                 self.client
@@ -285,7 +284,7 @@ impl GcsClient {
         let mut backoff = Policy::REQUEST.backoff();
         loop {
             let len = CHUNK_SIZE.min(total - offset);
-            let chunk = job.read(offset, len).await?;
+            let chunk = job.body.read_range(offset, len).await?;
             let range = ChunkSize::new(offset, offset + len - 1, Some(total));
             let status = match session.upload_multiple_chunk(chunk, &range).await {
                 Ok(s) => s,
@@ -347,10 +346,6 @@ impl GcsClient {
     }
 }
 
-fn source_failure(path: &std::path::Path, e: &std::io::Error) -> Failure {
-    Failure::other(format!("reading payload file {}: {e}", path.display()))
-}
-
 /// One put call.
 struct PutJob {
     full: String,
@@ -369,40 +364,6 @@ impl PutJob {
             ..Default::default()
         }
     }
-
-    /// `len` bytes from `offset`.
-    async fn read(&self, offset: u64, len: u64) -> Result<Bytes, Failure> {
-        match &self.body {
-            Payload::Bytes(b) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
-                let end = usize::try_from(offset + len)
-                    .unwrap_or(usize::MAX)
-                    .min(b.len());
-                Ok(b.slice(start..end))
-            }
-            Payload::File(path) => read_range(path, offset, len)
-                .await
-                .map_err(|e| source_failure(path, &e)),
-        }
-    }
-}
-
-async fn read_range(path: &PathBuf, offset: u64, len: u64) -> std::io::Result<Bytes> {
-    use tokio::io::AsyncSeekExt;
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(len).read_to_end(&mut buf).await?;
-    if buf.len() as u64 != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!(
-                "the file shrank while it was uploaded ({} of {len} bytes at {offset})",
-                buf.len()
-            ),
-        ));
-    }
-    Ok(Bytes::from(buf))
 }
 
 #[async_trait]
@@ -417,13 +378,7 @@ impl ReplicaClient for GcsClient {
 
     async fn put(&self, key: &Key, body: Payload, opts: &PutOptions) -> Result<(), StoreError> {
         let key = key.as_str();
-        let size = match &body {
-            Payload::Bytes(b) => b.len() as u64,
-            Payload::File(path) => tokio::fs::metadata(path)
-                .await
-                .map(|m| m.len())
-                .map_err(|e| self.fail(source_failure(path, &e), Op::Put, key))?,
-        };
+        let size = body.size().await.map_err(|e| e.into_store(key))?;
         let mut metadata = HashMap::new();
         if let Some(ts) = opts.timestamp {
             metadata.insert(TIMESTAMP_METADATA.to_owned(), meta::format_timestamp(ts));

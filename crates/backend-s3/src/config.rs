@@ -6,11 +6,10 @@
 //! from the standard AWS chain (environment, profile, web identity, container or
 //! instance role), so a URL can be logged and shown in errors as it is.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
-use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use replica_core::error::StoreError;
-use url::Url;
+use replica_core::store_url::{self, StoreUrl, UrlRules, UrlText};
 
 /// The query options the URL understands, in the order they are listed in errors.
 pub const KNOWN_OPTIONS: &[&str] = &[
@@ -84,238 +83,77 @@ pub struct S3Config {
     pub storage_class: Option<String>,
 }
 
-/// Characters escaped when a prefix is written back into a URL.
-const PATH_ESCAPE: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}');
-
-/// Characters escaped in a query value written back into a URL.
-const QUERY_ESCAPE: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'&')
-    .add(b'+')
-    .add(b'<')
-    .add(b'=')
-    .add(b'>');
+const RULES: UrlRules = UrlRules {
+    schemes: &["s3"],
+    form: "s3://bucket/prefix?option=value",
+    options: KNOWN_OPTIONS,
+    repeatable: &[],
+    credentials: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or \
+                  use a profile or role (the standard AWS credential chain)",
+    public_user: false,
+};
 
 impl S3Config {
     /// Parses and validates a replica URL. See the crate docs for the accepted form.
     pub fn parse(input: &str) -> Result<Self, StoreError> {
-        let invalid = |reason: String| StoreError::InvalidUrl {
-            url: redact_raw(input),
-            reason,
+        let url = StoreUrl::parse(input, RULES)?;
+        url.no_user()?;
+        let bucket = url.name("bucket")?;
+        check_bucket(&bucket).map_err(|e| url.invalid(e))?;
+        let mut config = S3Config {
+            bucket,
+            prefix: url.prefix()?,
+            endpoint: None,
+            region: None,
+            force_path_style: false,
+            sse: None,
+            storage_class: None,
         };
-        let url = Url::parse(input).map_err(|e| {
-            invalid(format!(
-                "{e}; write s3://bucket/prefix?option=value (options: {})",
-                KNOWN_OPTIONS.join(", ")
-            ))
-        })?;
-        if url.scheme() != "s3" {
-            return Err(invalid(format!(
-                "the s3 backend only handles s3:// URLs, not {}:",
-                url.scheme()
-            )));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(invalid(
-                "credentials may not be given in the URL; set AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY in the environment, or use a profile or role \
-                 (the standard AWS credential chain)"
-                    .into(),
-            ));
-        }
-        let bucket = match url.host_str() {
-            Some(h) if !h.is_empty() => h.to_owned(),
-            _ => {
-                return Err(invalid(
-                    "no bucket given; write s3://bucket/prefix (two slashes, bucket first)".into(),
-                ));
-            }
-        };
-        check_bucket(&bucket).map_err(&invalid)?;
-        if let Some(port) = url.port() {
-            return Err(invalid(format!(
-                "the bucket may not have a port (:{port}); to use an S3-compatible \
-                 server give it as ?endpoint=http://host:{port}"
-            )));
-        }
-        if let Some(f) = url.fragment() {
-            return Err(invalid(format!(
-                "s3 URLs may not have a fragment (#{f}); remove it, or percent-encode a \
-                 '#' that is part of the prefix as %23"
-            )));
-        }
-        // The URL parser resolves '.' and '..' segments (even encoded ones) away, so
-        // look for them in the input as written.
-        if has_dot_segment(input) {
-            return Err(invalid(
-                "the prefix has a '.' or '..' segment; write the prefix out".into(),
-            ));
-        }
-        let prefix = parse_prefix(url.path()).map_err(&invalid)?;
-
-        let mut endpoint = None;
-        let mut region = None;
         let mut force_path_style = None;
-        let mut sse = None;
         let mut kms_key_id = None;
-        let mut storage_class = None;
-        let mut seen: Vec<String> = Vec::new();
-        for (name, value) in url.query_pairs() {
-            let name = name.into_owned();
-            if !KNOWN_OPTIONS.contains(&name.as_str()) {
-                return Err(invalid(format!(
-                    "unknown option {name:?}; the known options are {}",
-                    KNOWN_OPTIONS.join(", ")
-                )));
-            }
-            if seen.contains(&name) {
-                return Err(invalid(format!("option {name:?} is given more than once")));
-            }
-            seen.push(name.clone());
+        for (name, value) in url.options()? {
             if value.is_empty() {
-                return Err(invalid(format!("option {name:?} has an empty value")));
+                return Err(url.invalid(format!("option {name:?} has an empty value")));
             }
-            let value = value.into_owned();
-            match name.as_str() {
-                "endpoint" => endpoint = Some(check_endpoint(&value).map_err(&invalid)?),
-                "region" => {
-                    if !value
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    {
-                        return Err(invalid(format!(
-                            "region {value:?} is not a region name (like us-east-1)"
-                        )));
-                    }
-                    region = Some(value);
-                }
+            let checked = match name.as_str() {
+                "endpoint" => store_url::endpoint(&value).map(|e| config.endpoint = Some(e)),
+                "region" => check_region(&value).map(|()| config.region = Some(value)),
                 "force_path_style" => {
-                    force_path_style = Some(match value.as_str() {
-                        "true" => true,
-                        "false" => false,
-                        _ => {
-                            return Err(invalid(format!(
-                                "force_path_style must be true or false, not {value:?}"
-                            )));
-                        }
-                    });
+                    store_url::boolean(&name, &value).map(|b| force_path_style = Some(b))
                 }
-                "sse" => {
-                    sse = Some(match value.as_str() {
-                        "AES256" => Sse::Aes256,
-                        "aws:kms" => Sse::Kms {
-                            key_id: None,
-                            dsse: false,
-                        },
-                        "aws:kms:dsse" => Sse::Kms {
-                            key_id: None,
-                            dsse: true,
-                        },
-                        _ => {
-                            return Err(invalid(format!(
-                                "sse must be AES256, aws:kms or aws:kms:dsse, not {value:?}"
-                            )));
-                        }
-                    });
+                "sse" => parse_sse(&value).map(|s| config.sse = Some(s)),
+                "sse_kms_key_id" => {
+                    kms_key_id = Some(value);
+                    Ok(())
                 }
-                "sse_kms_key_id" => kms_key_id = Some(value),
-                "storage_class" => {
-                    if !STORAGE_CLASSES.contains(&value.as_str()) {
-                        let why = if value == "GLACIER" || value == "DEEP_ARCHIVE" {
-                            " (its objects cannot be read without a restore request first, \
-                             so the replica could not be restored)"
-                        } else {
-                            ""
-                        };
-                        return Err(invalid(format!(
-                            "storage_class {value:?} is not supported{why}; use one of {}",
-                            STORAGE_CLASSES.join(", ")
-                        )));
-                    }
-                    storage_class = Some(value);
-                }
-                _ => unreachable_option(&name),
-            }
+                _ => check_storage_class(&value).map(|()| config.storage_class = Some(value)),
+            };
+            checked.map_err(|e| url.invalid(e))?;
         }
         if let Some(id) = kms_key_id {
-            match &mut sse {
+            match &mut config.sse {
                 Some(Sse::Kms { key_id, .. }) => *key_id = Some(id),
-                _ => {
-                    return Err(invalid(
-                        "sse_kms_key_id needs sse=aws:kms (or aws:kms:dsse)".into(),
-                    ));
-                }
+                _ => return Err(url.invalid("sse_kms_key_id needs sse=aws:kms (or aws:kms:dsse)")),
             }
         }
-        let force_path_style = force_path_style.unwrap_or(endpoint.is_some());
-        Ok(S3Config {
-            bucket,
-            prefix,
-            endpoint,
-            region,
-            force_path_style,
-            sse,
-            storage_class,
-        })
+        config.force_path_style = force_path_style.unwrap_or(config.endpoint.is_some());
+        Ok(config)
     }
 
     /// The URL in canonical form. It holds nothing secret, since credentials are refused
     /// at parse time and none of the options is a secret.
     pub fn to_url_string(&self) -> String {
-        let mut s = format!("s3://{}", self.bucket);
-        if !self.prefix.is_empty() {
-            s.push('/');
-            s.extend(utf8_percent_encode(&self.prefix, PATH_ESCAPE));
-        }
-        let mut sep = '?';
-        let mut opt = |s: &mut String, name: &str, value: &str| {
-            let _ = write!(
-                s,
-                "{sep}{name}={}",
-                utf8_percent_encode(value, QUERY_ESCAPE)
-            );
-            sep = '&';
-        };
-        if let Some(e) = &self.endpoint {
-            opt(&mut s, "endpoint", e);
-        }
-        if let Some(r) = &self.region {
-            opt(&mut s, "region", r);
-        }
-        if self.force_path_style != self.endpoint.is_some() {
-            opt(
-                &mut s,
-                "force_path_style",
-                if self.force_path_style {
-                    "true"
-                } else {
-                    "false"
-                },
-            );
-        }
-        if let Some(sse) = &self.sse {
-            opt(&mut s, "sse", sse.as_str());
-            if let Some(id) = sse.kms_key_id() {
-                opt(&mut s, "sse_kms_key_id", id);
-            }
-        }
-        if let Some(c) = &self.storage_class {
-            opt(&mut s, "storage_class", c);
-        }
-        s
+        let path_style = (self.force_path_style != self.endpoint.is_some())
+            .then_some(if self.force_path_style { "true" } else { "false" });
+        UrlText::new(format!("s3://{}", self.bucket))
+            .path(&self.prefix)
+            .option_if("endpoint", self.endpoint.as_deref())
+            .option_if("region", self.region.as_deref())
+            .option_if("force_path_style", path_style)
+            .option_if("sse", self.sse.as_ref().map(Sse::as_str))
+            .option_if("sse_kms_key_id", self.sse.as_ref().and_then(Sse::kms_key_id))
+            .option_if("storage_class", self.storage_class.as_deref())
+            .finish()
     }
 }
 
@@ -323,12 +161,6 @@ impl fmt::Display for S3Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_url_string())
     }
-}
-
-// Every name reaching the match is in KNOWN_OPTIONS; a new option added there but not
-// handled is a programming error that the unit tests catch.
-fn unreachable_option(name: &str) {
-    debug_assert!(false, "option {name} is known but not handled");
 }
 
 /// Bucket names as S3 and the common S3-compatible stores accept them: letters,
@@ -346,136 +178,40 @@ fn check_bucket(bucket: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Decodes the URL path into a key prefix. Empty segments are dropped (`a//b/` is
-/// `a/b`) as Go's `path.Join` in Litestream does; `.` and `..` segments are refused.
-fn parse_prefix(path: &str) -> Result<String, String> {
-    let decoded = percent_decode_str(path)
-        .decode_utf8()
-        .map_err(|_| "the prefix is not valid UTF-8 once percent-decoded".to_owned())?;
-    let mut segments = Vec::new();
-    for seg in decoded.split('/') {
-        match seg {
-            "" => {}
-            "." | ".." => {
-                return Err(format!(
-                    "the prefix {decoded:?} has a '.' or '..' segment; write it out"
-                ));
-            }
-            s if s.contains(|c: char| c.is_control()) => {
-                return Err("the prefix contains control characters".into());
-            }
-            s => segments.push(s),
-        }
+fn check_region(value: &str) -> Result<(), String> {
+    if value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Ok(());
     }
-    Ok(segments.join("/"))
+    Err(format!("region {value:?} is not a region name (like us-east-1)"))
 }
 
-/// Whether the path of a raw `scheme://authority/path?…` string has a `.` or `..`
-/// segment, plain or percent-encoded.
-fn has_dot_segment(input: &str) -> bool {
-    let Some(i) = input.find("://") else {
-        return false;
+fn parse_sse(value: &str) -> Result<Sse, String> {
+    let dsse = match value {
+        "AES256" => return Ok(Sse::Aes256),
+        "aws:kms" => false,
+        "aws:kms:dsse" => true,
+        _ => return Err(format!("sse must be AES256, aws:kms or aws:kms:dsse, not {value:?}")),
     };
-    let after = &input[i + 3..];
-    let end = after.find(['?', '#']).unwrap_or(after.len());
-    let Some(start) = after[..end].find('/') else {
-        return false;
-    };
-    after[start..end].split('/').any(|seg| {
-        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
-        seg == "." || seg == ".."
-    })
+    Ok(Sse::Kms { key_id: None, dsse })
 }
 
-fn check_endpoint(value: &str) -> Result<String, String> {
-    let url = Url::parse(value).map_err(|e| {
-        format!(
-            "endpoint {value:?} is not a URL ({e}); write it with its scheme, e.g. \
-             endpoint=http://127.0.0.1:9000"
-        )
-    })?;
-    if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!(
-            "endpoint must be an http:// or https:// URL, not {}:",
-            url.scheme()
-        ));
+fn check_storage_class(value: &str) -> Result<(), String> {
+    if STORAGE_CLASSES.contains(&value) {
+        return Ok(());
     }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("endpoint has no host".into());
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "endpoint may not carry credentials; use the AWS environment or a \
-                    profile for them"
-                .into(),
-        );
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("endpoint may not have a query or fragment".into());
-    }
-    // Keep it as given, minus the trailing '/' the parser adds to an empty path.
-    let mut s = url.to_string();
-    if url.path() == "/" && s.ends_with('/') {
-        s.pop();
-    }
-    Ok(s)
-}
-
-/// The raw URL for error messages, with anything that might be secret masked: the
-/// user-info part of the authority, and the values of options we do not know (a user
-/// might have tried `?secret_access_key=…`). Works on unparsable input too.
-pub(crate) fn redact_raw(input: &str) -> String {
-    let (head, query) = match input.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (input, None),
+    let why = if value == "GLACIER" || value == "DEEP_ARCHIVE" {
+        " (its objects cannot be read without a restore request first, so the replica \
+         could not be restored)"
+    } else {
+        ""
     };
-    let mut out = String::new();
-    match head.find("://") {
-        Some(i) => {
-            let after = &head[i + 3..];
-            let auth_end = after.find(['/', '#']).unwrap_or(after.len());
-            let (authority, rest) = after.split_at(auth_end);
-            out.push_str(&head[..i + 3]);
-            match authority.rfind('@') {
-                Some(at) => {
-                    out.push_str("***@");
-                    out.push_str(&authority[at + 1..]);
-                }
-                None => out.push_str(authority),
-            }
-            out.push_str(rest);
-        }
-        None => out.push_str(head),
-    }
-    if let Some(q) = query {
-        let (q, frag) = match q.split_once('#') {
-            Some((q, f)) => (q, Some(f)),
-            None => (q, None),
-        };
-        out.push('?');
-        let parts: Vec<String> = q
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, value)) => {
-                    let known = percent_decode_str(name)
-                        .decode_utf8()
-                        .is_ok_and(|n| KNOWN_OPTIONS.contains(&n.as_ref()));
-                    if known || value.is_empty() {
-                        pair.to_owned()
-                    } else {
-                        format!("{name}=***")
-                    }
-                }
-                None => pair.to_owned(),
-            })
-            .collect();
-        out.push_str(&parts.join("&"));
-        if let Some(f) = frag {
-            out.push('#');
-            out.push_str(f);
-        }
-    }
-    out
+    Err(format!(
+        "storage_class {value:?} is not supported{why}; use one of {}",
+        STORAGE_CLASSES.join(", ")
+    ))
 }
 
 #[cfg(test)]
@@ -660,18 +396,5 @@ mod tests {
             let msg = refused(url);
             assert!(msg.contains(needle), "{url}: {msg}");
         }
-    }
-
-    #[test]
-    fn redaction_of_raw_input() {
-        assert_eq!(
-            redact_raw("s3://k:s@bucket/p?x=1"),
-            "s3://***@bucket/p?x=***"
-        );
-        assert_eq!(
-            redact_raw("s3://bucket/p?region=us-east-1&token=abc#f"),
-            "s3://bucket/p?region=us-east-1&token=***#f"
-        );
-        assert_eq!(redact_raw("garbage"), "garbage");
     }
 }

@@ -71,6 +71,7 @@ use aws_sdk_s3::types::{
 use bytes::Bytes;
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
+    part_size,
     Version, Versioned,
 };
 use replica_core::error::{Chain, Op, StoreError};
@@ -346,7 +347,7 @@ impl S3Client {
             ..
         } = job;
         let (key, full, size, mode) = (*key, full.as_str(), *size, *mode);
-        let part_size = part_size(size);
+        let part_size = part_size(size, MIN_PART_SIZE, MAX_PARTS);
         let part_count = size.div_ceil(part_size);
         let mut parts = Vec::with_capacity(usize::try_from(part_count).unwrap_or(0));
         let mut tasks = tokio::task::JoinSet::new();
@@ -730,14 +731,6 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The part size for an object of `size` bytes: [`MIN_PART_SIZE`], or larger (whole
-/// MiB) if the object would otherwise need more than [`MAX_PARTS`] parts.
-fn part_size(size: u64) -> u64 {
-    const MIB: u64 = 1024 * 1024;
-    let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
-    needed.max(MIN_PART_SIZE)
-}
-
 /// One put call: where, what, and how.
 struct PutJob<'a> {
     /// The key relative to the replica root, for errors.
@@ -814,19 +807,4 @@ fn open(url: String) -> replica_core::registry::OpenFuture {
         let client = S3Client::from_url(&url).await?;
         Ok(std::sync::Arc::new(client) as std::sync::Arc<dyn ReplicaClient>)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn part_sizes() {
-        const MIB: u64 = 1024 * 1024;
-        assert_eq!(part_size(20 * MIB), 8 * MIB);
-        assert_eq!(part_size(80_000 * MIB), 8 * MIB);
-        assert_eq!(part_size(80_000 * MIB + 1), 9 * MIB);
-        let huge = 5 * 1024 * 1024 * MIB;
-        assert!(huge.div_ceil(part_size(huge)) <= MAX_PARTS);
-    }
 }

@@ -1,6 +1,7 @@
 //! The `sftp://` URL: options, host-key policy, and the redacted form for logs.
 
 use super::*;
+use replica_core::store_url::{StoreUrl, UrlRules, UrlText};
 
 /// How the server's host key is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,67 +42,43 @@ impl fmt::Debug for SftpConfig {
     }
 }
 
-pub(crate) const QUERY_SET: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'<')
-    .add(b'>')
-    .add(b'&')
-    .add(b'%');
+const RULES: UrlRules = UrlRules {
+    schemes: &["sftp"],
+    form: "sftp://user@host[:port]/path",
+    options: &[
+        "key_path",
+        "key-path",
+        "password_env",
+        "host_key",
+        "host-key",
+        "known_hosts",
+        "insecure_skip_host_key_check",
+    ],
+    repeatable: &["host_key", "host-key"],
+    credentials: "put the password in an environment variable (SFTP_PASSWORD, or the one \
+                  named by password_env=)",
+    public_user: true,
+};
 
 pub(crate) fn parse_url(raw: &str) -> Result<SftpConfig, StoreError> {
-    // Never echo a URL that may hold a password.
-    let shown = |u: &Url| {
-        let mut u = u.clone();
-        let _ = u.set_password(None);
-        u.to_string()
-    };
-    let url = Url::parse(raw).map_err(|e| StoreError::InvalidUrl {
-        url: "sftp://…".into(),
-        reason: e.to_string(),
-    })?;
-    let invalid = |reason: String| StoreError::InvalidUrl {
-        url: shown(&url),
-        reason,
-    };
-    if url.scheme() != "sftp" {
-        return Err(invalid(format!(
-            "the sftp backend only handles sftp:// URLs, not {}://",
-            url.scheme()
-        )));
+    let url = StoreUrl::parse(raw, RULES)?;
+    if url.url().query_pairs().any(|(k, _)| k == "password") {
+        return Err(url.invalid(format!("passwords may not be written in the URL; {}", RULES.credentials)));
     }
-    if url.password().is_some() {
-        return Err(invalid(format!(
-            "passwords may not be written in the URL; put it in an environment variable \
-             ({DEFAULT_PASSWORD_ENV}, or the one named by password_env=)"
-        )));
-    }
-    let host = match url.host_str() {
+    let host = match url.url().host_str() {
         Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']'),
-        _ => return Err(invalid("no host given; write sftp://user@host/path".into())),
+        _ => return Err(url.invalid("no host given; write sftp://user@host/path")),
     };
-    let port = url.port().unwrap_or(22);
-    let user = if url.username().is_empty() {
-        std::env::var("USER").map_err(|_| {
-            invalid("no user given and $USER is not set; write sftp://user@host/path".into())
-        })?
-    } else {
-        percent_decode_str(url.username())
-            .decode_utf8()
-            .map_err(|_| invalid("the user name is not UTF-8".into()))?
-            .into_owned()
+    let port = url.url().port().unwrap_or(22);
+    let user = match url.user()? {
+        Some(u) => u,
+        None => std::env::var("USER").map_err(|_| {
+            url.invalid("no user given and $USER is not set; write sftp://user@host/path")
+        })?,
     };
-    if url.fragment().is_some() {
-        return Err(invalid(
-            "sftp URLs may not have a fragment; write a '#' in the path as %23".into(),
-        ));
-    }
-    let path = percent_decode_str(url.path())
-        .decode_utf8()
-        .map_err(|_| invalid("the path is not UTF-8".into()))?;
+    let path = url.path()?;
     if path.contains('\0') {
-        return Err(invalid("the path contains a NUL byte".into()));
+        return Err(url.invalid("the path contains a NUL byte"));
     }
     let mut root = path.trim_end_matches('/').to_owned();
     if root.is_empty() {
@@ -113,54 +90,32 @@ pub(crate) fn parse_url(raw: &str) -> Result<SftpConfig, StoreError> {
     let mut pins = Vec::new();
     let mut known_hosts = None;
     let mut insecure = false;
-    for pair in url
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode_str(v)
-            .decode_utf8()
-            .map_err(|_| invalid(format!("the value of {k} is not UTF-8")))?
-            .into_owned();
-        match k {
+    for (k, v) in url.options()? {
+        match k.as_str() {
             "key_path" | "key-path" => key_path = Some(PathBuf::from(v)),
             "password_env" => password_env = v,
             "host_key" | "host-key" => {
-                check_pin(&v).map_err(invalid)?;
+                check_pin(&v).map_err(|e| url.invalid(e))?;
                 pins.push(v);
             }
             "known_hosts" => known_hosts = Some(PathBuf::from(v)),
-            "insecure_skip_host_key_check" => {
+            _ => {
                 insecure = match v.as_str() {
                     "" | "true" | "1" | "yes" => true,
                     "false" | "0" | "no" => false,
                     _ => {
-                        return Err(invalid(format!(
+                        return Err(url.invalid(format!(
                             "insecure_skip_host_key_check must be true or false, not {v:?}"
                         )));
                     }
                 }
             }
-            "password" => {
-                return Err(invalid(format!(
-                    "passwords may not be written in the URL; set the environment \
-                     variable {DEFAULT_PASSWORD_ENV} (or name one with password_env=)"
-                )));
-            }
-            _ => {
-                return Err(invalid(format!(
-                    "unknown option {k:?}; the sftp backend understands key_path, \
-                     password_env, host_key, known_hosts and insecure_skip_host_key_check"
-                )));
-            }
         }
     }
     let host_key = if !pins.is_empty() {
         if insecure {
-            return Err(invalid(
-                "host_key and insecure_skip_host_key_check contradict each other".into(),
+            return Err(url.invalid(
+                "host_key and insecure_skip_host_key_check contradict each other",
             ));
         }
         HostKeyPolicy::Pinned(pins)
@@ -172,10 +127,9 @@ pub(crate) fn parse_url(raw: &str) -> Result<SftpConfig, StoreError> {
             None => match std::env::home_dir() {
                 Some(h) => HostKeyPolicy::KnownHosts(h.join(".ssh").join("known_hosts")),
                 None => {
-                    return Err(invalid(
+                    return Err(url.invalid(
                         "no home directory for ~/.ssh/known_hosts; give known_hosts=, \
-                         host_key= or insecure_skip_host_key_check=true"
-                            .into(),
+                         host_key= or insecure_skip_host_key_check=true",
                     ));
                 }
             },
@@ -206,20 +160,20 @@ pub(crate) fn check_pin(v: &str) -> Result<(), String> {
 
 /// The URL as parsed, for logs: no password can be in it (they are refused).
 pub(crate) fn redact(cfg: &SftpConfig) -> String {
-    let mut s = format!(
-        "sftp://{}@{}",
-        utf8_percent_encode(&cfg.user, QUERY_SET),
-        if cfg.host.contains(':') {
-            format!("[{}]", cfg.host)
-        } else {
-            cfg.host.clone()
-        }
-    );
-    if cfg.port != 22 {
-        s.push_str(&format!(":{}", cfg.port));
-    }
-    s.push_str(&utf8_percent_encode(&cfg.root, QUERY_SET).to_string());
-    s
+    let host = if cfg.host.contains(':') {
+        format!("[{}]", cfg.host)
+    } else {
+        cfg.host.clone()
+    };
+    let port = if cfg.port == 22 {
+        String::new()
+    } else {
+        format!(":{}", cfg.port)
+    };
+    let user = UrlText::new("").path(&cfg.user).finish();
+    UrlText::new(format!("sftp://{}@{host}{port}", user.trim_start_matches('/')))
+        .path(&cfg.root)
+        .finish()
 }
 
 pub(crate) fn join(root: &str, key: &str) -> String {

@@ -39,12 +39,89 @@ pub enum Payload {
 impl Payload {
     /// The body's length; for a file, its length now (spool files do not change once
     /// written).
-    pub async fn size(&self) -> std::io::Result<u64> {
+    pub async fn size(&self) -> Result<u64, PayloadError> {
         match self {
             Payload::Bytes(b) => Ok(b.len() as u64),
-            Payload::File(p) => Ok(tokio::fs::metadata(p).await?.len()),
+            Payload::File(p) => Ok(tokio::fs::metadata(p).await.map_err(|e| self.error(e))?.len()),
         }
     }
+
+    /// Exactly `len` bytes from `offset` (a part or chunk of a larger upload). Bytes
+    /// are sliced without copying; a file is read, and one that is shorter than asked
+    /// is an error rather than a short part.
+    pub async fn read_range(&self, offset: u64, len: u64) -> Result<Bytes, PayloadError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let short = |got: usize| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("it holds {got} of the {len} bytes wanted at offset {offset}"),
+            )
+        };
+        match self {
+            Payload::Bytes(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = usize::try_from(offset.saturating_add(len))
+                    .unwrap_or(usize::MAX)
+                    .min(b.len());
+                if (end - start) as u64 != len {
+                    return Err(self.error(short(end - start)));
+                }
+                Ok(b.slice(start..end))
+            }
+            Payload::File(p) => {
+                let read = async {
+                    let mut file = tokio::fs::File::open(p).await?;
+                    file.seek(std::io::SeekFrom::Start(offset)).await?;
+                    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                    file.take(len).read_to_end(&mut buf).await?;
+                    if buf.len() as u64 != len {
+                        return Err(short(buf.len()));
+                    }
+                    Ok(Bytes::from(buf))
+                };
+                read.await.map_err(|e| self.error(e))
+            }
+        }
+    }
+
+    /// A failure to read this payload.
+    pub fn error(&self, source: std::io::Error) -> PayloadError {
+        PayloadError {
+            path: match self {
+                Payload::Bytes(_) => None,
+                Payload::File(p) => Some(p.clone()),
+            },
+            source,
+        }
+    }
+}
+
+/// A put's body could not be read: a local failure (the spool), not the store's, and
+/// not worth retrying.
+#[derive(Debug, thiserror::Error)]
+#[error("could not read the upload's body{}", match path { Some(p) => format!(" from {}", p.display()), None => String::new() })]
+pub struct PayloadError {
+    path: Option<PathBuf>,
+    source: std::io::Error,
+}
+
+impl PayloadError {
+    /// This failure as the error of the put of `key`.
+    pub fn into_store(self, key: &str) -> StoreError {
+        StoreError::Other {
+            op: crate::error::Op::Put,
+            key: key.to_owned(),
+            source: Box::new(self),
+        }
+    }
+}
+
+/// The part (block, chunk) size for a multipart upload of `size` bytes: `min`, or more
+/// (whole MiB) if the object would otherwise need more than `max_parts` parts.
+pub fn part_size(size: u64, min: u64, max_parts: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let needed = size.div_ceil(max_parts).div_ceil(MIB) * MIB;
+    needed.max(min)
 }
 
 #[derive(Debug, Clone)]
@@ -252,4 +329,33 @@ pub trait ReplicaClient: Debug + Send + Sync {
         body: Bytes,
         expected: Option<&Version>,
     ) -> Result<Version, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn part_sizes_stay_within_the_part_limit() {
+        assert_eq!(part_size(20 * MIB, 8 * MIB, 10_000), 8 * MIB);
+        assert_eq!(part_size(80_000 * MIB, 8 * MIB, 10_000), 8 * MIB);
+        assert_eq!(part_size(80_000 * MIB + 1, 8 * MIB, 10_000), 9 * MIB);
+        let huge = 5 * 1024 * 1024 * MIB;
+        assert!(huge.div_ceil(part_size(huge, 8 * MIB, 10_000)) <= 10_000);
+    }
+
+    #[tokio::test]
+    async fn payload_ranges_are_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("body");
+        std::fs::write(&path, b"0123456789").expect("write");
+        for body in [Payload::Bytes(Bytes::from_static(b"0123456789")), Payload::File(path)] {
+            assert_eq!(body.size().await.expect("size"), 10);
+            assert_eq!(&body.read_range(2, 3).await.expect("range")[..], b"234");
+            let e = body.read_range(8, 3).await.expect_err("short");
+            assert!(e.to_string().contains("could not read"), "{e}");
+        }
+    }
 }

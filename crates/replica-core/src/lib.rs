@@ -24,4 +24,5 @@ pub mod restore;
 pub mod retry;
 pub mod root_record;
 pub mod spool;
+pub mod store_url;
 pub mod wal;

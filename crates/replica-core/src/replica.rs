@@ -156,10 +156,7 @@ impl Replica {
         };
         let key = self.key(id);
         let payload = Payload::File(path.to_path_buf());
-        let size = payload
-            .size()
-            .await
-            .map_err(|e| StoreError::from_io(Op::Put, &key, e))?;
+        let size = payload.size().await.map_err(|e| e.into_store(&key))?;
         match self.client.put(&key, payload, &opts).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => {
