@@ -349,7 +349,7 @@ impl Deployment {
                 Err(e) => {
                     first_err.get_or_insert(DeployError::engine(
                         PathBuf::from("?"),
-                        EngineError::Thread("lease", e.to_string()),
+                        EngineError::joined("lease", &e),
                     ));
                 }
             }
@@ -434,7 +434,7 @@ impl Deployment {
                 Err(e) => {
                     first_err.get_or_insert(DeployError::engine(
                         PathBuf::from("?"),
-                        EngineError::Thread("start", e.to_string()),
+                        EngineError::joined("start", &e),
                     ));
                 }
             }
@@ -506,7 +506,7 @@ impl Running {
                 Err(e) => {
                     first.get_or_insert(DeployError::engine(
                         PathBuf::from("?"),
-                        EngineError::Thread("shutdown", e.to_string()),
+                        EngineError::joined("shutdown", &e),
                     ));
                 }
             }

@@ -117,11 +117,10 @@ impl Maintenance {
                 }
             }
             let spool = self.spool.clone();
-            let (path, header) = tokio::task::spawn_blocking(move || {
-                spool.merge_from(readers, Durability::Deferred)
+            let (path, header) = super::off_thread("compaction", move || {
+                Ok(spool.merge_from(readers, Durability::Deferred)?)
             })
-            .await
-            .map_err(|e| EngineError::Thread("compaction", e.to_string()))??;
+            .await?;
             out = Some(path.clone());
             let id = FileId::of(level, &header);
             let file = super::ship::publish(&self.replica, &self.manifest, id, &path, &header).await?;
@@ -186,7 +185,7 @@ impl Maintenance {
 }
 
 fn poisoned<T>(_: T) -> EngineError {
-    super::ship::poisoned("maintenance")
+    EngineError::Poisoned("maintenance")
 }
 
 /// The inputs of the next compaction into `level`: the contiguous run of files of the

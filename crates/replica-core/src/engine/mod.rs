@@ -171,8 +171,41 @@ pub enum EngineError {
         key: String,
     },
 
-    #[error("{0} thread failed: {1}")]
-    Thread(&'static str, String),
+    /// A bug: the task panicked (its message is in the log, from the panic hook).
+    #[error("the {0} task panicked; this is a bug: please report it with the log")]
+    Panicked(&'static str),
+
+    /// The runtime is shutting down and dropped the task.
+    #[error("the {0} task was cancelled (the runtime is shutting down)")]
+    Cancelled(&'static str),
+
+    /// A thread panicked while it held the manifest lock, so the manifest may be
+    /// half-updated; this replicator stops rather than upload from it.
+    #[error("the manifest lock is poisoned (the {0} task panicked while holding it)")]
+    Poisoned(&'static str),
+}
+
+impl EngineError {
+    /// The error for a task that did not return.
+    pub fn joined(task: &'static str, e: &tokio::task::JoinError) -> Self {
+        if e.is_panic() {
+            EngineError::Panicked(task)
+        } else {
+            EngineError::Cancelled(task)
+        }
+    }
+}
+
+/// Runs `f` on tokio's blocking pool: SQLite, the spool and the LTX codec do blocking
+/// file I/O, which must not hold up the async workers.
+pub(crate) async fn off_thread<T, F>(task: &'static str, f: F) -> Result<T, EngineError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, EngineError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::joined(task, &e))?
 }
 
 impl EngineError {
@@ -356,12 +389,11 @@ impl Replicator {
     /// [`Replicator::start_pinned`] takes the pin over.
     pub async fn pin(db: &Path, cfg: &EngineConfig) -> Result<Pin, EngineError> {
         let (db, busy) = (db.to_path_buf(), cfg.busy_timeout);
-        tokio::task::spawn_blocking(move || {
+        off_thread("pin", move || {
             capture::check_sqlite_file(&db)?;
             Connections::open(&db, busy).map(Pin)
         })
         .await
-        .map_err(|e| EngineError::Thread("pin", e.to_string()))?
     }
 
     /// [`Replicator::start_leased`], taking over the connections of `pin`.
@@ -398,7 +430,7 @@ impl Replicator {
         let db = db.to_path_buf();
         let capturer = {
             let (db, shared) = (db.clone(), shared.clone());
-            tokio::task::spawn_blocking(move || {
+            off_thread("capture", move || {
                 capture::Capturer::open(
                     &db,
                     cfg,
@@ -407,8 +439,7 @@ impl Replicator {
                     pin.map(|p| p.0),
                 )
             })
-            .await
-            .map_err(|e| EngineError::Thread("capture", e.to_string()))??
+            .await?
         };
         // Files the backend creates, and the record a restore reads, follow the
         // database's mode (see `file_mode`).
@@ -524,17 +555,14 @@ impl Replicator {
             m.abort();
         }
         let capture = self.capture.take();
-        let captured = tokio::task::spawn_blocking(move || match capture {
-            Some(h) => h
-                .join()
-                .map_err(|_| EngineError::Thread("capture", "panicked".into()))?,
+        let captured = off_thread("capture", move || match capture {
+            Some(h) => h.join().map_err(|_| EngineError::Panicked("capture"))?,
             None => Ok(()),
         })
-        .await
-        .map_err(|e| EngineError::Thread("capture", e.to_string()))?;
+        .await;
         let shipped = match self.shipper.take() {
             Some(h) => match tokio::time::timeout(flush_timeout, h).await {
-                Ok(r) => r.map_err(|e| EngineError::Thread("shipper", e.to_string()))?,
+                Ok(r) => r.map_err(|e| EngineError::joined("shipper", &e))?,
                 Err(_) => {
                     let files = self.spool.pending()?.len();
                     let dir = self.spool.dir().to_path_buf();

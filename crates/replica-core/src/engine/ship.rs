@@ -141,7 +141,7 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
 }
 
 pub(super) fn poisoned(who: &'static str) -> EngineError {
-    EngineError::Thread(who, "manifest lock poisoned".into())
+    EngineError::Poisoned(who)
 }
 
 /// The one way a file enters the replica: uploaded, then recorded in the manifest,
@@ -199,18 +199,14 @@ fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Merges `inputs` into a spool scratch file, off the async workers.
-pub(super) async fn merge(
+/// Merges `inputs` into a spool scratch file.
+async fn merge(
     spool: &Spool,
     inputs: Vec<PathBuf>,
     durability: Durability,
 ) -> Result<(PathBuf, Header), EngineError> {
     let spool = spool.clone();
-    Ok(
-        tokio::task::spawn_blocking(move || spool.merge(&inputs, durability))
-            .await
-            .map_err(|e| EngineError::Thread("merge", e.to_string()))??,
-    )
+    super::off_thread("merge", move || Ok(spool.merge(&inputs, durability)?)).await
 }
 
 /// During an outage, merges the leading pending L0 files in place once the files
