@@ -68,9 +68,10 @@ impl AbsConfig {
         let mut endpoint = None;
         for (_endpoint, value) in u.options()? {
             // A SAS in the endpoint's query would be a secret in the URL.
-            endpoint = Some(store_url::endpoint(&value).map_err(|e| {
-                u.invalid(format!("{e} (a SAS goes in AZURE_STORAGE_SAS_TOKEN)"))
-            })?);
+            endpoint =
+                Some(store_url::endpoint(&value).map_err(|e| {
+                    u.invalid(format!("{e} (a SAS goes in AZURE_STORAGE_SAS_TOKEN)"))
+                })?);
         }
         Ok(Self {
             account,
@@ -101,7 +102,11 @@ impl AbsConfig {
 
     /// The URL this configuration describes (it never holds a secret).
     pub fn to_url_string(&self) -> String {
-        let account = self.account.as_ref().map(|a| format!("{a}@")).unwrap_or_default();
+        let account = self
+            .account
+            .as_ref()
+            .map(|a| format!("{a}@"))
+            .unwrap_or_default();
         UrlText::new(format!("abs://{account}{}", self.container))
             .path(&self.prefix)
             .option_if("endpoint", self.endpoint.as_deref())

@@ -60,8 +60,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
-    part_size,
-    Version, Versioned,
+    Version, Versioned, part_size,
 };
 use replica_core::error::{Chain, Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};
@@ -582,7 +581,10 @@ impl ReplicaClient for AbsClient {
             self.put_blocks(&c, &full, &body, size, metadata, opts.mode, key)
                 .await
         } else {
-            let data = body.read_range(0, size).await.map_err(|e| e.into_store(key))?;
+            let data = body
+                .read_range(0, size)
+                .await
+                .map_err(|e| e.into_store(key))?;
             self.put_single(&c, &full, data, metadata, opts.mode)
                 .await
                 .map_err(Failure::Sdk)

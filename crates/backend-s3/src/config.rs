@@ -143,15 +143,23 @@ impl S3Config {
     /// The URL in canonical form. It holds nothing secret, since credentials are refused
     /// at parse time and none of the options is a secret.
     pub fn to_url_string(&self) -> String {
-        let path_style = (self.force_path_style != self.endpoint.is_some())
-            .then_some(if self.force_path_style { "true" } else { "false" });
+        let path_style = (self.force_path_style != self.endpoint.is_some()).then_some(
+            if self.force_path_style {
+                "true"
+            } else {
+                "false"
+            },
+        );
         UrlText::new(format!("s3://{}", self.bucket))
             .path(&self.prefix)
             .option_if("endpoint", self.endpoint.as_deref())
             .option_if("region", self.region.as_deref())
             .option_if("force_path_style", path_style)
             .option_if("sse", self.sse.as_ref().map(Sse::as_str))
-            .option_if("sse_kms_key_id", self.sse.as_ref().and_then(Sse::kms_key_id))
+            .option_if(
+                "sse_kms_key_id",
+                self.sse.as_ref().and_then(Sse::kms_key_id),
+            )
             .option_if("storage_class", self.storage_class.as_deref())
             .finish()
     }
@@ -185,7 +193,9 @@ fn check_region(value: &str) -> Result<(), String> {
     {
         return Ok(());
     }
-    Err(format!("region {value:?} is not a region name (like us-east-1)"))
+    Err(format!(
+        "region {value:?} is not a region name (like us-east-1)"
+    ))
 }
 
 fn parse_sse(value: &str) -> Result<Sse, String> {
@@ -193,7 +203,11 @@ fn parse_sse(value: &str) -> Result<Sse, String> {
         "AES256" => return Ok(Sse::Aes256),
         "aws:kms" => false,
         "aws:kms:dsse" => true,
-        _ => return Err(format!("sse must be AES256, aws:kms or aws:kms:dsse, not {value:?}")),
+        _ => {
+            return Err(format!(
+                "sse must be AES256, aws:kms or aws:kms:dsse, not {value:?}"
+            ));
+        }
     };
     Ok(Sse::Kms { key_id: None, dsse })
 }

@@ -71,8 +71,7 @@ use aws_sdk_s3::types::{
 use bytes::Bytes;
 use replica_core::client::{
     ByteStream, Capabilities, ObjectInfo, Payload, PutMode, PutOptions, ReplicaClient, StoreInfo,
-    part_size,
-    Version, Versioned,
+    Version, Versioned, part_size,
 };
 use replica_core::error::{Chain, Op, StoreError};
 use replica_core::key::{Key, KeyPrefix};

@@ -63,7 +63,10 @@ const RULES: UrlRules = UrlRules {
 pub(crate) fn parse_url(raw: &str) -> Result<SftpConfig, StoreError> {
     let url = StoreUrl::parse(raw, RULES)?;
     if url.url().query_pairs().any(|(k, _)| k == "password") {
-        return Err(url.invalid(format!("passwords may not be written in the URL; {}", RULES.credentials)));
+        return Err(url.invalid(format!(
+            "passwords may not be written in the URL; {}",
+            RULES.credentials
+        )));
     }
     let host = match url.url().host_str() {
         Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']'),
@@ -114,9 +117,9 @@ pub(crate) fn parse_url(raw: &str) -> Result<SftpConfig, StoreError> {
     }
     let host_key = if !pins.is_empty() {
         if insecure {
-            return Err(url.invalid(
-                "host_key and insecure_skip_host_key_check contradict each other",
-            ));
+            return Err(
+                url.invalid("host_key and insecure_skip_host_key_check contradict each other")
+            );
         }
         HostKeyPolicy::Pinned(pins)
     } else if insecure {
@@ -171,9 +174,12 @@ pub(crate) fn redact(cfg: &SftpConfig) -> String {
         format!(":{}", cfg.port)
     };
     let user = UrlText::new("").path(&cfg.user).finish();
-    UrlText::new(format!("sftp://{}@{host}{port}", user.trim_start_matches('/')))
-        .path(&cfg.root)
-        .finish()
+    UrlText::new(format!(
+        "sftp://{}@{host}{port}",
+        user.trim_start_matches('/')
+    ))
+    .path(&cfg.root)
+    .finish()
 }
 
 pub(crate) fn join(root: &str, key: &str) -> String {

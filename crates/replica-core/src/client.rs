@@ -42,7 +42,10 @@ impl Payload {
     pub async fn size(&self) -> Result<u64, PayloadError> {
         match self {
             Payload::Bytes(b) => Ok(b.len() as u64),
-            Payload::File(p) => Ok(tokio::fs::metadata(p).await.map_err(|e| self.error(e))?.len()),
+            Payload::File(p) => Ok(tokio::fs::metadata(p)
+                .await
+                .map_err(|e| self.error(e))?
+                .len()),
         }
     }
 
@@ -351,7 +354,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("body");
         std::fs::write(&path, b"0123456789").expect("write");
-        for body in [Payload::Bytes(Bytes::from_static(b"0123456789")), Payload::File(path)] {
+        for body in [
+            Payload::Bytes(Bytes::from_static(b"0123456789")),
+            Payload::File(path),
+        ] {
             assert_eq!(body.size().await.expect("size"), 10);
             assert_eq!(&body.read_range(2, 3).await.expect("range")[..], b"234");
             let e = body.read_range(8, 3).await.expect_err("short");

@@ -72,8 +72,7 @@ impl StoreUrl {
         }
         if url.fragment().is_some() {
             return Err(invalid(
-                "a URL may not have a fragment; write a '#' that belongs to the path as %23"
-                    .into(),
+                "a URL may not have a fragment; write a '#' that belongs to the path as %23".into(),
             ));
         }
         // The URL parser resolves '.' and '..' segments (even encoded ones) away, so
@@ -130,7 +129,9 @@ impl StoreUrl {
     pub fn user(&self) -> Result<Option<String>, StoreError> {
         match self.url.username() {
             "" => Ok(None),
-            u => decode(u, "the user name").map(Some).map_err(|e| self.invalid(e)),
+            u => decode(u, "the user name")
+                .map(Some)
+                .map_err(|e| self.invalid(e)),
         }
     }
 
@@ -158,8 +159,8 @@ impl StoreUrl {
             // Percent-decoding only: a '+' is itself (base64 keys hold them), not a space.
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = decode(name, "an option name").map_err(|e| self.invalid(e))?;
-            let value = decode(value, &format!("the value of {name}"))
-                .map_err(|e| self.invalid(e))?;
+            let value =
+                decode(value, &format!("the value of {name}")).map_err(|e| self.invalid(e))?;
             if !self.rules.options.contains(&name.as_str()) {
                 return Err(self.invalid(match self.rules.options {
                     [] => format!("unknown option {name:?}; this backend takes no options"),
@@ -390,14 +391,20 @@ mod tests {
 
     #[test]
     fn accepts_and_normalises() {
-        let u = StoreUrl::parse("y://b/a//c/?endpoint=http://h:1/&pin=1&pin=2", RULES)
-            .expect("parse");
+        let u =
+            StoreUrl::parse("y://b/a//c/?endpoint=http://h:1/&pin=1&pin=2", RULES).expect("parse");
         assert_eq!(u.name("bucket").expect("name"), "b");
         assert_eq!(u.prefix().expect("prefix"), "a/c");
         let opts = u.options().expect("options");
         assert_eq!(opts.len(), 3);
         assert_eq!(endpoint(&opts[0].1).expect("endpoint"), "http://h:1");
-        assert_eq!(StoreUrl::parse("x://b", RULES).expect("p").prefix().expect("p"), "");
+        assert_eq!(
+            StoreUrl::parse("x://b", RULES)
+                .expect("p")
+                .prefix()
+                .expect("p"),
+            ""
+        );
     }
 
     #[test]
@@ -423,14 +430,23 @@ mod tests {
     #[test]
     fn endpoints() {
         assert_eq!(endpoint("https://h/p/").expect("ok"), "https://h/p");
-        for bad in ["ftp://h", "h:9000", "http://u:p@h", "http://h/?q=1", "http://h/#f"] {
+        for bad in [
+            "ftp://h",
+            "h:9000",
+            "http://u:p@h",
+            "http://h/?q=1",
+            "http://h/#f",
+        ] {
             assert!(endpoint(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn redaction() {
-        assert_eq!(redact("s3://k:s@b/p?x=1", &[], false), "s3://***:***@b/p?x=***");
+        assert_eq!(
+            redact("s3://k:s@b/p?x=1", &[], false),
+            "s3://***:***@b/p?x=***"
+        );
         assert_eq!(redact("s3://k@b/p", &[], false), "s3://***@b/p");
         assert_eq!(redact("abs://acct:k@c/p", &[], true), "abs://acct:***@c/p");
         assert_eq!(
