@@ -31,6 +31,10 @@ pub enum Command {
     Replicate(Box<ReplicateArgs>),
     /// Restore a database from a replica.
     Restore(RestoreArgs),
+    /// Show where replication stands: positions, lag, spool, snapshots, restorable
+    /// window. Asks the running `replicate` process (its metrics address), else reads
+    /// the spool and the replica.
+    Status(StatusArgs),
     /// List the LTX files in a replica.
     Ltx(LtxArgs),
     /// List the Litestream 0.3 generations in a replica: time ranges, snapshots, WAL.
@@ -87,6 +91,10 @@ pub struct ReplicateArgs {
     /// its latest state.
     #[arg(long)]
     pub take_over_replica: bool,
+    /// Serve /metrics (Prometheus), /healthz, /readyz and /status on this address,
+    /// e.g. 127.0.0.1:9090 or :9090 [default: replication.metrics_addr]
+    #[arg(long, value_parser = replica::config::parse_addr)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -137,6 +145,23 @@ pub struct RestoreArgs {
     /// source database's, as the replica records them, else 0600.
     #[arg(long, value_parser = FileMode::parse)]
     pub mode: Option<FileMode>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The database. Not with --config.
+    pub db_path: Option<PathBuf>,
+    /// Its replica URL. Not with --config.
+    pub replica_url: Option<String>,
+    /// The deployment config file (also REPLICA_CONFIG): every database in it.
+    #[arg(long, env = "REPLICA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The running process's --metrics-addr [default: replication.metrics_addr].
+    #[arg(long, value_parser = replica::config::parse_addr)]
+    pub addr: Option<std::net::SocketAddr>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

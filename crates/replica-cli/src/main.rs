@@ -6,6 +6,7 @@ mod backends;
 mod child;
 mod cli;
 mod commands;
+mod endpoint;
 mod exit;
 
 use std::process::ExitCode;

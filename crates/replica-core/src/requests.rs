@@ -28,7 +28,7 @@ pub struct RequestCounts {
 }
 
 /// A copy of the counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RequestTotals {
     pub put: u64,
     pub get: u64,

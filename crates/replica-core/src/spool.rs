@@ -158,6 +158,17 @@ impl Spool {
         })
     }
 
+    /// The spool of `db` as it is, to read (status): nothing is created, removed or
+    /// changed. `None` if there is none.
+    pub fn open_existing(db: &Path) -> Option<Self> {
+        let dir = Self::dir_for(db);
+        dir.join("pending").is_dir().then(|| Self {
+            dir,
+            free: Arc::new(Mutex::new(Vec::new())),
+            mode: Arc::new(AtomicU32::new(FileMode::PRIVATE.bits())),
+        })
+    }
+
     /// The database's permission bits, as given to [`Self::open`] or [`Self::set_mode`].
     pub fn mode(&self) -> FileMode {
         FileMode::new(self.mode.load(Ordering::Relaxed)).unwrap_or(FileMode::PRIVATE)

@@ -15,6 +15,7 @@
 //!   lease_ttl: 30s           # one writer per replica: the lease's lifetime
 //!   lease_wait: 5m           # how long to wait for another holder to let go
 //!   take_over_replica: false # replace a replica that records another database
+//!   metrics_addr: 127.0.0.1:9090  # /metrics, /healthz, /readyz, /status (":9090": all interfaces)
 //! shards:
 //!   count: 8
 //!   path: ./data/shard_{index}.db
@@ -85,6 +86,7 @@ struct RawReplication {
     lease_ttl: Option<String>,
     lease_wait: Option<String>,
     take_over_replica: Option<bool>,
+    metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +120,8 @@ pub struct Config {
     pub restore_mode: Option<FileMode>,
     pub lease: LeaseConfig,
     pub take_over_replica: bool,
+    /// Where the operator endpoint listens, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub shard_count: Option<u32>,
     pub databases: Vec<Database>,
 }
@@ -308,6 +312,11 @@ impl Config {
             restore_mode,
             lease,
             take_over_replica: r.take_over_replica.unwrap_or(false),
+            metrics_addr: r
+                .metrics_addr
+                .map(|a| parse_addr(&a))
+                .transpose()
+                .map_err(|e| invalid("replication.metrics_addr", e))?,
             shard_count,
             databases,
         })
@@ -348,6 +357,18 @@ fn expand_env(text: &str) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A listen address: `host:port`, `[v6]:port`, or `:port` for every interface (as
+/// Litestream's `addr` is written).
+pub fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.to_owned(),
+    };
+    full.parse().map_err(|_| {
+        format!("{s:?} is not a listen address; examples: 127.0.0.1:9090, :9090, [::1]:9090")
+    })
 }
 
 #[cfg(test)]

@@ -471,6 +471,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// A status handle per database, for metrics and `replica status`.
+    pub fn monitors(&self) -> Vec<replica_core::engine::Monitor> {
+        self.replicators.iter().map(Replicator::monitor).collect()
+    }
+
     /// Resolves with the database whose replication stopped on its own (an error).
     pub async fn failed(&self) -> PathBuf {
         if self.replicators.is_empty() {

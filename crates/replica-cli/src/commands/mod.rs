@@ -4,6 +4,7 @@ mod generations;
 mod ltx;
 mod replicate;
 mod restore;
+mod status;
 
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Replicate(a) => replicate::run(*a).await,
         Command::Restore(a) => restore::run(a).await,
+        Command::Status(a) => status::run(a).await,
         Command::Ltx(a) => ltx::run(a).await,
         Command::Generations(a) => generations::run(a).await,
         Command::Version => {

@@ -1,4 +1,5 @@
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::backends;
 use crate::child;
 use crate::cli::ReplicateArgs;
+use crate::endpoint::{self, Board};
 use crate::exit::usage;
 
 struct Signals {
@@ -39,7 +41,17 @@ impl Signals {
 pub async fn run(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
     match (&a.db_path, &a.replica_url, &a.config) {
-        (Some(db), Some(url), _) => run_single(&a, db, url, &mut signals).await,
+        (Some(db), Some(url), None) => run_single(&a, db, url, &mut signals).await,
+        (Some(_), _, Some(cfg)) => Err(usage(format!(
+            "replicate takes DB_PATH and REPLICA_URL, or --config FILE, not both (the config \
+             is {}{}); drop one",
+            cfg.display(),
+            if std::env::var_os("REPLICA_CONFIG").is_some() {
+                ", from REPLICA_CONFIG"
+            } else {
+                ""
+            }
+        ))),
         (None, None, Some(cfg)) => run_config(&a, cfg, &mut signals).await,
         (Some(_), None, _) => Err(usage("replicate needs a REPLICA_URL after DB_PATH")),
         _ => Err(usage(
@@ -54,6 +66,10 @@ async fn run_single(
     url: &str,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
+    let board = Arc::new(Board::default());
+    if let Some(addr) = a.metrics_addr {
+        endpoint::serve(addr, Arc::clone(&board)).await?;
+    }
     let client = backends::open(url).await?;
     let cfg = EngineConfig {
         sync_interval: a.sync_interval,
@@ -109,6 +125,8 @@ async fn run_single(
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
+    board.add(replicator.monitor());
+    board.set_started();
     if child.is_none() {
         child = a.exec.as_deref().map(child::spawn).transpose()?;
     }
@@ -144,6 +162,10 @@ async fn run_config(
 ) -> anyhow::Result<ExitCode> {
     let mut dep = Deployment::from_config(file)?;
     dep.config.take_over_replica |= a.take_over_replica;
+    let board = Arc::new(Board::default());
+    if let Some(addr) = a.metrics_addr.or(dep.config.metrics_addr) {
+        endpoint::serve(addr, Arc::clone(&board)).await?;
+    }
     if let Some(ttl) = a.lease_ttl {
         dep.config.lease.ttl = ttl;
     }
@@ -210,6 +232,10 @@ async fn run_config(
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
+    for m in running.monitors() {
+        board.add(m);
+    }
+    board.set_started();
     if child.is_none() {
         child = a.exec.as_deref().map(child::spawn).transpose()?;
     }

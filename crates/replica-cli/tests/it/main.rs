@@ -12,6 +12,7 @@ mod interop;
 mod lease;
 mod long_running;
 mod modes;
+mod operate;
 mod redaction;
 mod replicate;
 mod restore;

@@ -79,6 +79,22 @@ impl Manifest {
             .map(|f| (f.id.range.max, f.time()))
     }
 
+    /// The earliest and latest times a restore can reach: the oldest snapshot (a
+    /// restore starts from one) and the newest file of any level.
+    pub fn time_window(&self) -> Option<(SystemTime, SystemTime)> {
+        let from = self
+            .level(SNAPSHOT_LEVEL)
+            .filter_map(RemoteFile::time)
+            .min()?;
+        let to = self
+            .levels
+            .iter()
+            .flat_map(|l| l.values())
+            .filter_map(RemoteFile::time)
+            .max()?;
+        Some((from, to.max(from)))
+    }
+
     pub fn all(&self) -> Vec<RemoteFile> {
         self.levels
             .iter()

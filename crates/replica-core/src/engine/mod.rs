@@ -10,6 +10,7 @@ mod manifest;
 pub mod retention;
 mod ship;
 pub(crate) mod sqlite;
+pub mod status;
 #[cfg(target_os = "linux")]
 mod watch;
 #[cfg(not(target_os = "linux"))]
@@ -27,6 +28,7 @@ use tracing::{info, warn};
 pub use capture::SnapshotReason;
 pub use levels::{Levels, LevelsError};
 pub use manifest::Manifest;
+pub use status::{Counters, Monitor, State, Status};
 
 use crate::error::{Chain, StoreError};
 use crate::file_mode::FileMode;
@@ -287,6 +289,10 @@ pub struct Shared {
     /// uploads, bytes, errors; maintenance: compactions, deletions), read by anyone.
     /// Relaxed: they order nothing.
     pub stats: Stats,
+    /// Local and remote position and the age of the backlog, for [`Status`]: see
+    /// `status::Progress` for who writes what. A short lock, taken once per spooled
+    /// file and once per upload.
+    progress: Mutex<status::Progress>,
     /// The database's permission bits. Written by capture at start and when the file
     /// is replaced, then `mode_changed` fires; read by the mode follower task and by
     /// `start` (Relaxed: the notification orders them).
@@ -527,6 +533,23 @@ impl Replicator {
     /// and the listing at start).
     pub fn remote_txid(&self) -> u64 {
         self.manifest.lock().map(|m| m.replica_max()).unwrap_or(0)
+    }
+
+    /// Where replication stands now; see [`Monitor::status`].
+    pub fn status(&self) -> Status {
+        self.monitor().status()
+    }
+
+    /// A handle that reads [`Status`] for as long as it is kept, also after this
+    /// replicator is shut down (it then reports what it last knew).
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            db: self.db.clone(),
+            spool: self.spool.clone(),
+            shared: Arc::clone(&self.shared),
+            manifest: Arc::clone(&self.manifest),
+            lease_state: Arc::clone(&self.lease_state),
+        }
     }
 
     /// Resolves if replication stops on its own, which only an error does: capture

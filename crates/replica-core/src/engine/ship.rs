@@ -10,11 +10,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info, warn};
 
 use super::manifest::Manifest;
+use super::status::epoch_ms;
 use super::{EngineConfig, EngineError, Shared};
 use crate::error::{Chain, StoreError};
 use crate::layout::{FileId, SNAPSHOT_LEVEL};
@@ -120,6 +121,9 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
             Err(e @ EngineError::Store(StoreError::Fenced { lost: true, .. })) => return Err(e),
             Err(e) => {
                 shared.stats.upload_errors.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut p) = shared.progress.lock() {
+                    p.failing = true;
+                }
                 let delay = match &e {
                     EngineError::Store(se) => backoff.next(Some(se)),
                     _ => backoff.next(None),
@@ -270,6 +274,7 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
         (FileId::of(0, &header), out, header, true)
     };
 
+    let started = std::time::Instant::now();
     let file = match publish(replica, manifest, id, &path, &header).await {
         Ok(f) => f,
         Err(e) => {
@@ -279,11 +284,24 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
             return Err(e);
         }
     };
+    metrics::histogram!(super::status::histograms::UPLOAD_SECONDS, "db" => s.db.display().to_string())
+        .record(started.elapsed().as_secs_f64());
     shared.stats.uploads.fetch_add(1, Ordering::Relaxed);
     shared
         .stats
         .upload_bytes
         .fetch_add(file.size, Ordering::Relaxed);
+    let remote = manifest
+        .lock()
+        .map_err(|_| poisoned("upload"))?
+        .replica_max();
+    let next_ms = pending
+        .get(group.len())
+        .and_then(|p| read_header(&p.path).ok())
+        .map(|h| h.timestamp_ms);
+    if let Ok(mut p) = shared.progress.lock() {
+        p.uploaded(remote, next_ms, epoch_ms(SystemTime::now()));
+    }
     // L0 files stay as local copies until compaction has merged them into L1.
     let keep = id.level == 0 && !cfg.levels.is_empty();
     if keep {

@@ -110,6 +110,11 @@ impl Capturer {
             .stats
             .max_barrier_us
             .fetch_max(held.as_micros() as u64, Ordering::Relaxed);
+        metrics::histogram!(
+            crate::engine::status::histograms::CHECKPOINT_BARRIER_SECONDS,
+            "db" => self.db_path.display().to_string()
+        )
+        .record(held.as_secs_f64());
         debug!(db = %self.db_path.display(), barrier_us = held.as_micros() as u64, "barrier released");
         let value = result?;
         released?;

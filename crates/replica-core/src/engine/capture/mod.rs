@@ -108,14 +108,14 @@ pub struct Capturer {
     identity: Identity,
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-fn wal_path_of(db: &Path) -> PathBuf {
+pub(super) fn wal_path_of(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
     s.push("-wal");
     PathBuf::from(s)
@@ -179,6 +179,12 @@ impl Capturer {
             identity: Identity::new((meta.dev(), meta.ino())),
         };
         c.resume(remote_max)?;
+        if let Ok(mut p) = c.shared.progress.lock() {
+            p.local_txid = c.txid;
+            if !c.spool.pending()?.is_empty() {
+                p.unshipped_since_ms = Some(now_ms());
+            }
+        }
         Ok(c)
     }
 
@@ -501,6 +507,9 @@ impl Capturer {
         self.schedule.spooled();
         self.save_state(durability)?;
         self.shared.stats.ltx_files.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut p) = self.shared.progress.lock() {
+            p.spooled(txid, header.timestamp_ms);
+        }
         debug!(db = %self.db_path.display(), file = %written.id, "spooled");
         Ok(())
     }

@@ -65,6 +65,9 @@ impl Capturer {
         self.save_state(SPOOL_DURABILITY)?;
         self.schedule.snapshot_taken(Some(txid));
         self.shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut p) = self.shared.progress.lock() {
+            p.spooled(txid, super::now_ms());
+        }
         info!(db = %self.db_path.display(), ?reason, txid = format!("{txid:016x}"), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot spooled");
         self.shared.notify_shipper();
         Ok(())

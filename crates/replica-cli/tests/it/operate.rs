@@ -1,0 +1,289 @@
+//! What an operator sees: `/metrics` follows replication through an outage (lag rises
+//! while the store is unreachable and falls after), `/readyz` turns ready only after
+//! the boot restore, and `replica status` reports the same positions from the running
+//! process and, once it has stopped, from the spool and the replica.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::backends::StoreFixture;
+use crate::backends::s3::S3;
+use crate::support::{
+    FaultPlan, FaultProxy, Proc, SIGINT, file_url, new_db, replica_cmd, run, user_dump, wait_until,
+    write_batches,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A port nothing listens on now.
+fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// `GET path` on `addr`: the status code and the body, or `None` if nothing answers.
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.get(9..12)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+/// The value of one sample of `/metrics`: `name{db="…"…}` for the database `db`.
+fn metric(addr: &str, name: &str, db: &Path, extra: &str) -> Option<f64> {
+    let (code, body) = get(addr, "/metrics")?;
+    assert_eq!(code, 200, "{body}");
+    let label = format!("db=\"{}\"", db.display());
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| l.contains(&label) && l.contains(extra))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn status_json(cmd: &mut Command) -> serde_json::Value {
+    let out = run(cmd);
+    assert!(out.success(), "status failed:\n{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+#[test]
+fn metrics_show_lag_rising_in_an_outage_and_falling_after() {
+    let s3 = S3::new();
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("app.db");
+    let conn = new_db(&db);
+    let upstream = s3
+        .endpoint()
+        .strip_prefix("http://")
+        .expect("http endpoint");
+    let proxy = FaultProxy::start(upstream, FaultPlan::HEALTHY);
+    let url = s3
+        .url("ops/app")
+        .replace(s3.endpoint(), &format!("http://{}", proxy.addr));
+    let addr = free_addr();
+    let mut cmd = replica_cmd();
+    s3.creds(&mut cmd);
+    cmd.args([
+        "replicate",
+        "--sync-interval",
+        "200ms",
+        "--metrics-addr",
+        &addr,
+    ])
+    .arg(&db)
+    .arg(&url);
+    let mut rep = Proc::spawn("replicate with metrics", cmd);
+
+    let m = |name: &str| metric(&addr, name, &db, "");
+    assert!(
+        wait_until(TIMEOUT, || get(&addr, "/readyz")
+            .is_some_and(|(c, _)| c == 200)),
+        "never ready\n{}",
+        rep.output_report()
+    );
+    assert_eq!(get(&addr, "/healthz").map(|(c, _)| c), Some(200));
+    write_batches(&conn, 5, 20);
+    let in_sync = || {
+        let (l, r) = (m("replica_local_txid"), m("replica_remote_txid"));
+        l.is_some() && l == r && m("replica_lag_seconds") == Some(0.0)
+    };
+    assert!(
+        wait_until(TIMEOUT, in_sync),
+        "not in sync\n{}",
+        rep.output_report()
+    );
+    let uploads = m("replica_uploads_total").expect("uploads counter");
+    assert!(uploads >= 1.0, "uploads {uploads}");
+    assert!(m("replica_store_requests_total").is_some());
+    assert!(
+        get(&addr, "/metrics")
+            .is_some_and(|(_, b)| b.contains("replica_upload_duration_seconds_bucket"))
+    );
+
+    // The store disappears: commits go on, the lag grows, the spool holds them.
+    proxy.set_plan(FaultPlan::OUTAGE);
+    write_batches(&conn, 5, 20);
+    let lagging = || {
+        m("replica_lag_seconds").is_some_and(|l| l >= 2.0)
+            && metric(&addr, "replica_state", &db, "state=\"failing\"") == Some(1.0)
+            && m("replica_spool_files").is_some_and(|n| n >= 1.0)
+    };
+    assert!(
+        wait_until(TIMEOUT, lagging),
+        "lag did not rise\n{}",
+        rep.output_report()
+    );
+    let (local, remote) = (m("replica_local_txid"), m("replica_remote_txid"));
+    assert!(local > remote, "local {local:?} remote {remote:?}");
+    assert_eq!(
+        get(&addr, "/readyz").map(|(c, _)| c),
+        Some(200),
+        "failing is not stopped"
+    );
+
+    // The store comes back: everything is uploaded and the lag falls to zero.
+    proxy.set_plan(FaultPlan::HEALTHY);
+    assert!(
+        wait_until(TIMEOUT, in_sync),
+        "did not catch up\n{}",
+        rep.output_report()
+    );
+    assert!(m("replica_upload_errors_total").is_some_and(|n| n >= 1.0));
+
+    // The running process answers `status` with the same positions.
+    let mut cmd = replica_cmd();
+    cmd.args(["status", "--json", "--addr", &addr]);
+    let st = status_json(&mut cmd);
+    let d = &st["databases"][0];
+    assert_eq!(d["state"], "replicating", "{st}");
+    assert_eq!(d["local_txid"], d["remote_txid"], "{st}");
+    let local = format!("{:016x}", m("replica_local_txid").expect("txid") as u64);
+    assert_eq!(d["local_txid"], local.as_str(), "{st}");
+
+    let code = rep.stop(SIGINT, TIMEOUT);
+    assert_eq!(code.code(), Some(0), "{}", rep.output_report());
+    drop(conn);
+    let out = dir.path().join("restored.db");
+    let mut cmd = replica_cmd();
+    s3.creds(&mut cmd);
+    let r = run(cmd.args(["restore", "-o"]).arg(&out).arg(&url));
+    assert!(r.success(), "{}", r.stderr);
+    assert_eq!(user_dump(&out), user_dump(&db));
+}
+
+#[test]
+fn readyz_waits_for_the_boot_restore_and_status_works_stopped_too() {
+    let dir = TempDir::new().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let store = dir.path().join("store");
+    let db = data.join("shard_0.db");
+
+    // A replica with enough data that restoring it takes a moment.
+    let conn = new_db(&db);
+    conn.execute_batch(
+        "CREATE TABLE big(b BLOB); \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 4000) \
+         INSERT INTO big SELECT randomblob(8000) FROM n;",
+    )
+    .expect("fill");
+    write_batches(&conn, 3, 10);
+    let url = format!("{}/shard_0", file_url(&store));
+    let mut cmd = replica_cmd();
+    cmd.args(["replicate", "--sync-interval", "100ms"])
+        .arg(&db)
+        .arg(&url);
+    let mut rep = Proc::spawn("seed replica", cmd);
+    assert!(wait_until(TIMEOUT, || run(
+        replica_cmd().args(["ltx", &url])
+    )
+    .stdout
+    .lines()
+    .count()
+        > 1));
+    assert_eq!(
+        rep.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        rep.output_report()
+    );
+    drop(conn);
+    let expected = user_dump(&db);
+    for f in ["shard_0.db", "shard_0.db-wal", "shard_0.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+
+    let addr = free_addr();
+    let config = dir.path().join("replica.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "replication:\n  enabled: true\n  replica_url: {}\n  restore_on_boot: true\n  \
+             sync_interval: 100ms\n  metrics_addr: {addr}\nshards:\n  count: 1\n  path: ./data/shard_{{index}}.db\n",
+            file_url(&store)
+        ),
+    )
+    .expect("config");
+    let mut cmd = replica_cmd();
+    cmd.args(["replicate", "--config"]).arg(&config);
+    let mut rep = Proc::spawn("replicate --config with boot restore", cmd);
+    let mut saw_not_ready = false;
+    let ready = wait_until(TIMEOUT, || match get(&addr, "/readyz") {
+        Some((200, _)) => true,
+        Some((503, body)) => {
+            assert!(body.contains("not ready"), "{body}");
+            saw_not_ready = true;
+            false
+        }
+        _ => false,
+    });
+    assert!(ready, "never ready\n{}", rep.output_report());
+    assert!(
+        saw_not_ready,
+        "/readyz said ready before the boot restore ended"
+    );
+    assert!(db.exists());
+
+    let mut cmd = replica_cmd();
+    cmd.args(["status", "--json", "--config"]).arg(&config);
+    let running = status_json(&mut cmd);
+    let d = &running["databases"][0];
+    assert_eq!(d["state"], "replicating", "{running}");
+    assert_eq!(running["ready"], true, "{running}");
+    assert!(
+        d["restorable_from"].is_string() && d["last_snapshot"].is_string(),
+        "{running}"
+    );
+
+    assert_eq!(
+        rep.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        rep.output_report()
+    );
+    let stopped = status_json(&mut cmd);
+    let s = &stopped["databases"][0];
+    assert_eq!(s["state"], "not_running", "{stopped}");
+    assert_eq!(s["remote_txid"], d["remote_txid"], "{stopped}");
+    assert_eq!(s["local_txid"], s["remote_txid"], "{stopped}");
+    assert_eq!(s["spool_files"], 0, "{stopped}");
+    let text = run(replica_cmd().args(["status", "--config"]).arg(&config));
+    assert!(
+        text.success()
+            && text.stdout.contains("not running")
+            && text.stdout.contains("remote TXID"),
+        "{}",
+        text.stdout
+    );
+    assert_eq!(user_dump(&db), expected);
+}
+
+#[test]
+fn config_and_positional_arguments_together_are_a_usage_error() {
+    let dir = TempDir::new().expect("tempdir");
+    let config = dir.path().join("replica.yml");
+    std::fs::write(&config, "replication:\n  enabled: false\n").expect("config");
+    for sub in ["replicate", "status"] {
+        let out = run(replica_cmd()
+            .args([sub, "--config"])
+            .arg(&config)
+            .arg(dir.path().join("db"))
+            .arg(file_url(dir.path())));
+        assert_eq!(out.code(), Some(2), "{sub}: {}", out.stderr);
+        assert!(out.stderr.contains("not both"), "{sub}: {}", out.stderr);
+    }
+}
