@@ -96,6 +96,9 @@ impl Failure {
                 Failure::new(kind, chain_message(err))
             }
             SdkError::TimeoutError(_) => Failure::new(Kind::Transient, chain_message(err)),
+            SdkError::DispatchFailure(_) if credentials_kind(err) == Some(Kind::Denied) => {
+                no_credentials(err)
+            }
             SdkError::DispatchFailure(d) => {
                 let kind = if let Some(kind) = credentials_kind(err) {
                     kind
@@ -106,6 +109,7 @@ impl Failure {
                 };
                 Failure::new(kind, chain_message(err))
             }
+            _ if credentials_kind(err) == Some(Kind::Denied) => no_credentials(err),
             // Construction failures (and any future variant) are bugs or bad input, not
             // worth retrying.
             _ => Failure::new(
@@ -164,6 +168,24 @@ impl Failure {
             },
         }
     }
+}
+
+/// What to do when the credential chain found nothing. The SDK's own account (every
+/// provider's failure, an instance-metadata response among them) is kilobytes long;
+/// it goes to the debug log, the error says what was tried and what to set.
+fn no_credentials<E>(err: &SdkError<E>) -> Failure
+where
+    E: StdError + 'static,
+{
+    tracing::debug!(error = %chain_message(err), "AWS credential chain");
+    Failure::new(
+        Kind::Denied,
+        "no AWS credentials found (tried AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+         AWS_PROFILE and ~/.aws/config and credentials, web identity, the container \
+         endpoint and instance metadata); set AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with a role (-v shows each \
+         provider's answer)",
+    )
 }
 
 fn status_of(r: &HttpResponse) -> u16 {

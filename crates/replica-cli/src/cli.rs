@@ -21,6 +21,13 @@ pub struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Log level (error, warn, info, debug, trace) or a filter such as
+    /// "info,replica_core=debug"; wins over -v/-q; REPLICA_LOG wins over it.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log lines as text or as one JSON object per line (for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -39,8 +46,19 @@ pub enum Command {
     Ltx(LtxArgs),
     /// List the Litestream 0.3 generations in a replica: time ranges, snapshots, WAL.
     Generations(GenerationsArgs),
-    /// Print the version.
+    /// Print the version, the commit and the backends built in.
     Version,
+    /// Print a shell completion script: `replica completions bash > /etc/bash_completion.d/replica`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -54,7 +72,9 @@ pub struct ReplicateArgs {
     #[arg(long, env = "REPLICA_CONFIG")]
     pub config: Option<PathBuf>,
     /// Run this command once replication runs; signals go to it, and replica exits
-    /// with its exit code after a final flush.
+    /// with its exit code after a final flush. Split into words as a shell would
+    /// (quotes respected) but not run by one: for `&&`, pipes or `$VAR`, give
+    /// `sh -c '…'` or a script.
     #[arg(long)]
     pub exec: Option<String>,
     /// How often captured WAL frames are shipped.
@@ -91,6 +111,18 @@ pub struct ReplicateArgs {
     /// its latest state.
     #[arg(long)]
     pub take_over_replica: bool,
+    /// Capture and upload everything committed so far, then exit 0 (a backup from
+    /// cron, or a final sync before a migration). Not with --exec.
+    #[arg(long, conflicts_with = "exec")]
+    pub once: bool,
+    /// GET this URL every --heartbeat-interval while every database replicates with
+    /// less than a minute of lag (a dead man's switch, e.g. healthchecks.io)
+    /// [default: replication.heartbeat_url]
+    #[arg(long)]
+    pub heartbeat_url: Option<String>,
+    /// How often the heartbeat is sent [default: 1m, or replication.heartbeat_interval]
+    #[arg(long, value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
     /// Serve /metrics (Prometheus), /healthz, /readyz and /status on this address,
     /// e.g. 127.0.0.1:9090 or :9090 [default: replication.metrics_addr]
     #[arg(long, value_parser = replica::config::parse_addr)]
@@ -145,6 +177,13 @@ pub struct RestoreArgs {
     /// source database's, as the replica records them, else 0600.
     #[arg(long, value_parser = FileMode::parse)]
     pub mode: Option<FileMode>,
+    /// Print the plan (files, levels, bytes, the restore point's TXID and time) and
+    /// write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result (or with --dry-run the plan) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -247,7 +286,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_timestamp(s: &str) -> Result<std::time::SystemTime, String> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("{e}; expected RFC 3339 such as 2026-11-24T07:18:55Z"))?;
+        .map_err(|e| {
+            // A time without an offset is ambiguous: say how to mean UTC.
+            let no_offset = s.contains('T')
+                && !s.ends_with(['Z', 'z'])
+                && !s.rsplit('T').next().is_some_and(|t| t.contains(['+', '-']));
+            if no_offset {
+                format!(
+                    "{s:?} has no UTC offset; append Z for UTC ({s}Z) or give one such as +02:00"
+                )
+            } else {
+                format!("{e}; expected RFC 3339 such as 2026-11-24T07:18:55Z")
+            }
+        })?;
     Ok(t.into())
 }
 

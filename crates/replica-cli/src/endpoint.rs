@@ -52,6 +52,10 @@ impl Board {
         }
     }
 
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
     /// Ready: started, and no database has stopped replicating.
     fn ready(&self, statuses: &[Status]) -> Result<(), String> {
         if !self.started.load(Ordering::Acquire) {

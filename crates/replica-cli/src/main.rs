@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod endpoint;
 mod exit;
+mod heartbeat;
 
 use std::process::ExitCode;
 
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    init_tracing(cli.verbose, cli.quiet);
+    init_tracing(&cli);
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -66,19 +67,36 @@ fn raise_fd_limit() {
     }
 }
 
-fn init_tracing(verbose: u8, quiet: bool) {
+fn init_tracing(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
-    let default = match (quiet, verbose) {
+    let default = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
         (false, 1) => "debug",
         (false, _) => "trace",
     };
+    // The SDKs log their own retries and credential lookups (an instance-metadata
+    // response, kilobytes long, among them); our errors say what matters, so below
+    // debug only their errors show.
+    let quiet_sdks = if matches!(default, "debug" | "trace") {
+        ""
+    } else {
+        ",aws_config=error,aws_smithy_runtime=error,aws_smithy_http_client=error,\
+         azure_core=error,azure_identity=error,gcloud_storage=error,russh=error"
+    };
+    let default = match cli.log_level.as_deref() {
+        Some(level) => level.to_owned(),
+        None => format!("{default}{quiet_sdks}"),
+    };
     let filter = EnvFilter::try_from_env("REPLICA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        cli::LogFormat::Json => fmt.json().flatten_event(true).init(),
+        cli::LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }

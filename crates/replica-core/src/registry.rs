@@ -69,8 +69,14 @@ impl Registry {
             reason,
         };
         let Some((scheme, _)) = url.split_once("://") else {
+            let hint = match std::path::absolute(url) {
+                Ok(abs) if url.starts_with(['/', '.']) || !url.contains(':') => {
+                    format!("; a local directory is written file://{}", abs.display())
+                }
+                _ => String::new(),
+            };
             return Err(invalid(format!(
-                "no scheme; write it as one of {}",
+                "no scheme{hint}; write it as one of {}",
                 self.enabled()
             )));
         };

@@ -16,6 +16,8 @@
 //!   lease_wait: 5m           # how long to wait for another holder to let go
 //!   take_over_replica: false # replace a replica that records another database
 //!   metrics_addr: 127.0.0.1:9090  # /metrics, /healthz, /readyz, /status (":9090": all interfaces)
+//!   heartbeat_url: https://hc-ping.com/…   # GET while every database is in sync
+//!   heartbeat_interval: 1m
 //! shards:
 //!   count: 8
 //!   path: ./data/shard_{index}.db
@@ -87,6 +89,8 @@ struct RawReplication {
     lease_wait: Option<String>,
     take_over_replica: Option<bool>,
     metrics_addr: Option<String>,
+    heartbeat_url: Option<String>,
+    heartbeat_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +126,9 @@ pub struct Config {
     pub take_over_replica: bool,
     /// Where the operator endpoint listens, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// A URL to GET every `heartbeat_interval` while every database is in sync.
+    pub heartbeat_url: Option<String>,
+    pub heartbeat_interval: Duration,
     pub shard_count: Option<u32>,
     pub databases: Vec<Database>,
 }
@@ -312,6 +319,12 @@ impl Config {
             restore_mode,
             lease,
             take_over_replica: r.take_over_replica.unwrap_or(false),
+            heartbeat_url: r.heartbeat_url.filter(|u| !u.trim().is_empty()),
+            heartbeat_interval: duration(
+                "replication.heartbeat_interval",
+                r.heartbeat_interval,
+                Duration::from_secs(60),
+            )?,
             metrics_addr: r
                 .metrics_addr
                 .map(|a| parse_addr(&a))

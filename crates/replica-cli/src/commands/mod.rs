@@ -18,7 +18,17 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Ltx(a) => ltx::run(a).await,
         Command::Generations(a) => generations::run(a).await,
         Command::Version => {
-            println!("replica {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "replica {} (commit {}; backends: {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("REPLICA_COMMIT"),
+                replica::backends().schemes().join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "replica", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
     }

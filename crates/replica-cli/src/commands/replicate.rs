@@ -15,6 +15,7 @@ use crate::child;
 use crate::cli::ReplicateArgs;
 use crate::endpoint::{self, Board};
 use crate::exit::usage;
+use crate::heartbeat;
 
 struct Signals {
     int: Signal,
@@ -69,6 +70,10 @@ async fn run_single(
     let board = Arc::new(Board::default());
     if let Some(addr) = a.metrics_addr {
         endpoint::serve(addr, Arc::clone(&board)).await?;
+    }
+    if let Some(hb) = &a.heartbeat_url {
+        let every = a.heartbeat_interval.unwrap_or(Duration::from_secs(60));
+        heartbeat::spawn(hb.clone(), every, Arc::clone(&board))?;
     }
     let client = backends::open(url).await?;
     let cfg = EngineConfig {
@@ -125,8 +130,25 @@ async fn run_single(
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    board.add(replicator.monitor());
+    let monitor = replicator.monitor();
+    board.add(monitor.clone());
     board.set_started();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        db = %db.display(),
+        url = %monitor.status().url,
+        sync_interval = %humantime::format_duration(a.sync_interval),
+        snapshot_interval = %humantime::format_duration(a.snapshot_interval),
+        retention = %humantime::format_duration(a.retention),
+        "replicating"
+    );
+    if a.once {
+        flush(signals, replicator.shutdown(a.flush_timeout))
+            .await
+            .with_context(|| format!("replication of {} failed", db.display()))?;
+        log_stopped(&[monitor]);
+        return Ok(ExitCode::SUCCESS);
+    }
     if child.is_none() {
         child = a.exec.as_deref().map(child::spawn).transpose()?;
     }
@@ -149,6 +171,7 @@ async fn run_single(
     flush(signals, replicator.shutdown(a.flush_timeout))
         .await
         .with_context(|| format!("replication of {} failed", db.display()))?;
+    log_stopped(&[monitor]);
     if failed {
         anyhow::bail!("replication of {} stopped unexpectedly", db.display());
     }
@@ -165,6 +188,12 @@ async fn run_config(
     let board = Arc::new(Board::default());
     if let Some(addr) = a.metrics_addr.or(dep.config.metrics_addr) {
         endpoint::serve(addr, Arc::clone(&board)).await?;
+    }
+    if let Some(hb) = a.heartbeat_url.clone().or(dep.config.heartbeat_url.clone()) {
+        let every = a
+            .heartbeat_interval
+            .unwrap_or(dep.config.heartbeat_interval);
+        heartbeat::spawn(hb, every, Arc::clone(&board))?;
     }
     if let Some(ttl) = a.lease_ttl {
         dep.config.lease.ttl = ttl;
@@ -232,10 +261,26 @@ async fn run_config(
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    for m in running.monitors() {
-        board.add(m);
+    let monitors = running.monitors();
+    for m in &monitors {
+        board.add(m.clone());
     }
     board.set_started();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %file.display(),
+        databases = monitors.len(),
+        url = dep.config.replica_url.as_deref().unwrap_or_default(),
+        sync_interval = %humantime::format_duration(dep.config.sync_interval),
+        snapshot_interval = %humantime::format_duration(dep.config.snapshot_interval),
+        retention = %humantime::format_duration(dep.config.retention),
+        "replicating"
+    );
+    if a.once {
+        flush(signals, running.shutdown(a.flush_timeout)).await?;
+        log_stopped(&monitors);
+        return Ok(ExitCode::SUCCESS);
+    }
     if child.is_none() {
         child = a.exec.as_deref().map(child::spawn).transpose()?;
     }
@@ -262,6 +307,7 @@ async fn run_config(
         }
     }
     flush(signals, running.shutdown(a.flush_timeout)).await?;
+    log_stopped(&monitors);
     if let Some(db) = failed {
         anyhow::bail!("replication of {} stopped unexpectedly", db.display());
     }
@@ -296,6 +342,20 @@ async fn start_beside<T>(
             }
             Err(e)
         }
+    }
+}
+
+/// One line per database after a clean flush: where its replica stands.
+fn log_stopped(monitors: &[replica_core::engine::Monitor]) {
+    for m in monitors {
+        let s = m.status();
+        info!(
+            db = %s.db.display(),
+            txid = format!("{:016x}", s.remote_txid),
+            uploads = s.counters.uploads,
+            upload_bytes = s.counters.upload_bytes,
+            "stopped: everything committed is in the replica"
+        );
     }
 }
 

@@ -7,6 +7,7 @@ use replica_core::replica::Replica;
 use replica_core::restore::{
     self, IntegrityCheck, RestoreError, RestoreOptions, RestoreOutcome, Target, V3Target,
 };
+use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::backends;
@@ -51,6 +52,10 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn restore_chosen(a: RestoreArgs, template: RestoreOptions) -> anyhow::Result<ExitCode> {
+    let output = Output {
+        dry_run: a.dry_run,
+        json: a.json,
+    };
     // `-o` means one database from one URL, whatever REPLICA_CONFIG says.
     match (&a.output, &a.config) {
         (Some(out), _) => {
@@ -63,31 +68,165 @@ async fn restore_chosen(a: RestoreArgs, template: RestoreOptions) -> anyhow::Res
                     output: out.clone(),
                     ..template
                 },
+                output,
             )
             .await
         }
-        (None, Some(cfg)) => restore_config(cfg, &a.targets, template).await,
+        (None, Some(cfg)) => restore_config(cfg, &a.targets, template, output).await,
         (None, None) => Err(usage(
             "restore needs -o/--output OUTPUT and a REPLICA_URL, or --config FILE (or REPLICA_CONFIG)",
         )),
     }
 }
 
-async fn restore_one(url: &str, opts: RestoreOptions) -> anyhow::Result<ExitCode> {
+async fn restore_one(url: &str, opts: RestoreOptions, out: Output) -> anyhow::Result<ExitCode> {
     let replica = Replica::new(backends::open(url).await?);
+    if out.dry_run {
+        let plan = plan_one(&replica, &opts).await?;
+        out.print(&[(opts.output.clone(), plan)]);
+        return Ok(ExitCode::SUCCESS);
+    }
     let started = std::time::Instant::now();
     let outcome = match restore::restore(&replica, &opts).await {
         Err(RestoreError::V3(e)) if e.is_usage() => return Err(usage(e.to_string())),
         r => r.with_context(|| format!("restore of {} failed", opts.output.display()))?,
     };
     log_outcome(&opts.output, &outcome, started);
+    if out.json {
+        out.print(&[(opts.output.clone(), outcome_json(&outcome, started))]);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the result is shown.
+#[derive(Debug, Clone, Copy)]
+struct Output {
+    dry_run: bool,
+    json: bool,
+}
+
+impl Output {
+    /// One JSON object for one database, an array for several; text otherwise.
+    fn print(&self, results: &[(PathBuf, Value)]) {
+        if self.json {
+            let doc = match results {
+                [(_, one)] => one.clone(),
+                many => Value::Array(many.iter().map(|(_, v)| v.clone()).collect()),
+            };
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            return;
+        }
+        for (path, v) in results {
+            print!("{}", plan_text(path, v));
+        }
+    }
+}
+
+/// What a restore into `opts.output` would do, as JSON: nothing is written.
+async fn plan_one(replica: &Replica, opts: &RestoreOptions) -> anyhow::Result<Value> {
+    let output = opts.output.display().to_string();
+    if opts.output.exists() {
+        if opts.if_db_not_exists {
+            return Ok(
+                serde_json::json!({ "output": output, "action": "skip: the output exists" }),
+            );
+        }
+        anyhow::bail!(
+            "{output} exists; a restore never overwrites a database (remove it, choose another -o, or add --if-db-not-exists)"
+        );
+    }
+    let plan = match restore::dry_run(replica, opts).await {
+        Err(RestoreError::V3(e)) if e.is_usage() => return Err(usage(e.to_string())),
+        r => r.with_context(|| format!("planning the restore of {output}"))?,
+    };
+    match plan {
+        Some(p) => {
+            let mut v = serde_json::to_value(p)?;
+            v["output"] = Value::from(output);
+            v["action"] = Value::from("restore");
+            Ok(v)
+        }
+        None if opts.if_replica_exists => Ok(
+            serde_json::json!({ "output": output, "url": replica.url(), "action": "skip: no replica" }),
+        ),
+        None => anyhow::bail!("no replica at {}: it holds no files", replica.url()),
+    }
+}
+
+fn plan_text(path: &std::path::Path, v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    if s("action") != "restore" {
+        return format!("{}: {}\n", path.display(), s("action"));
+    }
+    let mut out = format!(
+        "{}: restore from {} ({}): {} objects, {} bytes, up to TXID {} ({})\n",
+        path.display(),
+        s("url"),
+        s("format"),
+        v["objects"],
+        v["bytes"],
+        s("txid"),
+        s("time"),
+    );
+    for f in v["files"].as_array().into_iter().flatten() {
+        let g = |k: &str| f[k].as_str().unwrap_or("-").to_owned();
+        out.push_str(&format!(
+            "  L{} {}-{} {:>12} {} {}\n",
+            f["level"],
+            g("min_txid"),
+            g("max_txid"),
+            f["size"],
+            g("created"),
+            g("key")
+        ));
+    }
+    if s("format") == "litestream-0.3" {
+        out.push_str(&format!(
+            "  generation {} up to WAL index {}\n",
+            s("generation"),
+            s("index")
+        ));
+    }
+    out
+}
+
+fn outcome_json(outcome: &RestoreOutcome, started: std::time::Instant) -> Value {
+    let elapsed = started.elapsed().as_secs_f64();
+    match outcome {
+        RestoreOutcome::Restored {
+            txid,
+            files,
+            bytes_downloaded,
+        } => serde_json::json!({
+            "action": "restored",
+            "txid": format!("{txid:016x}"),
+            "files": files,
+            "bytes_downloaded": bytes_downloaded,
+            "elapsed_seconds": elapsed,
+        }),
+        RestoreOutcome::RestoredV3 {
+            generation,
+            index,
+            files,
+            bytes_downloaded,
+        } => serde_json::json!({
+            "action": "restored",
+            "generation": generation.to_string(),
+            "index": format!("{index:08x}"),
+            "files": files,
+            "bytes_downloaded": bytes_downloaded,
+            "elapsed_seconds": elapsed,
+        }),
+        RestoreOutcome::OutputExists => serde_json::json!({ "action": "skip: the output exists" }),
+        RestoreOutcome::NoReplica => serde_json::json!({ "action": "skip: no replica" }),
+    }
 }
 
 async fn restore_config(
     file: &std::path::Path,
     only: &[String],
     template: RestoreOptions,
+    output: Output,
 ) -> anyhow::Result<ExitCode> {
     let dep = Deployment::from_config(file)?;
     let only: Vec<PathBuf> = only.iter().map(PathBuf::from).collect();
@@ -115,9 +254,33 @@ async fn restore_config(
                 .map(|d| d.path.clone())
         })
         .collect();
+    if output.dry_run {
+        let mut plans = Vec::new();
+        for d in &dep.config.databases {
+            if !only.is_empty() && !only.contains(&d.path) {
+                continue;
+            }
+            let replica = Replica::new(backends::open(&d.url).await?);
+            let opts = RestoreOptions {
+                output: d.path.clone(),
+                mode: template.mode.or(dep.config.restore_mode),
+                ..template.clone()
+            };
+            plans.push((d.path.clone(), plan_one(&replica, &opts).await?));
+        }
+        output.print(&plans);
+        return Ok(ExitCode::SUCCESS);
+    }
     let started = std::time::Instant::now();
+    let mut results = Vec::new();
     for (path, outcome) in dep.restore(&only, template).await? {
         log_outcome(&path, &outcome, started);
+        let mut v = outcome_json(&outcome, started);
+        v["output"] = Value::from(path.display().to_string());
+        results.push((path, v));
+    }
+    if output.json {
+        output.print(&results);
     }
     Ok(ExitCode::SUCCESS)
 }

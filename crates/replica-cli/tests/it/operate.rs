@@ -7,6 +7,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -24,6 +26,39 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").to_string()
+}
+
+/// A heartbeat receiver: counts the GETs it answers.
+struct Pings {
+    addr: String,
+    count: Arc<AtomicUsize>,
+}
+
+impl Pings {
+    fn start() -> Pings {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&count);
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                if buf[..n].starts_with(b"GET /ping-token") {
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Pings { addr, count }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
 }
 
 /// `GET path` on `addr`: the status code and the body, or `None` if nothing answers.
@@ -75,6 +110,8 @@ fn metrics_show_lag_rising_in_an_outage_and_falling_after() {
         .url("ops/app")
         .replace(s3.endpoint(), &format!("http://{}", proxy.addr));
     let addr = free_addr();
+    let pings = Pings::start();
+    let ping_url = format!("http://{}/ping-token", pings.addr);
     let mut cmd = replica_cmd();
     s3.creds(&mut cmd);
     cmd.args([
@@ -83,6 +120,12 @@ fn metrics_show_lag_rising_in_an_outage_and_falling_after() {
         "200ms",
         "--metrics-addr",
         &addr,
+    ])
+    .args([
+        "--heartbeat-url",
+        &ping_url,
+        "--heartbeat-interval",
+        "100ms",
     ])
     .arg(&db)
     .arg(&url);
@@ -104,6 +147,11 @@ fn metrics_show_lag_rising_in_an_outage_and_falling_after() {
     assert!(
         wait_until(TIMEOUT, in_sync),
         "not in sync\n{}",
+        rep.output_report()
+    );
+    assert!(
+        wait_until(TIMEOUT, || pings.count() >= 2),
+        "no heartbeat\n{}",
         rep.output_report()
     );
     let uploads = m("replica_uploads_total").expect("uploads counter");
@@ -129,6 +177,13 @@ fn metrics_show_lag_rising_in_an_outage_and_falling_after() {
     );
     let (local, remote) = (m("replica_local_txid"), m("replica_remote_txid"));
     assert!(local > remote, "local {local:?} remote {remote:?}");
+    // No heartbeat while a database is failing (one may have been in flight).
+    let before = pings.count();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(pings.count() <= before + 1, "heartbeats during the outage");
+    let during = pings.count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pings.count(), during, "heartbeats during the outage");
     assert_eq!(
         get(&addr, "/readyz").map(|(c, _)| c),
         Some(200),
@@ -143,6 +198,15 @@ fn metrics_show_lag_rising_in_an_outage_and_falling_after() {
         rep.output_report()
     );
     assert!(m("replica_upload_errors_total").is_some_and(|n| n >= 1.0));
+    let after = pings.count();
+    assert!(
+        wait_until(TIMEOUT, || pings.count() > after),
+        "heartbeat did not resume"
+    );
+    assert!(
+        !rep.stderr().contains("ping-token"),
+        "the heartbeat URL's token was logged"
+    );
 
     // The running process answers `status` with the same positions.
     let mut cmd = replica_cmd();
@@ -286,4 +350,108 @@ fn config_and_positional_arguments_together_are_a_usage_error() {
         assert_eq!(out.code(), Some(2), "{sub}: {}", out.stderr);
         assert!(out.stderr.contains("not both"), "{sub}: {}", out.stderr);
     }
+}
+
+#[test]
+fn once_uploads_everything_committed_and_exits_with_json_logs() {
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("app.db");
+    let conn = new_db(&db);
+    write_batches(&conn, 4, 25);
+    let url = file_url(&dir.path().join("replica"));
+    let out = run(replica_cmd()
+        .args(["--log-format", "json", "replicate", "--once"])
+        .arg(&db)
+        .arg(&url));
+    assert_eq!(out.code(), Some(0), "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "replicating"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("stopped"))),
+        "{}",
+        out.stderr
+    );
+
+    // Commits made after it exited are not in the replica; everything before is.
+    let expected = user_dump(&db);
+    write_batches(&conn, 1, 5);
+    let restored = dir.path().join("restored.db");
+    let r = run(replica_cmd()
+        .args(["restore", "-o"])
+        .arg(&restored)
+        .arg(&url));
+    assert!(r.success(), "{r}");
+    assert_eq!(user_dump(&restored), expected);
+}
+
+#[test]
+fn completions_and_version_say_what_was_built() {
+    let out = run(replica_cmd().args(["completions", "bash"]));
+    assert!(
+        out.success() && out.stdout.contains("replica") && out.stdout.contains("restore"),
+        "{out}"
+    );
+    let v = run(replica_cmd().arg("version"));
+    assert!(v.success(), "{v}");
+    assert!(
+        v.stdout.contains("commit ")
+            && v.stdout.contains("backends: ")
+            && v.stdout.contains("file"),
+        "{v}"
+    );
+}
+
+#[test]
+fn common_mistakes_get_a_hint_and_the_right_exit_code() {
+    let dir = TempDir::new().expect("tempdir");
+    let bare = run(replica_cmd()
+        .args(["ltx", "./backups/app"])
+        .current_dir(dir.path()));
+    assert_eq!(bare.code(), Some(2), "{bare}");
+    let want = format!("file://{}/backups/app", dir.path().display());
+    assert!(bare.stderr.contains(&want), "{bare}");
+
+    let ts = run(replica_cmd()
+        .args([
+            "restore",
+            "-o",
+            "x.db",
+            "--timestamp",
+            "2026-11-24T07:18:55",
+        ])
+        .arg(file_url(dir.path())));
+    assert_eq!(ts.code(), Some(2), "{ts}");
+    assert!(ts.stderr.contains("append Z"), "{ts}");
+
+    // No credentials anywhere: one short error saying what to set, no SDK dump.
+    let mut cmd = replica_cmd();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args([
+            "ltx",
+            "s3://some-bucket/app?endpoint=http://127.0.0.1:9&region=us-east-1",
+        ]);
+    let creds = run(&mut cmd);
+    assert_eq!(creds.code(), Some(1), "{creds}");
+    assert!(creds.stderr.contains("AWS_ACCESS_KEY_ID"), "{creds}");
+    assert!(
+        creds.stderr.len() < 1500,
+        "{} bytes:\n{creds}",
+        creds.stderr.len()
+    );
 }

@@ -304,3 +304,51 @@ fn restore_if_replica_exists_on_empty_replica_is_a_no_op() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn dry_run_writes_nothing_and_names_what_the_restore_reads() {
+    let env = Env::new();
+    small_replica(&env);
+    let outdir = env.path("out");
+    std::fs::create_dir(&outdir).expect("mkdir");
+    let out = outdir.join("app.db");
+
+    let plan = restore(&env.url, &out, &["--dry-run", "--json"]);
+    assert_eq!(plan.code(), Some(0), "{plan}");
+    assert!(
+        dir_listing(&outdir).is_empty(),
+        "a dry run wrote {:?}",
+        dir_listing(&outdir)
+    );
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).expect("plan JSON");
+    assert_eq!(plan["action"], "restore", "{plan}");
+    assert_eq!(
+        plan["txid"],
+        txid_hex(max_txid(&env.url)).as_str(),
+        "{plan}"
+    );
+    let files = plan["files"].as_array().expect("files");
+    let listed = ltx_list(&env.url);
+    for f in files {
+        let key = f["key"].as_str().expect("key");
+        let size = listed.iter().find(|l| l.key == key).map(|l| l.size);
+        assert_eq!(size, f["size"].as_u64(), "{key} in {plan}");
+    }
+    let bytes: u64 = files.iter().filter_map(|f| f["size"].as_u64()).sum();
+    assert_eq!(plan["bytes"].as_u64(), Some(bytes), "{plan}");
+
+    // The real restore reads exactly the planned files and reports the same point.
+    let done = restore(&env.url, &out, &["--json"]);
+    assert_eq!(done.code(), Some(0), "{done}");
+    let done: serde_json::Value = serde_json::from_str(&done.stdout).expect("result JSON");
+    assert_eq!(done["action"], "restored", "{done}");
+    assert_eq!(done["txid"], plan["txid"], "{done}");
+    assert_eq!(done["files"].as_u64(), Some(files.len() as u64), "{done}");
+    assert_eq!(done["bytes_downloaded"].as_u64(), Some(bytes), "{done}");
+    assert_dumps_eq("restore after a dry run", &dump(&env.db), &dump(&out));
+
+    // A dry run onto an existing output fails as the restore would, naming the fix.
+    let again = restore(&env.url, &out, &["--dry-run"]);
+    assert_eq!(again.code(), Some(1), "{again}");
+    assert!(again.stderr.contains("--if-db-not-exists"), "{again}");
+}

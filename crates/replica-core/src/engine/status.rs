@@ -273,11 +273,23 @@ pub async fn offline(db: &Path, replica: &Replica) -> Result<Status, StoreError>
     })
 }
 
-fn hex<S: serde::Serializer>(txid: &u64, s: S) -> Result<S::Ok, S::Error> {
+/// A TXID as 16 hex digits, as TXIDs are written everywhere.
+pub(crate) fn hex<S: serde::Serializer>(txid: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{txid:016x}"))
 }
 
-fn rfc3339<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn hex_opt<S: serde::Serializer>(txid: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match txid {
+        Some(t) => hex(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// A time as RFC 3339 in UTC, as times are written everywhere.
+pub(crate) fn rfc3339<S: serde::Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_str(&crate::meta::format_timestamp(*t)),
         None => s.serialize_none(),

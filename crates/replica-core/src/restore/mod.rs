@@ -10,6 +10,7 @@
 //! A replica path may also hold Litestream 0.3 generations (`v3`); they restore
 //! through the same work directory, check and link.
 
+mod dry_run;
 mod plan;
 pub mod v3;
 
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
+pub use dry_run::{PlanSummary, PlannedFile, dry_run};
 pub use plan::{PlanError, Target, plan};
 pub use v3::{V3Error, V3Target};
 

@@ -112,6 +112,7 @@ pub struct LtxFile {
     pub max: u64,
     pub created: time::OffsetDateTime,
     pub key: String,
+    pub size: u64,
 }
 
 /// A TXID as LTX names and `replica ltx` print it: 16 hex digits.
@@ -163,6 +164,9 @@ pub fn parse_ltx_json(out: &Output) -> Vec<LtxFile> {
                 )
                 .unwrap_or_else(|e| panic!("bad created in {r}: {e}")),
                 key: s("key"),
+                size: r["size"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("bad size in {r}")),
             }
         })
         .collect()
