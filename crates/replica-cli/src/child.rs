@@ -14,11 +14,14 @@ pub fn spawn(cmdline: &str) -> anyhow::Result<Child> {
     let Some((program, args)) = words.split_first() else {
         return Err(usage("--exec needs a command"));
     };
-    Command::new(program)
+    let child = Command::new(program)
         .args(args)
         .kill_on_drop(false)
         .spawn()
-        .with_context(|| format!("cannot start --exec command {program:?}"))
+        .with_context(|| format!("cannot start --exec command {program:?}"))?;
+    // The program only: its arguments may carry a secret.
+    tracing::info!(program, pid = child.id(), "service started");
+    Ok(child)
 }
 
 /// Sends `sig` to the child, if it is still running.
@@ -38,9 +41,14 @@ pub fn signal(child: &Child, sig: i32) {
 /// killed it, as a shell reports it.
 pub fn exit_code(status: ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
+    let code = match (status.code(), status.signal()) {
         (Some(c), _) => u8::try_from(c).unwrap_or(1),
         (None, Some(s)) => u8::try_from(128 + s).unwrap_or(1),
         _ => 1,
+    };
+    match status.signal() {
+        Some(sig) => tracing::info!(signal = sig, code, "service exited"),
+        None => tracing::info!(code, "service exited"),
     }
+    code
 }

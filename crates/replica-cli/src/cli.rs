@@ -42,6 +42,10 @@ pub enum Command {
     /// window. Asks the running `replicate` process (its metrics address), else reads
     /// the spool and the replica.
     Status(StatusArgs),
+    /// Prove a replica restores: restore it into a temporary directory with every
+    /// check (CRCs, chain, SQLite's integrity_check), report, delete. Exit 0 OK, 1
+    /// failure.
+    Verify(VerifyArgs),
     /// List the LTX files in a replica.
     Ltx(LtxArgs),
     /// List the Litestream 0.3 generations in a replica: time ranges, snapshots, WAL.
@@ -199,6 +203,23 @@ pub struct StatusArgs {
     #[arg(long, value_parser = replica::config::parse_addr)]
     pub addr: Option<std::net::SocketAddr>,
     /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    pub replica_url: String,
+    /// Verify the state up to and including this TXID (hex) instead of the latest.
+    #[arg(long, value_parser = parse_txid)]
+    pub txid: Option<u64>,
+    /// Verify the state as of this time (RFC 3339).
+    #[arg(long, conflicts_with = "txid", value_parser = parse_timestamp)]
+    pub timestamp: Option<std::time::SystemTime>,
+    /// Where the temporary restore goes [default: the system's temporary directory].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Machine-readable report.
     #[arg(long)]
     pub json: bool,
 }

@@ -5,6 +5,7 @@ mod ltx;
 mod replicate;
 mod restore;
 mod status;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -15,6 +16,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Replicate(a) => replicate::run(*a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::Status(a) => status::run(a).await,
+        Command::Verify(a) => verify::run(a).await,
         Command::Ltx(a) => ltx::run(a).await,
         Command::Generations(a) => generations::run(a).await,
         Command::Version => {

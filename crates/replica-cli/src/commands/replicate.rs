@@ -135,13 +135,12 @@ async fn run_single(
     board.set_started();
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        db = %db.display(),
-        url = %monitor.status().url,
         sync_interval = %humantime::format_duration(a.sync_interval),
         snapshot_interval = %humantime::format_duration(a.snapshot_interval),
         retention = %humantime::format_duration(a.retention),
-        "replicating"
+        "replica started"
     );
+    summaries(Arc::clone(&board));
     if a.once {
         flush(signals, replicator.shutdown(a.flush_timeout))
             .await
@@ -274,8 +273,9 @@ async fn run_config(
         sync_interval = %humantime::format_duration(dep.config.sync_interval),
         snapshot_interval = %humantime::format_duration(dep.config.snapshot_interval),
         retention = %humantime::format_duration(dep.config.retention),
-        "replicating"
+        "replica started"
     );
+    summaries(Arc::clone(&board));
     if a.once {
         flush(signals, running.shutdown(a.flush_timeout)).await?;
         log_stopped(&monitors);
@@ -343,6 +343,37 @@ async fn start_beside<T>(
             Err(e)
         }
     }
+}
+
+/// How often a one-line summary per database is logged at INFO (per-sync lines are
+/// debug).
+const SUMMARY_EVERY: Duration = Duration::from_secs(300);
+
+/// Logs, every [`SUMMARY_EVERY`], what each database did since the last summary.
+fn summaries(board: Arc<Board>) {
+    tokio::spawn(async move {
+        let mut last: std::collections::HashMap<std::path::PathBuf, (u64, u64)> =
+            std::collections::HashMap::new();
+        loop {
+            tokio::time::sleep(SUMMARY_EVERY).await;
+            for s in board.statuses() {
+                let c = &s.counters;
+                let (uploads, bytes) = last.get(&s.db).copied().unwrap_or_default();
+                info!(
+                    db = %s.db.display(),
+                    state = s.state.as_str(),
+                    txid = format!("{:016x}", s.remote_txid),
+                    lag_s = format!("{:.1}", s.lag_seconds),
+                    uploads = c.uploads - uploads,
+                    upload_bytes = c.upload_bytes - bytes,
+                    spool_files = s.spool_files,
+                    "summary of the last {} min",
+                    SUMMARY_EVERY.as_secs() / 60
+                );
+                last.insert(s.db.clone(), (c.uploads, c.upload_bytes));
+            }
+        }
+    });
 }
 
 /// One line per database after a clean flush: where its replica stands.

@@ -455,3 +455,80 @@ fn common_mistakes_get_a_hint_and_the_right_exit_code() {
         creds.stderr.len()
     );
 }
+
+#[test]
+fn verify_passes_a_good_replica_and_fails_a_damaged_one() {
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("app.db");
+    let conn = new_db(&db);
+    write_batches(&conn, 5, 20);
+    let root = dir.path().join("replica");
+    let url = file_url(&root);
+    let once = run(replica_cmd()
+        .args(["replicate", "--once"])
+        .arg(&db)
+        .arg(&url));
+    assert!(once.success(), "{once}");
+    write_batches(&conn, 3, 20);
+    let once = run(replica_cmd()
+        .args(["replicate", "--once"])
+        .arg(&db)
+        .arg(&url));
+    assert!(once.success(), "{once}");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+
+    let verify = |extra: &[&str]| {
+        run(replica_cmd()
+            .args(["verify", "--json", "--work-dir"])
+            .arg(&work)
+            .args(extra)
+            .arg(&url))
+    };
+    let good = verify(&[]);
+    assert_eq!(good.code(), Some(0), "{good}");
+    let report: serde_json::Value = serde_json::from_str(&good.stdout).expect("JSON");
+    assert_eq!(report["status"], "ok", "{report}");
+    let max = crate::support::max_txid(&url);
+    assert_eq!(
+        report["txid"],
+        crate::support::txid_hex(max).as_str(),
+        "{report}"
+    );
+    assert!(
+        crate::support::dir_listing(&work).is_empty(),
+        "verify left files behind"
+    );
+
+    // One flipped byte in the newest L0 file: the latest state no longer restores.
+    let l0 = root.join("ltx/0");
+    let mut files: Vec<_> = std::fs::read_dir(&l0)
+        .expect("ltx/0")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let newest = files.last().expect("an L0 file").clone();
+    let mut bytes = std::fs::read(&newest).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&newest, &bytes).expect("write");
+    let bad = verify(&[]);
+    assert_eq!(bad.code(), Some(1), "{bad}");
+    let report: serde_json::Value = serde_json::from_str(&bad.stdout).expect("JSON");
+    assert_eq!(report["status"], "failure", "{report}");
+    let name = newest
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        report["error"].as_str().is_some_and(|e| e.contains(&name)),
+        "{report}"
+    );
+    assert!(
+        crate::support::dir_listing(&work).is_empty(),
+        "verify left files behind"
+    );
+    drop(conn);
+}

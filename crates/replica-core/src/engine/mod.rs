@@ -505,7 +505,7 @@ impl Replicator {
                 r
             })
         };
-        info!(db = %db.display(), "replicating");
+        info!(db = %db.display(), url = %lease_state.url(), "replicating");
         Ok(Self {
             db,
             spool,

@@ -314,6 +314,10 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
             spool.remove(p)?;
         }
     }
-    debug!(file = %id, bytes = file.size, "uploaded");
+    if id.level == SNAPSHOT_LEVEL {
+        info!(db = %s.db.display(), txid = format!("{:016x}", id.range.max), bytes = file.size, "snapshot uploaded");
+    } else {
+        debug!(file = %id, bytes = file.size, "uploaded");
+    }
     Ok(())
 }

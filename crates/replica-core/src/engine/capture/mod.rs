@@ -86,6 +86,18 @@ pub enum SnapshotReason {
     Replaced,
 }
 
+impl std::fmt::Display for SnapshotReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SnapshotReason::EmptyReplica => "the replica is empty",
+            SnapshotReason::NoContinuity => "the spool does not continue the replica",
+            SnapshotReason::WalReset => "the WAL was reset under capture",
+            SnapshotReason::Interval => "snapshot interval",
+            SnapshotReason::Replaced => "the database file was replaced",
+        })
+    }
+}
+
 /// One database's capture: its files and connections, where it stands in the WAL
 /// ([`WalCursor`]), its clocks ([`Schedule`]) and the watch on the file's identity
 /// ([`Identity`]).

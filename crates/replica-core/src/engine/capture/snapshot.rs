@@ -68,7 +68,7 @@ impl Capturer {
         if let Ok(mut p) = self.shared.progress.lock() {
             p.spooled(txid, super::now_ms());
         }
-        info!(db = %self.db_path.display(), ?reason, txid = format!("{txid:016x}"), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot spooled");
+        info!(db = %self.db_path.display(), %reason, txid = format!("{txid:016x}"), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot spooled");
         self.shared.notify_shipper();
         Ok(())
     }
