@@ -190,7 +190,8 @@ fn plan_text(path: &std::path::Path, v: &Value) -> String {
     out
 }
 
-fn outcome_json(outcome: &RestoreOutcome, started: std::time::Instant) -> Value {
+/// A restore's result as JSON (also `verify`'s report).
+pub(super) fn outcome_json(outcome: &RestoreOutcome, started: std::time::Instant) -> Value {
     let elapsed = started.elapsed().as_secs_f64();
     match outcome {
         RestoreOutcome::Restored {

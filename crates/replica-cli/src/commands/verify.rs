@@ -38,43 +38,14 @@ pub async fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     };
     let started = Instant::now();
     let result = restore::restore(&replica, &opts).await;
-    let elapsed = started.elapsed().as_secs_f64();
     let (ok, report) = match result {
-        Ok(RestoreOutcome::Restored {
-            txid,
-            files,
-            bytes_downloaded,
-        }) => (
-            true,
-            json!({
-                "status": "ok",
-                "url": replica.url(),
-                "txid": format!("{txid:016x}"),
-                "files": files,
-                "bytes": bytes_downloaded,
-                "database_bytes": std::fs::metadata(&opts.output).map_or(0, |m| m.len()),
-                "integrity_check": "ok",
-                "elapsed_seconds": elapsed,
-            }),
-        ),
-        Ok(RestoreOutcome::RestoredV3 {
-            generation,
-            index,
-            files,
-            bytes_downloaded,
-        }) => (
-            true,
-            json!({
-                "status": "ok",
-                "url": replica.url(),
-                "generation": generation.to_string(),
-                "index": format!("{index:08x}"),
-                "files": files,
-                "bytes": bytes_downloaded,
-                "integrity_check": "ok",
-                "elapsed_seconds": elapsed,
-            }),
-        ),
+        Ok(outcome @ (RestoreOutcome::Restored { .. } | RestoreOutcome::RestoredV3 { .. })) => {
+            let mut v = super::restore::outcome_json(&outcome, started);
+            v["status"] = Value::from("ok");
+            v["url"] = Value::from(replica.url());
+            v["integrity_check"] = Value::from("ok");
+            (true, v)
+        }
         Ok(other) => (
             false,
             json!({ "status": "failure", "url": replica.url(), "error": format!("{other:?}") }),
@@ -85,7 +56,7 @@ pub async fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 "status": "failure",
                 "url": replica.url(),
                 "error": Chain(&e).to_string(),
-                "elapsed_seconds": elapsed,
+                "elapsed_seconds": started.elapsed().as_secs_f64(),
             }),
         ),
     };
@@ -116,7 +87,7 @@ fn text(r: &Value) -> String {
             "OK: {} restores to {point} ({} files, {} bytes read); integrity_check ok; {:.1} s\n",
             s("url"),
             r["files"],
-            r["bytes"],
+            r["bytes_downloaded"],
             r["elapsed_seconds"].as_f64().unwrap_or(0.0)
         )
     } else {
