@@ -114,7 +114,11 @@ mod tests {
                 h.update(&rest[..n]);
                 rest = &rest[n..];
             }
-            assert_eq!(h.file_checksum(), CHECKSUM_FLAG | want, "len {len} in pieces");
+            assert_eq!(
+                h.file_checksum(),
+                CHECKSUM_FLAG | want,
+                "len {len} in pieces"
+            );
         }
     }
 
