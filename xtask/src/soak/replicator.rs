@@ -310,7 +310,7 @@ impl Replicator {
         self.log_lines().filter(|l| l.contains(needle)).count()
     }
 
-    /// Snapshots taken, by the `reason=` of their log line (Interval, NoContinuity, ...).
+    /// Snapshots taken, by the `reason=` of their log line (interval, no_continuity, ...).
     pub fn snapshot_reasons(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
         for l in self.log_lines().filter(|l| l.contains("snapshot spooled")) {

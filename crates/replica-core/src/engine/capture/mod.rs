@@ -86,14 +86,15 @@ pub enum SnapshotReason {
     Replaced,
 }
 
+/// One word per reason, so that a log line's `reason=` field stays one token.
 impl std::fmt::Display for SnapshotReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            SnapshotReason::EmptyReplica => "the replica is empty",
-            SnapshotReason::NoContinuity => "the spool does not continue the replica",
-            SnapshotReason::WalReset => "the WAL was reset under capture",
-            SnapshotReason::Interval => "snapshot interval",
-            SnapshotReason::Replaced => "the database file was replaced",
+            SnapshotReason::EmptyReplica => "empty_replica",
+            SnapshotReason::NoContinuity => "no_continuity",
+            SnapshotReason::WalReset => "wal_reset",
+            SnapshotReason::Interval => "interval",
+            SnapshotReason::Replaced => "file_replaced",
         })
     }
 }
