@@ -127,6 +127,12 @@ pub struct ReplicateArgs {
     /// How often the heartbeat is sent [default: 1m, or replication.heartbeat_interval]
     #[arg(long, value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
+    /// Restore each database's replica into a temporary copy beside it every this
+    /// often, with the full integrity check (see `replica verify`); the outcome is
+    /// logged and exported as replica_verify_last_success_timestamp_seconds
+    /// [default: off, or replication.verify_interval]
+    #[arg(long, value_parser = parse_duration)]
+    pub verify_interval: Option<Duration>,
     /// Serve /metrics (Prometheus), /healthz, /readyz and /status on this address,
     /// e.g. 127.0.0.1:9090 or :9090 [default: replication.metrics_addr]
     #[arg(long, value_parser = replica::config::parse_addr)]

@@ -3,10 +3,12 @@
 //! (`/status`). Everything is read from the replicators' [`Monitor`]s when asked, so a
 //! scrape costs a listing of each spool directory and no object-store request.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
@@ -31,6 +33,9 @@ use tracing::{debug, info};
 pub struct Board {
     monitors: RwLock<Vec<Monitor>>,
     started: AtomicBool,
+    /// Per database: the last successful periodic verify, and failed ones so far.
+    /// Written by the verify task, read by the scrape.
+    verified: Mutex<HashMap<PathBuf, (Option<SystemTime>, u64)>>,
 }
 
 impl Board {
@@ -49,6 +54,17 @@ impl Board {
         match self.monitors.read() {
             Ok(v) => v.iter().map(Monitor::status).collect(),
             Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn verified(&self, db: &std::path::Path, ok: bool) {
+        if let Ok(mut v) = self.verified.lock() {
+            let e = v.entry(db.to_path_buf()).or_default();
+            if ok {
+                e.0 = Some(SystemTime::now());
+            } else {
+                e.1 += 1;
+            }
         }
     }
 
@@ -162,6 +178,16 @@ fn route(s: &Served, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let statuses = s.board.statuses();
             let ready = s.board.ready(&statuses).is_ok();
             record(&statuses, ready, s.since);
+            if let Ok(v) = s.board.verified.lock() {
+                for (db, (last, failures)) in v.iter() {
+                    let db = db.display().to_string();
+                    if let Some(t) = last {
+                        gauge!("replica_verify_last_success_timestamp_seconds", "db" => db.clone())
+                            .set(unix_seconds(*t));
+                    }
+                    counter!("replica_verify_failures_total", "db" => db).absolute(*failures);
+                }
+            }
             let mut r = text(StatusCode::OK, s.prometheus.render());
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -328,6 +354,14 @@ fn describe() {
     describe_counter!(
         "replica_store_requests_total",
         "Object-store requests, by operation."
+    );
+    describe_gauge!(
+        "replica_verify_last_success_timestamp_seconds",
+        "Unix time of the last periodic verify that restored the replica (verify_interval)."
+    );
+    describe_counter!(
+        "replica_verify_failures_total",
+        "Periodic verifies that failed."
     );
     describe_histogram!(
         histograms::UPLOAD_SECONDS,

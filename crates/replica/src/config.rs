@@ -18,6 +18,7 @@
 //!   metrics_addr: 127.0.0.1:9090  # /metrics, /healthz, /readyz, /status (":9090": all interfaces)
 //!   heartbeat_url: https://hc-ping.com/…   # GET while every database is in sync
 //!   heartbeat_interval: 1m
+//!   verify_interval: 24h     # restore each replica beside its database and check it
 //! shards:
 //!   count: 8
 //!   path: ./data/shard_{index}.db
@@ -91,6 +92,7 @@ struct RawReplication {
     metrics_addr: Option<String>,
     heartbeat_url: Option<String>,
     heartbeat_interval: Option<String>,
+    verify_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +131,8 @@ pub struct Config {
     /// A URL to GET every `heartbeat_interval` while every database is in sync.
     pub heartbeat_url: Option<String>,
     pub heartbeat_interval: Duration,
+    /// How often `replicate` verifies each replica by restoring it (off when `None`).
+    pub verify_interval: Option<Duration>,
     pub shard_count: Option<u32>,
     pub databases: Vec<Database>,
 }
@@ -320,6 +324,10 @@ impl Config {
             lease,
             take_over_replica: r.take_over_replica.unwrap_or(false),
             heartbeat_url: r.heartbeat_url.filter(|u| !u.trim().is_empty()),
+            verify_interval: r
+                .verify_interval
+                .map(|v| duration("replication.verify_interval", Some(v), Duration::ZERO))
+                .transpose()?,
             heartbeat_interval: duration(
                 "replication.heartbeat_interval",
                 r.heartbeat_interval,

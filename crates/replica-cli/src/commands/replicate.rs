@@ -141,6 +141,13 @@ async fn run_single(
         "replica started"
     );
     summaries(Arc::clone(&board));
+    if let Some(every) = a.verify_interval {
+        super::verify::periodic(
+            every,
+            vec![(db.to_path_buf(), url.to_owned())],
+            Arc::clone(&board),
+        );
+    }
     if a.once {
         flush(signals, replicator.shutdown(a.flush_timeout))
             .await
@@ -276,6 +283,14 @@ async fn run_config(
         "replica started"
     );
     summaries(Arc::clone(&board));
+    if let Some(every) = a.verify_interval.or(dep.config.verify_interval) {
+        let dbs = dep
+            .config
+            .databases
+            .iter()
+            .map(|d| (d.path.clone(), d.url.clone()));
+        super::verify::periodic(every, dbs.collect(), Arc::clone(&board));
+    }
     if a.once {
         flush(signals, running.shutdown(a.flush_timeout)).await?;
         log_stopped(&monitors);

@@ -532,3 +532,62 @@ fn verify_passes_a_good_replica_and_fails_a_damaged_one() {
     );
     drop(conn);
 }
+
+#[test]
+fn periodic_verify_is_exported_and_leaves_nothing_beside_the_database() {
+    let dir = TempDir::new().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let db = data.join("app.db");
+    let conn = new_db(&db);
+    write_batches(&conn, 3, 10);
+    let url = file_url(&dir.path().join("replica"));
+    let addr = free_addr();
+    let mut cmd = replica_cmd();
+    cmd.args([
+        "replicate",
+        "--sync-interval",
+        "100ms",
+        "--verify-interval",
+        "300ms",
+    ])
+    .args(["--metrics-addr", &addr])
+    .arg(&db)
+    .arg(&url);
+    let mut rep = Proc::spawn("replicate with periodic verify", cmd);
+    let verified = || {
+        metric(
+            &addr,
+            "replica_verify_last_success_timestamp_seconds",
+            &db,
+            "",
+        )
+        .is_some_and(|t| t > 1.7e9)
+    };
+    assert!(
+        wait_until(TIMEOUT, verified),
+        "no verify\n{}",
+        rep.output_report()
+    );
+    assert_eq!(
+        metric(&addr, "replica_verify_failures_total", &db, ""),
+        Some(0.0)
+    );
+    assert_eq!(
+        rep.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        rep.output_report()
+    );
+    assert!(
+        rep.stderr().contains("verify: the replica restores"),
+        "{}",
+        rep.output_report()
+    );
+    let left: Vec<String> = crate::support::dir_listing(&data)
+        .into_iter()
+        .filter(|n| n.starts_with(".replica-verify"))
+        .collect();
+    assert!(left.is_empty(), "verify left {left:?}");
+    drop(conn);
+}
