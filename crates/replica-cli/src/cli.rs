@@ -119,6 +119,10 @@ pub struct ReplicateArgs {
     /// cron, or a final sync before a migration). Not with --exec.
     #[arg(long, conflicts_with = "exec")]
     pub once: bool,
+    /// Take a snapshot of every database as replication starts (with --once: a
+    /// backup that restores from one snapshot plus nothing else).
+    #[arg(long)]
+    pub force_snapshot: bool,
     /// GET this URL every --heartbeat-interval while every database replicates with
     /// less than a minute of lag (a dead man's switch, e.g. healthchecks.io)
     /// [default: replication.heartbeat_url]

@@ -131,6 +131,9 @@ pub struct Config {
     /// A URL to GET every `heartbeat_interval` while every database is in sync.
     pub heartbeat_url: Option<String>,
     pub heartbeat_interval: Duration,
+    /// Take a snapshot of every database when replication starts. Not a config key:
+    /// `replicate --force-snapshot` sets it.
+    pub snapshot_at_start: bool,
     /// How often `replicate` verifies each replica by restoring it (off when `None`).
     pub verify_interval: Option<Duration>,
     pub shard_count: Option<u32>,
@@ -324,6 +327,7 @@ impl Config {
             lease,
             take_over_replica: r.take_over_replica.unwrap_or(false),
             heartbeat_url: r.heartbeat_url.filter(|u| !u.trim().is_empty()),
+            snapshot_at_start: false,
             verify_interval: r
                 .verify_interval
                 .map(|v| duration("replication.verify_interval", Some(v), Duration::ZERO))

@@ -133,6 +133,7 @@ impl Deployment {
             l0_retention: self.config.l0_retention,
             lease: self.config.lease,
             take_over_replica: self.config.take_over_replica,
+            snapshot_at_start: self.config.snapshot_at_start,
             ..EngineConfig::default()
         }
     }

@@ -88,6 +88,7 @@ async fn run_single(
             wait: a.lease_wait.unwrap_or(LeaseConfig::default().wait),
         },
         take_over_replica: a.take_over_replica,
+        snapshot_at_start: a.force_snapshot,
         ..EngineConfig::default()
     };
     // As with --config: a database on local disk need not wait for the store. Its
@@ -191,6 +192,7 @@ async fn run_config(
 ) -> anyhow::Result<ExitCode> {
     let mut dep = Deployment::from_config(file)?;
     dep.config.take_over_replica |= a.take_over_replica;
+    dep.config.snapshot_at_start = a.force_snapshot;
     let board = Arc::new(Board::default());
     if let Some(addr) = a.metrics_addr.or(dep.config.metrics_addr) {
         endpoint::serve(addr, Arc::clone(&board)).await?;

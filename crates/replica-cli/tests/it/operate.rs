@@ -591,3 +591,43 @@ fn periodic_verify_is_exported_and_leaves_nothing_beside_the_database() {
     assert!(left.is_empty(), "verify left {left:?}");
     drop(conn);
 }
+
+#[test]
+fn once_with_force_snapshot_leaves_a_new_snapshot_at_the_head() {
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("app.db");
+    let conn = new_db(&db);
+    write_batches(&conn, 3, 10);
+    let url = file_url(&dir.path().join("replica"));
+    let once = |extra: &[&str]| {
+        let out = run(replica_cmd()
+            .args(["replicate", "--once"])
+            .args(extra)
+            .arg(&db)
+            .arg(&url));
+        assert_eq!(out.code(), Some(0), "{out}");
+    };
+    once(&[]);
+    write_batches(&conn, 2, 10);
+    once(&[]);
+    let snapshots = || {
+        crate::support::ltx_list(&url)
+            .iter()
+            .filter(|f| f.level == 9)
+            .map(|f| f.max)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(snapshots().len(), 1, "a plain --once takes no new snapshot");
+    write_batches(&conn, 2, 10);
+    once(&["--force-snapshot"]);
+    let snaps = snapshots();
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    assert_eq!(snaps.iter().max(), Some(&crate::support::max_txid(&url)));
+    let restored = dir.path().join("restored.db");
+    let r = run(replica_cmd()
+        .args(["restore", "-o"])
+        .arg(&restored)
+        .arg(&url));
+    assert!(r.success(), "{r}");
+    assert_eq!(user_dump(&restored), user_dump(&db));
+}

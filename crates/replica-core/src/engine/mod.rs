@@ -72,6 +72,9 @@ pub struct EngineConfig {
     /// Replicate even to a replica that records another database, making this one
     /// its latest state.
     pub take_over_replica: bool,
+    /// Take a snapshot as soon as capture starts, whatever the schedule says
+    /// (`replicate --force-snapshot`, e.g. with `--once` for a self-contained backup).
+    pub snapshot_at_start: bool,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +94,7 @@ impl Default for EngineConfig {
             max_upload_bytes: 256 << 20,
             lease: LeaseConfig::default(),
             take_over_replica: false,
+            snapshot_at_start: false,
         }
     }
 }

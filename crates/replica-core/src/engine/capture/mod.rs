@@ -84,6 +84,8 @@ pub enum SnapshotReason {
     Interval,
     /// The database file at the path is a different file than the one replicated.
     Replaced,
+    /// Asked for (`snapshot_at_start`).
+    Requested,
 }
 
 /// One word per reason, so that a log line's `reason=` field stays one token.
@@ -95,6 +97,7 @@ impl std::fmt::Display for SnapshotReason {
             SnapshotReason::WalReset => "wal_reset",
             SnapshotReason::Interval => "interval",
             SnapshotReason::Replaced => "file_replaced",
+            SnapshotReason::Requested => "requested",
         })
     }
 }
@@ -192,6 +195,11 @@ impl Capturer {
             identity: Identity::new((meta.dev(), meta.ino())),
         };
         c.resume(remote_max)?;
+        if c.cfg.snapshot_at_start {
+            c.schedule
+                .snapshot_due
+                .get_or_insert(SnapshotReason::Requested);
+        }
         if let Ok(mut p) = c.shared.progress.lock() {
             p.local_txid = c.txid;
             if !c.spool.pending()?.is_empty() {
