@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use replica::Deployment;
@@ -87,7 +89,11 @@ async fn restore_one(url: &str, opts: RestoreOptions, out: Output) -> anyhow::Re
         return Ok(ExitCode::SUCCESS);
     }
     let started = std::time::Instant::now();
-    let outcome = match restore::restore(&replica, &opts).await {
+    let progress = Arc::new(restore::Progress::default());
+    let bar = ProgressBar::start(&progress);
+    let result = restore::restore_with_progress(&replica, &opts, &progress).await;
+    bar.finish().await;
+    let outcome = match result {
         Err(RestoreError::V3(e)) if e.is_usage() => return Err(usage(e.to_string())),
         r => r.with_context(|| format!("restore of {} failed", opts.output.display()))?,
     };
@@ -96,6 +102,56 @@ async fn restore_one(url: &str, opts: RestoreOptions, out: Output) -> anyhow::Re
         out.print(&[(opts.output.clone(), outcome_json(&outcome, started))]);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar (bytes, rate, ETA) on stderr for a restore that takes more than a
+/// second, when stderr is a terminal; nothing otherwise.
+struct ProgressBar {
+    done: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ProgressBar {
+    fn start(progress: &Arc<restore::Progress>) -> Self {
+        let (done, mut finished) = tokio::sync::watch::channel(false);
+        let task = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let progress = Arc::clone(progress);
+            tokio::spawn(async move {
+                let wait = finished.wait_for(|d| *d);
+                if tokio::time::timeout(std::time::Duration::from_secs(1), wait)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                let style = indicatif::ProgressStyle::with_template(
+                    "{bytes}/{total_bytes} [{bar:30}] {binary_bytes_per_sec}, eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                let bar = indicatif::ProgressBar::new(0).with_style(style);
+                loop {
+                    bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
+                    bar.set_position(progress.read_bytes.load(Ordering::Relaxed));
+                    let tick = finished.wait_for(|d| *d);
+                    if tokio::time::timeout(std::time::Duration::from_millis(100), tick)
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+                bar.finish_and_clear();
+            })
+        });
+        ProgressBar { done, task }
+    }
+
+    async fn finish(self) {
+        let _ = self.done.send(true);
+        if let Some(t) = self.task {
+            let _ = t.await;
+        }
+    }
 }
 
 /// How the result is shown.

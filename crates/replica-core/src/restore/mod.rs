@@ -19,6 +19,7 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -173,10 +174,34 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
 /// How many times a restore plans again when a planned file vanished under it.
 const MAX_REPLANS: u32 = 3;
 
+/// How far a restore has come, for a progress display: the bytes of the planned
+/// files, and those read so far. Written by the restore, read by anyone (Relaxed: a
+/// display needs no ordering).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total_bytes: AtomicU64,
+    pub read_bytes: AtomicU64,
+}
+
+impl Progress {
+    fn read(&self, n: usize) {
+        self.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
 /// Restores `replica` into `opts.output`.
 pub async fn restore(
     replica: &Replica,
     opts: &RestoreOptions,
+) -> Result<RestoreOutcome, RestoreError> {
+    restore_with_progress(replica, opts, &Arc::new(Progress::default())).await
+}
+
+/// [`restore`], reporting into `progress` as it reads.
+pub async fn restore_with_progress(
+    replica: &Replica,
+    opts: &RestoreOptions,
+    progress: &Arc<Progress>,
 ) -> Result<RestoreOutcome, RestoreError> {
     let out = &opts.output;
     if out.exists() {
@@ -222,7 +247,10 @@ pub async fn restore(
             let work = WorkDir::create(&parent, out, mode)?;
             let bytes = match &source {
                 Source::Ltx(chain) => {
-                    apply_chain(replica, chain, &work, opts.parallelism.max(1)).await?
+                    let total = chain.iter().map(|f| f.size).sum();
+                    progress.total_bytes.store(total, Ordering::Relaxed);
+                    progress.read_bytes.store(0, Ordering::Relaxed);
+                    apply_chain(replica, chain, &work, opts.parallelism.max(1), progress).await?
                 }
                 Source::V3(plan) => {
                     v3::apply(
@@ -598,6 +626,7 @@ async fn apply_chain(
     chain: &[RemoteFile],
     work: &WorkDir,
     parallelism: usize,
+    progress: &Arc<Progress>,
 ) -> Result<u64, RestoreError> {
     let sem = Arc::new(Semaphore::new(parallelism));
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
@@ -611,13 +640,14 @@ async fn apply_chain(
         let path = work.download_path(i);
         let bits = work.1.file();
         let mut cancelled = cancelled.clone();
+        let progress = Arc::clone(progress);
         downloads.0.push(tokio::spawn(async move {
             let _permit = sem
                 .acquire_owned()
                 .await
                 .map_err(|_| RestoreError::Task("cancelled".into()))?;
             tokio::select! {
-                r = download(client, &f, &path, bits) => r,
+                r = download(client, &f, &path, bits, &progress) => r,
                 _ = cancelled.wait_for(|c| *c) => Err(RestoreError::Task("cancelled".into())),
             }
         }));
@@ -630,7 +660,7 @@ async fn apply_chain(
     let mut result = Ok(());
     let mut awaited = 0;
     if let Some(base) = chain.first() {
-        match stream_base(replica, base, &db, &db_path).await {
+        match stream_base(replica, base, &db, &db_path, progress).await {
             Ok((bytes, ps)) => {
                 total += bytes;
                 page_size = Some(ps);
@@ -695,13 +725,19 @@ async fn stream_base(
     f: &RemoteFile,
     db: &Arc<File>,
     db_path: &Path,
+    progress: &Arc<Progress>,
 ) -> Result<(u64, u32), RestoreError> {
     let reader = StreamReader::open(replica.client().clone(), f.key.clone(), f.size).await?;
     let (db, f, db_path) = (db.clone(), f.clone(), db_path.to_path_buf());
+    let progress = Arc::clone(progress);
     tokio::task::spawn_blocking(move || {
+        let reader = Counted {
+            inner: reader,
+            progress,
+        };
         let mut reader = BufReader::with_capacity(1 << 20, reader);
         let applied = apply_ltx(&db, &db_path, &f, &mut reader, None, true);
-        let mut reader = reader.into_inner();
+        let mut reader = reader.into_inner().inner;
         match (applied, reader.take_error()) {
             // A broken stream surfaces in the decoder; report it as the GET it was.
             (Err(_), Some(e)) => Err(e.into()),
@@ -713,11 +749,26 @@ async fn stream_base(
 }
 
 /// Downloads `f` to `path`, resuming a response that breaks off ([`fetch`]).
+/// A reader that reports what passes through it to a [`Progress`].
+struct Counted<R> {
+    inner: R,
+    progress: Arc<Progress>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.read(n);
+        Ok(n)
+    }
+}
+
 async fn download(
     client: Arc<dyn crate::client::ReplicaClient>,
     f: &RemoteFile,
     path: &Path,
     bits: u32,
+    progress: &Progress,
 ) -> Result<u64, RestoreError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Large buffers: tokio runs each file write on its blocking pool, so small
@@ -745,6 +796,7 @@ async fn download(
                 Ok(n) => {
                     file.write_all(&buf[..n]).await.map_err(io_err(path))?;
                     offset += n as u64;
+                    progress.read(n);
                 }
                 Err(e) => break Some(e),
             }
