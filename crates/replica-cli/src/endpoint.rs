@@ -256,6 +256,10 @@ fn record(statuses: &[Status], ready: bool, since: Instant) {
                 (now - unix_seconds(t)).max(0.0),
             );
         }
+        for lease in ["held", "lapsed", "lost"] {
+            let on = if s.lease == lease { 1.0 } else { 0.0 };
+            gauge!("replica_lease", "db" => db.clone(), "state" => lease).set(on);
+        }
         for state in [State::Replicating, State::Failing, State::Stopped] {
             let on = if s.state == state { 1.0 } else { 0.0 };
             gauge!("replica_state", "db" => db.clone(), "state" => state.as_str()).set(on);
@@ -326,6 +330,10 @@ fn describe() {
     describe_gauge!(
         "replica_state",
         "1 for the database's current state, else 0."
+    );
+    describe_gauge!(
+        "replica_lease",
+        "1 for the lease's state (held, lapsed: writes wait for a renewal, lost), else 0."
     );
     describe_counter!(
         "replica_ltx_files_total",

@@ -214,6 +214,11 @@ fn metrics_show_lag_rising_in_an_outage_and_falling_after() {
     let st = status_json(&mut cmd);
     let d = &st["databases"][0];
     assert_eq!(d["state"], "replicating", "{st}");
+    assert_eq!(d["lease"], "held", "{st}");
+    assert_eq!(
+        metric(&addr, "replica_lease", &db, "state=\"held\""),
+        Some(1.0)
+    );
     assert_eq!(d["local_txid"], d["remote_txid"], "{st}");
     let local = format!("{:016x}", m("replica_local_txid").expect("txid") as u64);
     assert_eq!(d["local_txid"], local.as_str(), "{st}");

@@ -102,6 +102,13 @@ impl Monitor {
             .map(|m| m.len())
             .sum();
         let wal = super::capture::wal_path_of(&self.db);
+        let lease = if self.lease_state.is_lost() {
+            "lost"
+        } else if self.lease_state.permit("").is_ok() {
+            "held"
+        } else {
+            "lapsed"
+        };
         let snapshot_time = snapshot.and_then(|(_, t)| t);
         Status {
             db: self.db.clone(),
@@ -124,6 +131,7 @@ impl Monitor {
             spool_files: pending.len() as u64,
             spool_bytes,
             wal_bytes: std::fs::metadata(&wal).map_or(0, |m| m.len()),
+            lease,
             counters: Counters::of(&self.shared.stats),
         }
     }
@@ -166,6 +174,10 @@ pub struct Status {
     pub spool_bytes: u64,
     /// Size of the database's WAL file now.
     pub wal_bytes: u64,
+    /// The replica's lease: `held` (writes may go out), `lapsed` (not renewed in
+    /// time; writes wait for a renewal), `lost` (another replicator took it) or
+    /// `none` (no process holds it: offline status).
+    pub lease: &'static str,
     pub counters: Counters,
 }
 
@@ -269,6 +281,7 @@ pub async fn offline(db: &Path, replica: &Replica) -> Result<Status, StoreError>
         spool_files: pending.len() as u64,
         spool_bytes: times.iter().map(|(n, _)| n).sum(),
         wal_bytes: std::fs::metadata(super::capture::wal_path_of(db)).map_or(0, |m| m.len()),
+        lease: "none",
         counters: Counters::default(),
     })
 }
