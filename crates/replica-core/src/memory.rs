@@ -48,6 +48,9 @@ pub struct Faults {
     /// The first this many GETs answer NotFound, as for an object a live replica's
     /// retention deleted between a listing and the read.
     pub vanishing_reads: u32,
+    /// The first this many HEADs answer NotFound, as for an object deleted between a
+    /// listing and a HEAD of its time.
+    pub vanishing_heads: u32,
     /// A `get` whose body is longer than this many bytes breaks off there with a
     /// connection reset, every time, as a connection that drops mid-response would; a
     /// shorter body arrives whole.
@@ -79,6 +82,8 @@ pub struct MemoryClient {
     faults: Faults,
     /// GETs answered NotFound so far under `faults.vanishing_reads`.
     vanished: std::sync::atomic::AtomicU32,
+    /// HEADs answered NotFound so far under `faults.vanishing_heads`.
+    vanished_heads: std::sync::atomic::AtomicU32,
 }
 
 /// Everything a store can offer.
@@ -105,6 +110,7 @@ impl MemoryClient {
             info: StoreInfo::new("memory", url, capabilities),
             faults,
             vanished: Default::default(),
+            vanished_heads: Default::default(),
         }
     }
 
@@ -117,6 +123,7 @@ impl MemoryClient {
             info: self.info.clone(),
             faults,
             vanished: Default::default(),
+            vanished_heads: Default::default(),
         }
     }
 
@@ -254,6 +261,17 @@ impl ReplicaClient for MemoryClient {
     async fn head(&self, key: &Key) -> Result<ObjectInfo, StoreError> {
         let key = key.as_str();
         self.refuse(Op::Head, key)?;
+        if self
+            .vanished_heads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.faults.vanishing_heads).then_some(n + 1)
+            })
+            .is_ok()
+        {
+            return Err(StoreError::NotFound {
+                key: key.to_owned(),
+            });
+        }
         let objects = self.lock();
         let o = objects.get(key).ok_or_else(|| StoreError::NotFound {
             key: key.to_owned(),

@@ -420,7 +420,21 @@ async fn choose_source(
     let mut files = replica.list_files(None).await?;
     let listing = v3::list(replica.client().as_ref()).await?;
     if let Target::Timestamp(ts) = opts.target {
-        replica.fill_ltx_times(&mut files, Some(ts)).await?;
+        // A live replicator's compaction or retention may delete a listed file before
+        // its time is read: that listing is stale, so list again, as a restore does
+        // when a planned file vanishes.
+        let mut relisted = 0;
+        loop {
+            match replica.fill_ltx_times(&mut files, Some(ts)).await {
+                Ok(()) => break,
+                Err(StoreError::NotFound { key }) if relisted < MAX_REPLANS => {
+                    relisted += 1;
+                    info!(%key, attempt = relisted, "a listed replica file was deleted meanwhile (retention or compaction); listing again");
+                    files = replica.list_files(None).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     let use_v3 = match (files.is_empty(), listing.is_empty()) {
         (true, true) => return Ok(None),

@@ -386,6 +386,49 @@ async fn a_restore_plans_again_when_a_planned_file_vanishes() {
     assert_eq!(count(&restored), count(&conn));
 }
 
+/// A point-in-time restore on a store whose listings carry no LTX time reads each
+/// recent file's time with a HEAD; a file deleted between the listing and its HEAD (a
+/// live replicator's retention) makes it list again, not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_in_time_restore_lists_again_when_a_file_vanishes_before_its_head() {
+    use replica_core::restore::{self, RestoreOptions, Target};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("app.db");
+    let caps = replica_core::client::Capabilities {
+        list_has_ltx_time: false,
+        ..ALL_CAPABILITIES
+    };
+    let store = Arc::new(MemoryClient::new(caps, Faults::default()));
+    let conn = open_db(&db);
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .expect("schema");
+    let r = start(&db, &store, EngineConfig::default()).await;
+    for _ in 0..20 {
+        conn.execute("INSERT INTO t(v) VALUES (randomblob(3000))", [])
+            .expect("insert");
+    }
+    r.shutdown(Duration::from_secs(30)).await.expect("shutdown");
+
+    let replica = Replica::new(Arc::new(store.with_faults(Faults {
+        vanishing_heads: 2,
+        ..Faults::default()
+    })));
+    let out = dir.path().join("restored.db");
+    let opts = RestoreOptions {
+        target: Target::Timestamp(std::time::SystemTime::now() + Duration::from_secs(60)),
+        ..RestoreOptions::new(&out)
+    };
+    restore::restore(&replica, &opts)
+        .await
+        .expect("the restore lists again and succeeds");
+    let count = |c: &Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count rows")
+    };
+    let restored = Connection::open(&out).expect("open restored");
+    assert_eq!(count(&restored), count(&conn));
+}
+
 /// Every file regular file below `dir`, by inode.
 fn inodes(dir: &Path) -> std::collections::BTreeSet<u64> {
     use std::os::unix::fs::MetadataExt;
