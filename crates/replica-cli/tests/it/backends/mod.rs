@@ -140,6 +140,18 @@ fn replicate_a_workload(f: &dyn StoreFixture, db: &Path, url: &str) -> Vec<Strin
         .arg(db)
         .arg(url);
     let mut rep = Proc::spawn(&format!("replica replicate {}", f.scheme()), cmd);
+    // Replication has started once the first snapshot is in the store. A store that
+    // answers its first requests with errors (SeaweedFS sometimes says 500 at first)
+    // only delays that; a SIGINT before it would stop a start, not a replication.
+    let started = || {
+        let out = run(replica(f).args(["ltx", "--json", url]));
+        out.success() && !parse_ltx_json(&out).is_empty()
+    };
+    assert!(
+        wait_until(TIMEOUT, started),
+        "replication never started\n{}",
+        rep.output_report()
+    );
     write_batches(&conn, 20, 40);
     conn.execute_batch("VACUUM").expect("vacuum");
     write_batches(&conn, 5, 10);
