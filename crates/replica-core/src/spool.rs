@@ -590,14 +590,16 @@ impl Spool {
 
     /// Bytes waiting for upload.
     pub fn pending_bytes(&self) -> u64 {
-        self.pending()
-            .map(|v| {
-                v.iter()
-                    .filter_map(|p| fs::metadata(&p.path).ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
+        self.pending().map(|v| Self::bytes_of(&v)).unwrap_or(0)
+    }
+
+    /// The size of `pending` on disk now (a file removed meanwhile counts 0).
+    pub fn bytes_of(pending: &[Pending]) -> u64 {
+        pending
+            .iter()
+            .filter_map(|p| fs::metadata(&p.path).ok())
+            .map(|m| m.len())
+            .sum()
     }
 }
 

@@ -16,8 +16,8 @@ use tempfile::TempDir;
 use crate::backends::StoreFixture;
 use crate::backends::s3::S3;
 use crate::support::{
-    FaultPlan, FaultProxy, Proc, SIGINT, file_url, new_db, replica_cmd, run, user_dump, wait_until,
-    write_batches,
+    FaultPlan, FaultProxy, Output, Proc, SIGINT, file_url, new_db, replica_cmd, run, user_dump,
+    wait_until, write_batches,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,6 +59,26 @@ impl Pings {
     fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
+}
+
+/// `replica replicate --once EXTRA… DB URL`, which must exit 0.
+#[track_caller]
+fn replicate_once(db: &Path, url: &str, extra: &[&str]) -> Output {
+    let out = run(replica_cmd()
+        .args(["replicate", "--once"])
+        .args(extra)
+        .arg(db)
+        .arg(url));
+    assert_eq!(out.code(), Some(0), "{out}");
+    out
+}
+
+/// The user tables of the latest state of `url`, restored into `out`.
+#[track_caller]
+fn restored_user_dump(url: &str, out: &Path) -> Vec<String> {
+    let r = run(replica_cmd().args(["restore", "-o"]).arg(out).arg(url));
+    assert!(r.success(), "{r}");
+    user_dump(out)
 }
 
 /// `GET path` on `addr`: the status code and the body, or `None` if nothing answers.
@@ -364,11 +384,7 @@ fn once_uploads_everything_committed_and_exits_with_json_logs() {
     let conn = new_db(&db);
     write_batches(&conn, 4, 25);
     let url = file_url(&dir.path().join("replica"));
-    let out = run(replica_cmd()
-        .args(["--log-format", "json", "replicate", "--once"])
-        .arg(&db)
-        .arg(&url));
-    assert_eq!(out.code(), Some(0), "{out}");
+    let out = replicate_once(&db, &url, &["--log-format", "json"]);
     let lines: Vec<serde_json::Value> = out
         .stderr
         .lines()
@@ -390,13 +406,10 @@ fn once_uploads_everything_committed_and_exits_with_json_logs() {
     // Commits made after it exited are not in the replica; everything before is.
     let expected = user_dump(&db);
     write_batches(&conn, 1, 5);
-    let restored = dir.path().join("restored.db");
-    let r = run(replica_cmd()
-        .args(["restore", "-o"])
-        .arg(&restored)
-        .arg(&url));
-    assert!(r.success(), "{r}");
-    assert_eq!(user_dump(&restored), expected);
+    assert_eq!(
+        restored_user_dump(&url, &dir.path().join("restored.db")),
+        expected
+    );
 }
 
 #[test]
@@ -469,17 +482,9 @@ fn verify_passes_a_good_replica_and_fails_a_damaged_one() {
     write_batches(&conn, 5, 20);
     let root = dir.path().join("replica");
     let url = file_url(&root);
-    let once = run(replica_cmd()
-        .args(["replicate", "--once"])
-        .arg(&db)
-        .arg(&url));
-    assert!(once.success(), "{once}");
+    replicate_once(&db, &url, &[]);
     write_batches(&conn, 3, 20);
-    let once = run(replica_cmd()
-        .args(["replicate", "--once"])
-        .arg(&db)
-        .arg(&url));
-    assert!(once.success(), "{once}");
+    replicate_once(&db, &url, &[]);
     let work = dir.path().join("work");
     std::fs::create_dir(&work).expect("mkdir");
 
@@ -604,17 +609,9 @@ fn once_with_force_snapshot_leaves_a_new_snapshot_at_the_head() {
     let conn = new_db(&db);
     write_batches(&conn, 3, 10);
     let url = file_url(&dir.path().join("replica"));
-    let once = |extra: &[&str]| {
-        let out = run(replica_cmd()
-            .args(["replicate", "--once"])
-            .args(extra)
-            .arg(&db)
-            .arg(&url));
-        assert_eq!(out.code(), Some(0), "{out}");
-    };
-    once(&[]);
+    replicate_once(&db, &url, &[]);
     write_batches(&conn, 2, 10);
-    once(&[]);
+    replicate_once(&db, &url, &[]);
     let snapshots = || {
         crate::support::ltx_list(&url)
             .iter()
@@ -624,15 +621,12 @@ fn once_with_force_snapshot_leaves_a_new_snapshot_at_the_head() {
     };
     assert_eq!(snapshots().len(), 1, "a plain --once takes no new snapshot");
     write_batches(&conn, 2, 10);
-    once(&["--force-snapshot"]);
+    replicate_once(&db, &url, &["--force-snapshot"]);
     let snaps = snapshots();
     assert_eq!(snaps.len(), 2, "{snaps:?}");
     assert_eq!(snaps.iter().max(), Some(&crate::support::max_txid(&url)));
-    let restored = dir.path().join("restored.db");
-    let r = run(replica_cmd()
-        .args(["restore", "-o"])
-        .arg(&restored)
-        .arg(&url));
-    assert!(r.success(), "{r}");
-    assert_eq!(user_dump(&restored), user_dump(&db));
+    assert_eq!(
+        restored_user_dump(&url, &dir.path().join("restored.db")),
+        user_dump(&db)
+    );
 }

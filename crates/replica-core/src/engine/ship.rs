@@ -10,12 +10,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
 use super::manifest::Manifest;
-use super::status::epoch_ms;
+use super::status::now_ms;
 use super::{EngineConfig, EngineError, Shared};
 use crate::error::{Chain, StoreError};
 use crate::layout::{FileId, SNAPSHOT_LEVEL};
@@ -300,7 +300,7 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
         .and_then(|p| read_header(&p.path).ok())
         .map(|h| h.timestamp_ms);
     if let Ok(mut p) = shared.progress.lock() {
-        p.uploaded(remote, next_ms, epoch_ms(SystemTime::now()));
+        p.uploaded(remote, next_ms, now_ms());
     }
     // L0 files stay as local copies until compaction has merged them into L1.
     let keep = id.level == 0 && !cfg.levels.is_empty();

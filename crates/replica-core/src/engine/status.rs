@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -96,11 +95,7 @@ impl Monitor {
         };
         let stopped = self.shared.failed.load(Ordering::Acquire) || self.lease_state.is_lost();
         let pending = self.spool.pending().unwrap_or_default();
-        let spool_bytes = pending
-            .iter()
-            .filter_map(|p| std::fs::metadata(&p.path).ok())
-            .map(|m| m.len())
-            .sum();
+        let spool_bytes = Spool::bytes_of(&pending);
         let wal = super::capture::wal_path_of(&self.db);
         let lease = if self.lease_state.is_lost() {
             "lost"
@@ -233,6 +228,11 @@ impl Counters {
             requests: s.requests.totals(),
         }
     }
+}
+
+/// Now, in milliseconds since the epoch (the LTX header's clock).
+pub(crate) fn now_ms() -> i64 {
+    epoch_ms(SystemTime::now())
 }
 
 pub(crate) fn epoch_ms(t: SystemTime) -> i64 {

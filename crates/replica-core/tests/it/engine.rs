@@ -347,6 +347,29 @@ async fn a_snapshot_stream_that_breaks_fails_the_restore_cleanly() {
     );
 }
 
+/// A database of twenty 3 kB rows in `t`, replicated to `store` and stopped; the
+/// connection stays open for comparisons.
+async fn replicate_twenty_rows(db: &Path, store: &Arc<MemoryClient>) -> Connection {
+    let conn = open_db(db);
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .expect("schema");
+    let r = start(db, store, EngineConfig::default()).await;
+    for _ in 0..20 {
+        conn.execute("INSERT INTO t(v) VALUES (randomblob(3000))", [])
+            .expect("insert");
+    }
+    r.shutdown(Duration::from_secs(30)).await.expect("shutdown");
+    conn
+}
+
+/// The row count and total blob size of `t`.
+fn rows(c: &Connection) -> (i64, i64) {
+    c.query_row("SELECT count(*), sum(length(v)) FROM t", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .expect("count rows")
+}
+
 /// A restore of a live replica plans again when a planned file is gone by the time
 /// it reads it (a replicator's retention deleted it after the listing), whether the
 /// space check or a download meets the gap.
@@ -356,15 +379,7 @@ async fn a_restore_plans_again_when_a_planned_file_vanishes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("app.db");
     let store = store();
-    let conn = open_db(&db);
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .expect("schema");
-    let r = start(&db, &store, EngineConfig::default()).await;
-    for _ in 0..20 {
-        conn.execute("INSERT INTO t(v) VALUES (randomblob(3000))", [])
-            .expect("insert");
-    }
-    r.shutdown(Duration::from_secs(30)).await.expect("shutdown");
+    let conn = replicate_twenty_rows(&db, &store).await;
 
     // Three reads answer NotFound: the root record's (read beside the listing), then
     // the space check's read of the last file's header, then the next one.
@@ -376,14 +391,8 @@ async fn a_restore_plans_again_when_a_planned_file_vanishes() {
     restore::restore(&replica, &RestoreOptions::new(&out))
         .await
         .expect("the restore plans again and succeeds");
-    let count = |c: &Connection| -> (i64, i64) {
-        c.query_row("SELECT count(*), sum(length(v)) FROM t", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .expect("count rows")
-    };
     let restored = Connection::open(&out).expect("open restored");
-    assert_eq!(count(&restored), count(&conn));
+    assert_eq!(rows(&restored), rows(&conn));
 }
 
 /// A point-in-time restore on a store whose listings carry no LTX time reads each
@@ -399,15 +408,7 @@ async fn a_point_in_time_restore_lists_again_when_a_file_vanishes_before_its_hea
         ..ALL_CAPABILITIES
     };
     let store = Arc::new(MemoryClient::new(caps, Faults::default()));
-    let conn = open_db(&db);
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .expect("schema");
-    let r = start(&db, &store, EngineConfig::default()).await;
-    for _ in 0..20 {
-        conn.execute("INSERT INTO t(v) VALUES (randomblob(3000))", [])
-            .expect("insert");
-    }
-    r.shutdown(Duration::from_secs(30)).await.expect("shutdown");
+    let conn = replicate_twenty_rows(&db, &store).await;
 
     let replica = Replica::new(Arc::new(store.with_faults(Faults {
         vanishing_heads: 2,
@@ -421,12 +422,8 @@ async fn a_point_in_time_restore_lists_again_when_a_file_vanishes_before_its_hea
     restore::restore(&replica, &opts)
         .await
         .expect("the restore lists again and succeeds");
-    let count = |c: &Connection| -> i64 {
-        c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .expect("count rows")
-    };
     let restored = Connection::open(&out).expect("open restored");
-    assert_eq!(count(&restored), count(&conn));
+    assert_eq!(rows(&restored), rows(&conn));
 }
 
 /// Every file regular file below `dir`, by inode.

@@ -28,11 +28,12 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
 use super::sqlite::Connections;
+use super::status::now_ms;
 use super::watch::{IDLE_WAIT, WalWatch};
 use super::{EngineConfig, EngineError, Shared};
 use crate::error::Chain;
@@ -122,13 +123,6 @@ pub struct Capturer {
     cursor: WalCursor,
     schedule: Schedule,
     identity: Identity,
-}
-
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub(super) fn wal_path_of(db: &Path) -> PathBuf {

@@ -7,7 +7,8 @@ use std::time::Instant;
 use tracing::info;
 
 use super::super::EngineError;
-use super::{Capturer, SPOOL_DURABILITY, SnapshotReason, now_ms};
+use super::{Capturer, SPOOL_DURABILITY, SnapshotReason};
+use crate::engine::status::now_ms;
 use crate::layout::SNAPSHOT_LEVEL;
 use crate::ltx::{self, FLAG_NO_CHECKSUM, Header, LtxError};
 use crate::spool::{Durability, SpoolError};
@@ -66,7 +67,7 @@ impl Capturer {
         self.schedule.snapshot_taken(Some(txid));
         self.shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut p) = self.shared.progress.lock() {
-            p.spooled(txid, super::now_ms());
+            p.spooled(txid, now_ms());
         }
         info!(db = %self.db_path.display(), %reason, txid = format!("{txid:016x}"), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot spooled");
         self.shared.notify_shipper();
