@@ -181,32 +181,23 @@ impl Output {
 /// What a restore into `opts.output` would do, as JSON: nothing is written.
 async fn plan_one(replica: &Replica, opts: &RestoreOptions) -> anyhow::Result<Value> {
     let output = opts.output.display().to_string();
-    if opts.output.exists() {
-        if opts.if_db_not_exists {
-            return Ok(
-                serde_json::json!({ "output": output, "action": "skip: the output exists" }),
-            );
-        }
-        anyhow::bail!(
-            "{output} exists; a restore never overwrites a database (remove it, choose another -o, or add --if-db-not-exists)"
-        );
-    }
-    let plan = match restore::dry_run(replica, opts).await {
+    let mut v = match restore::dry_run(replica, opts).await {
         Err(RestoreError::V3(e)) if e.is_usage() => return Err(usage(e.to_string())),
-        r => r.with_context(|| format!("planning the restore of {output}"))?,
+        r => match r.with_context(|| format!("planning the restore of {output}"))? {
+            restore::DryRun::Plan(p) => {
+                let mut v = serde_json::to_value(p)?;
+                v["action"] = Value::from("restore");
+                v
+            }
+            restore::DryRun::Skip(skip) => {
+                let mut v = outcome_json(&skip, std::time::Instant::now());
+                v["url"] = Value::from(replica.url());
+                v
+            }
+        },
     };
-    match plan {
-        Some(p) => {
-            let mut v = serde_json::to_value(p)?;
-            v["output"] = Value::from(output);
-            v["action"] = Value::from("restore");
-            Ok(v)
-        }
-        None if opts.if_replica_exists => Ok(
-            serde_json::json!({ "output": output, "url": replica.url(), "action": "skip: no replica" }),
-        ),
-        None => anyhow::bail!("no replica at {}: it holds no files", replica.url()),
-    }
+    v["output"] = Value::from(output);
+    Ok(v)
 }
 
 fn plan_text(path: &std::path::Path, v: &Value) -> String {

@@ -5,8 +5,20 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::{RestoreError, RestoreOptions, Source, choose_source};
+use super::{
+    RestoreError, RestoreOptions, RestoreOutcome, Source, check_output, choose_source, no_replica,
+};
 use crate::replica::Replica;
+
+/// What a restore with the same options would do now.
+#[derive(Debug, Clone)]
+pub enum DryRun {
+    /// Read these files.
+    Plan(PlanSummary),
+    /// Nothing: the output exists (`if_db_not_exists`) or the replica is empty
+    /// (`if_replica_exists`).
+    Skip(RestoreOutcome),
+}
 
 /// What a restore would read and where it would stop.
 #[derive(Debug, Clone, Serialize)]
@@ -20,9 +32,9 @@ pub struct PlanSummary {
     pub objects: usize,
     pub bytes: u64,
     /// The restore point: the last TXID applied, and when its file was written.
-    #[serde(serialize_with = "super::super::engine::status::hex_opt")]
+    #[serde(serialize_with = "crate::engine::status::hex_opt")]
     pub txid: Option<u64>,
-    #[serde(serialize_with = "super::super::engine::status::rfc3339")]
+    #[serde(serialize_with = "crate::engine::status::rfc3339")]
     pub time: Option<SystemTime>,
     /// A 0.3 restore: the generation and the last WAL index.
     pub generation: Option<String>,
@@ -32,23 +44,25 @@ pub struct PlanSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedFile {
     pub level: u8,
-    #[serde(serialize_with = "super::super::engine::status::hex")]
+    #[serde(serialize_with = "crate::engine::status::hex")]
     pub min_txid: u64,
-    #[serde(serialize_with = "super::super::engine::status::hex")]
+    #[serde(serialize_with = "crate::engine::status::hex")]
     pub max_txid: u64,
     pub size: u64,
-    #[serde(serialize_with = "super::super::engine::status::rfc3339")]
+    #[serde(serialize_with = "crate::engine::status::rfc3339")]
     pub created: Option<SystemTime>,
     pub key: String,
 }
 
-/// The plan a restore with `opts` would follow now; `None` for an empty replica.
-pub async fn dry_run(
-    replica: &Replica,
-    opts: &RestoreOptions,
-) -> Result<Option<PlanSummary>, RestoreError> {
+/// What a restore with `opts` would do now: its plan, or why it would do nothing. It
+/// fails where the restore would fail before writing (an existing output, a stale
+/// `-wal` beside it, an empty replica, no history for the target).
+pub async fn dry_run(replica: &Replica, opts: &RestoreOptions) -> Result<DryRun, RestoreError> {
+    if let Some(skip) = check_output(opts)? {
+        return Ok(DryRun::Skip(skip));
+    }
     let summary = match choose_source(replica, opts).await? {
-        None => return Ok(None),
+        None => return Ok(DryRun::Skip(no_replica(replica, opts)?)),
         Some(Source::Ltx(chain)) => {
             let last = chain.last();
             PlanSummary {
@@ -85,5 +99,5 @@ pub async fn dry_run(
             index: Some(format!("{:08x}", plan.last_index())),
         },
     };
-    Ok(Some(summary))
+    Ok(DryRun::Plan(summary))
 }

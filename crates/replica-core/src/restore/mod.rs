@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-pub use dry_run::{PlanSummary, PlannedFile, dry_run};
+pub use dry_run::{DryRun, PlanSummary, PlannedFile, dry_run};
 pub use plan::{PlanError, Target, plan};
 pub use v3::{V3Error, V3Target};
 
@@ -204,18 +204,9 @@ pub async fn restore_with_progress(
     progress: &Arc<Progress>,
 ) -> Result<RestoreOutcome, RestoreError> {
     let out = &opts.output;
-    if out.exists() {
-        if opts.if_db_not_exists {
-            info!(path = %out.display(), "database exists; skipping restore");
-            return Ok(RestoreOutcome::OutputExists);
-        }
-        return Err(RestoreError::OutputExists { path: out.clone() });
-    }
-    for suffix in ["-wal", "-journal"] {
-        let side = sidecar(out, suffix);
-        if side.exists() {
-            return Err(RestoreError::StaleSidecar { path: side });
-        }
+    if let Some(skip) = check_output(opts)? {
+        info!(path = %out.display(), "database exists; skipping restore");
+        return Ok(skip);
     }
 
     let (planned, mode) = tokio::join!(choose_source(replica, opts), restored_mode(replica, opts));
@@ -230,13 +221,9 @@ pub async fn restore_with_progress(
         let source = match planned? {
             Some(s) => s,
             None => {
-                if opts.if_replica_exists {
-                    info!(url = %replica.url(), "no replica; skipping restore");
-                    return Ok(RestoreOutcome::NoReplica);
-                }
-                return Err(RestoreError::NoReplica {
-                    url: replica.url().to_owned(),
-                });
+                let skip = no_replica(replica, opts)?;
+                info!(url = %replica.url(), "no replica; skipping restore");
+                return Ok(skip);
             }
         };
         file_mode::create_dir_all(&parent, mode.dir()).map_err(io_err(&parent))?;
@@ -321,6 +308,37 @@ pub async fn restore_with_progress(
             })
         }
     }
+}
+
+/// What the output's path allows, before the replica is read: `Some` when
+/// `if_db_not_exists` makes an existing output a no-op; an error for an existing
+/// output otherwise, or for a `-wal`/`-journal` left beside it (SQLite would replay
+/// it onto the restored file).
+fn check_output(opts: &RestoreOptions) -> Result<Option<RestoreOutcome>, RestoreError> {
+    let out = &opts.output;
+    if out.exists() {
+        if opts.if_db_not_exists {
+            return Ok(Some(RestoreOutcome::OutputExists));
+        }
+        return Err(RestoreError::OutputExists { path: out.clone() });
+    }
+    for suffix in ["-wal", "-journal"] {
+        let side = sidecar(out, suffix);
+        if side.exists() {
+            return Err(RestoreError::StaleSidecar { path: side });
+        }
+    }
+    Ok(None)
+}
+
+/// An empty replica: a no-op with `if_replica_exists`, else an error.
+fn no_replica(replica: &Replica, opts: &RestoreOptions) -> Result<RestoreOutcome, RestoreError> {
+    if opts.if_replica_exists {
+        return Ok(RestoreOutcome::NoReplica);
+    }
+    Err(RestoreError::NoReplica {
+        url: replica.url().to_owned(),
+    })
 }
 
 /// Fails before anything is written when `dir` cannot hold the restore: the
