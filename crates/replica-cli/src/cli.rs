@@ -35,20 +35,50 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Replicate a database continuously until SIGINT/SIGTERM, then flush and exit.
+    #[command(after_help = "Examples:
+  replica replicate ./app.db file:///backups/app
+  replica replicate ./app.db s3://bucket/app --metrics-addr 127.0.0.1:9090
+  replica replicate --config replica.yml --exec \"./server --port 8080\"
+  replica replicate --once --force-snapshot ./app.db s3://bucket/app")]
     Replicate(Box<ReplicateArgs>),
     /// Restore a database from a replica.
+    #[command(after_help = "Examples:
+  replica restore -o ./app.db file:///backups/app
+  replica restore -o ./app.db --timestamp 2026-12-01T09:30:00Z s3://bucket/app
+  replica restore -o ./app.db --dry-run --json s3://bucket/app
+  replica restore --config replica.yml")]
     Restore(RestoreArgs),
     /// Show where replication stands: positions, lag, spool, snapshots, restorable
     /// window. Asks the running `replicate` process (its metrics address), else reads
     /// the spool and the replica.
+    #[command(after_help = "Examples:
+  replica status --config replica.yml
+  replica status ./app.db s3://bucket/app --json
+  replica status --addr 127.0.0.1:9090")]
     Status(StatusArgs),
     /// Prove a replica restores: restore it into a temporary directory with every
     /// check (CRCs, chain, SQLite's integrity_check), report, delete. Exit 0 OK, 1
     /// failure.
+    #[command(after_help = "Examples:
+  replica verify s3://bucket/app
+  replica verify --txid 00000000000000a3 --json s3://bucket/app
+  replica verify --against ./app.db --addr 127.0.0.1:9090 s3://bucket/app")]
     Verify(VerifyArgs),
+    /// Wait until everything committed so far is in the store: asks the running
+    /// `replicate` process, which answers after its next upload (about one sync
+    /// interval; no extra upload unless --now). Exit 0 when stored, 1 otherwise.
+    #[command(after_help = "Examples:
+  replica sync --addr 127.0.0.1:9090
+  replica sync --config replica.yml --db data/shard_0.db --timeout 10s")]
+    Sync(SyncArgs),
     /// List the LTX files in a replica.
+    #[command(after_help = "Examples:
+  replica ltx s3://bucket/app
+  replica ltx --level 0 --json file:///backups/app")]
     Ltx(LtxArgs),
     /// List the Litestream 0.3 generations in a replica: time ranges, snapshots, WAL.
+    #[command(after_help = "Examples:
+  replica generations s3://bucket/app-litestream-0.3")]
     Generations(GenerationsArgs),
     /// Print the version, the commit and the backends built in.
     Version,
@@ -229,7 +259,39 @@ pub struct VerifyArgs {
     /// Where the temporary restore goes [default: the system's temporary directory].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Also compare the restored content, table by table, with this live database
+    /// at the same TXID. While `replicate` runs for it, give that process's --addr;
+    /// otherwise nothing may be replicating it (the lease is checked).
+    #[arg(long, value_name = "DB_PATH", conflicts_with_all = ["txid", "timestamp"])]
+    pub against: Option<PathBuf>,
+    /// The running replicate process's metrics address (--metrics-addr): it fixes a
+    /// point both sides hold while the application writes, and runs the comparison.
+    #[arg(long, requires = "against", value_parser = replica::config::parse_addr)]
+    pub addr: Option<std::net::SocketAddr>,
     /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The running replicate process's metrics address (--metrics-addr)
+    /// [default: replication.metrics_addr of --config].
+    #[arg(long, value_parser = replica::config::parse_addr)]
+    pub addr: Option<std::net::SocketAddr>,
+    /// The deployment config file (also REPLICA_CONFIG), for its metrics_addr.
+    #[arg(long, env = "REPLICA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Only this database (repeatable) [default: every database of the process].
+    #[arg(long = "db", value_name = "DB_PATH")]
+    pub dbs: Vec<PathBuf>,
+    /// Upload at once instead of at the next sync interval (one extra upload).
+    #[arg(long)]
+    pub now: bool,
+    /// Give up after this long (exit 1).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
 }

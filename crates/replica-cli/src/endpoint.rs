@@ -1,6 +1,8 @@
 //! The operator endpoint, on `metrics_addr`: Prometheus metrics (`/metrics`),
-//! Kubernetes probes (`/healthz`, `/readyz`) and the JSON that `replica status` reads
-//! (`/status`). Everything is read from the replicators' [`Monitor`]s when asked, so a
+//! Kubernetes probes (`/healthz`, `/readyz`), the JSON that `replica status` reads
+//! (`/status`), and two actions for local tools: `POST /sync` (`replica sync`) and
+//! `POST /verify` (`replica verify --against`). It is meant for the pod or host
+//! network: bind it to 127.0.0.1 or a private interface. Everything is read from the replicators' [`Monitor`]s when asked, so a
 //! scrape costs a listing of each spool directory and no object-store request.
 
 use std::collections::HashMap;
@@ -9,7 +11,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use replica_core::error::Chain;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -31,7 +35,9 @@ use tracing::{debug, info};
 /// the endpoint.
 #[derive(Debug, Default)]
 pub struct Board {
-    monitors: RwLock<Vec<Monitor>>,
+    /// Each replicator, with the replica URL it was given (unredacted: a verify
+    /// opens it).
+    monitors: RwLock<Vec<(Monitor, String)>>,
     started: AtomicBool,
     /// Per database: the last successful periodic verify, and failed ones so far.
     /// Written by the verify task, read by the scrape.
@@ -39,9 +45,21 @@ pub struct Board {
 }
 
 impl Board {
-    pub fn add(&self, m: Monitor) {
+    pub fn add(&self, m: Monitor, url: &str) {
         if let Ok(mut v) = self.monitors.write() {
-            v.push(m);
+            v.push((m, url.to_owned()));
+        }
+    }
+
+    /// The replicators and their URLs; only those of `dbs` unless it is empty.
+    pub fn replicators(&self, dbs: &[PathBuf]) -> Vec<(Monitor, String)> {
+        match self.monitors.read() {
+            Ok(v) => v
+                .iter()
+                .filter(|(m, _)| dbs.is_empty() || dbs.iter().any(|d| same_path(d, m.db())))
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
         }
     }
 
@@ -52,7 +70,7 @@ impl Board {
 
     pub fn statuses(&self) -> Vec<Status> {
         match self.monitors.read() {
-            Ok(v) => v.iter().map(Monitor::status).collect(),
+            Ok(v) => v.iter().map(|(m, _)| m.status()).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -82,6 +100,15 @@ impl Board {
             None => Ok(()),
         }
     }
+}
+
+/// Whether two paths name the same database: equal as given, or the same file.
+fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    a == b
+        || match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
 }
 
 /// The `/status` document.
@@ -129,7 +156,14 @@ pub async fn serve(addr: SocketAddr, board: Arc<Board>) -> anyhow::Result<Socket
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let served = Arc::clone(&served);
-                    async move { Ok::<_, Infallible>(route(&served, &req)) }
+                    async move {
+                        let resp = if req.method() == Method::POST {
+                            act(&served, &req).await
+                        } else {
+                            route(&served, &req)
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 if let Err(e) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -140,7 +174,7 @@ pub async fn serve(addr: SocketAddr, board: Arc<Board>) -> anyhow::Result<Socket
             });
         }
     });
-    info!(addr = %local, "serving /metrics, /healthz, /readyz and /status");
+    info!(addr = %local, "serving /metrics, /healthz, /readyz, /status, and POST /sync and /verify");
     Ok(local)
 }
 
@@ -171,7 +205,10 @@ fn recorder() -> anyhow::Result<PrometheusHandle> {
 
 fn route(s: &Served, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET, or POST /sync and /verify\n".into(),
+        );
     }
     match req.uri().path() {
         "/metrics" => {
@@ -224,6 +261,99 @@ fn route(s: &Served, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not found; try /metrics, /healthz, /readyz or /status\n".into(),
         ),
     }
+}
+
+/// The actions a local tool asks of the process: `POST /sync` (wait until what is
+/// committed is stored: `replica sync`) and `POST /verify` (`replica verify
+/// --against`). Databases are named by `db=PATH` query parameters.
+async fn act(s: &Served, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut dbs = Vec::new();
+    let (mut now, mut timeout) = (false, Duration::from_secs(60));
+    for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match &*k {
+            "db" => dbs.push(PathBuf::from(&*v)),
+            "now" => now = v == "1",
+            "timeout_ms" => match v.parse() {
+                Ok(ms) => timeout = Duration::from_millis(ms),
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("timeout_ms={v} is not a number"),
+                    );
+                }
+            },
+            _ => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {k}")),
+        }
+    }
+    let replicators = s.board.replicators(&dbs);
+    if let Some(missing) = dbs
+        .iter()
+        .find(|d| !replicators.iter().any(|(m, _)| same_path(d, m.db())))
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("this process does not replicate {}", missing.display()),
+        );
+    }
+    match req.uri().path() {
+        "/sync" => {
+            let waits: Vec<_> = replicators
+                .iter()
+                .map(|(m, _)| {
+                    let m = m.clone();
+                    tokio::spawn(async move {
+                        let r = if now { m.sync_now(timeout).await } else { m.sync(timeout).await };
+                        match r {
+                            Ok(txid) => serde_json::json!({ "db": m.db(), "status": "stored", "txid": format!("{txid:016x}") }),
+                            Err(e) => serde_json::json!({ "db": m.db(), "status": "failed", "error": Chain(&e).to_string() }),
+                        }
+                    })
+                })
+                .collect();
+            let mut databases = Vec::with_capacity(waits.len());
+            for w in waits {
+                databases.push(w.await.unwrap_or_else(
+                    |e| serde_json::json!({ "status": "failed", "error": e.to_string() }),
+                ));
+            }
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "databases": databases }),
+            )
+        }
+        "/verify" => {
+            let [(monitor, url)] = &replicators[..] else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "name one database: /verify?db=PATH".into(),
+                );
+            };
+            match crate::commands::verify::against_running(monitor, url).await {
+                Ok((ok, report)) => {
+                    s.board.verified(monitor.db(), ok);
+                    json(StatusCode::OK, &report)
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "POST /sync or /verify".into()),
+    }
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = text(
+        status,
+        serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+    );
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: String) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": msg }))
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
+mod ask;
 mod backends;
 mod child;
 mod cli;

@@ -448,6 +448,23 @@ async fn try_take(
     }
 }
 
+/// Who holds the replica's lease now, if anyone: a description of the holder of a
+/// lease that is neither released nor expired (a replicator writing this replica,
+/// or one that died less than a TTL ago). One GET; a malformed lease counts as held,
+/// by an unknown owner.
+pub async fn current_holder(client: &dyn ReplicaClient) -> Result<Option<String>, StoreError> {
+    let v = match client.get_versioned(&Key::from_static(KEY)).await {
+        Ok(v) => v,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Ok(record) = serde_json::from_slice::<Record>(&v.body) else {
+        return Ok(Some(format!("an unknown owner (unreadable {KEY})")));
+    };
+    let expired = meta::parse_timestamp(&record.expires_at).is_some_and(|t| SystemTime::now() > t);
+    Ok((!record.released && !expired).then(|| describe(&record)))
+}
+
 /// Until when a lease written at `started` lets its holder write: a third of the TTL
 /// before it expires, a margin for the clocks of the hosts that judge the expiry.
 fn write_deadline(started: Instant, ttl: Duration) -> Instant {

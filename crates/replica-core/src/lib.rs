@@ -6,6 +6,7 @@
 //! and implement [`client::ReplicaClient`].
 
 pub mod client;
+pub mod content;
 pub mod engine;
 pub mod error;
 pub mod file_mode;

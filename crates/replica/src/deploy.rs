@@ -477,6 +477,34 @@ impl Running {
         self.replicators.iter().map(Replicator::monitor).collect()
     }
 
+    /// Waits until everything committed to every database before the call is in the
+    /// store: about one sync interval, with no extra upload. Returns each database's
+    /// TXID that holds it; the first error (a timeout, a stopped replicator) otherwise.
+    pub async fn sync(&self, timeout: Duration) -> Result<Vec<(PathBuf, u64)>, DeployError> {
+        let mut tasks = Vec::with_capacity(self.replicators.len());
+        for r in &self.replicators {
+            let m = r.monitor();
+            tasks.push(tokio::spawn(async move {
+                let txid = m.sync(timeout).await;
+                (m.db().to_path_buf(), txid)
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            match t.await {
+                Ok((db, Ok(txid))) => out.push((db, txid)),
+                Ok((db, Err(e))) => return Err(DeployError::engine(db, e)),
+                Err(e) => {
+                    return Err(DeployError::engine(
+                        PathBuf::from("?"),
+                        EngineError::joined("sync", &e),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Resolves with the database whose replication stopped on its own (an error).
     pub async fn failed(&self) -> PathBuf {
         if self.replicators.is_empty() {

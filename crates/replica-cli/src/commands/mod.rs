@@ -5,7 +5,8 @@ mod ltx;
 mod replicate;
 mod restore;
 mod status;
-mod verify;
+mod sync;
+pub(crate) mod verify;
 
 use std::process::ExitCode;
 
@@ -17,6 +18,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Restore(a) => restore::run(a).await,
         Command::Status(a) => status::run(a).await,
         Command::Verify(a) => verify::run(a).await,
+        Command::Sync(a) => sync::run(a).await,
         Command::Ltx(a) => ltx::run(a).await,
         Command::Generations(a) => generations::run(a).await,
         Command::Version => {

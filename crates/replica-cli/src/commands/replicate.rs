@@ -132,7 +132,7 @@ async fn run_single(
         Err(code) => return Ok(code),
     };
     let monitor = replicator.monitor();
-    board.add(monitor.clone());
+    board.add(monitor.clone(), url);
     board.set_started();
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -143,11 +143,7 @@ async fn run_single(
     );
     summaries(Arc::clone(&board));
     if let Some(every) = a.verify_interval {
-        super::verify::periodic(
-            every,
-            vec![(db.to_path_buf(), url.to_owned())],
-            Arc::clone(&board),
-        );
+        super::verify::periodic(every, Arc::clone(&board));
     }
     if a.once {
         flush(signals, replicator.shutdown(a.flush_timeout))
@@ -271,7 +267,13 @@ async fn run_config(
     };
     let monitors = running.monitors();
     for m in &monitors {
-        board.add(m.clone());
+        let url = dep
+            .config
+            .databases
+            .iter()
+            .find(|d| d.path == m.db())
+            .map(|d| d.url.as_str());
+        board.add(m.clone(), url.unwrap_or_default());
     }
     board.set_started();
     info!(
@@ -286,12 +288,7 @@ async fn run_config(
     );
     summaries(Arc::clone(&board));
     if let Some(every) = a.verify_interval.or(dep.config.verify_interval) {
-        let dbs = dep
-            .config
-            .databases
-            .iter()
-            .map(|d| (d.path.clone(), d.url.clone()));
-        super::verify::periodic(every, dbs.collect(), Arc::clone(&board));
+        super::verify::periodic(every, Arc::clone(&board));
     }
     if a.once {
         flush(signals, running.shutdown(a.flush_timeout)).await?;

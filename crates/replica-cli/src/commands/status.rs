@@ -4,9 +4,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use replica::Config;
 use replica_core::engine::status;
 use replica_core::replica::Replica;
@@ -67,23 +64,12 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
 
 /// The running process's `/status`.
 async fn ask(addr: SocketAddr) -> anyhow::Result<Value> {
-    let fetch = async {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get("/status")
-            .header(hyper::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        anyhow::ensure!(resp.status().is_success(), "HTTP {}", resp.status());
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok::<_, anyhow::Error>(serde_json::from_slice(&body)?)
-    };
-    tokio::time::timeout(ASK_TIMEOUT, fetch)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {ASK_TIMEOUT:?}"))?
-        .with_context(|| format!("asking the replicate process at http://{addr}/status"))
+    let (status, v) = crate::ask::ask(addr, hyper::Method::GET, "/status", ASK_TIMEOUT).await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "HTTP {status} from http://{addr}/status"
+    );
+    Ok(v)
 }
 
 async fn offline(databases: &[(PathBuf, String)]) -> anyhow::Result<Value> {

@@ -10,6 +10,7 @@ mod disk_full;
 mod faults;
 mod interop;
 mod lease;
+mod live;
 mod long_running;
 mod modes;
 mod operate;

@@ -23,7 +23,7 @@ use crate::support::{
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A port nothing listens on now.
-fn free_addr() -> String {
+pub(crate) fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").to_string()
 }
@@ -82,7 +82,7 @@ fn restored_user_dump(url: &str, out: &Path) -> Vec<String> {
 }
 
 /// `GET path` on `addr`: the status code and the body, or `None` if nothing answers.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -98,7 +98,7 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// The value of one sample of `/metrics`: `name{db="…"…}` for the database `db`.
-fn metric(addr: &str, name: &str, db: &Path, extra: &str) -> Option<f64> {
+pub(crate) fn metric(addr: &str, name: &str, db: &Path, extra: &str) -> Option<f64> {
     let (code, body) = get(addr, "/metrics")?;
     assert_eq!(code, 200, "{body}");
     let label = format!("db=\"{}\"", db.display());

@@ -7,6 +7,7 @@ mod capture;
 mod levels;
 mod maintain;
 mod manifest;
+mod points;
 pub mod retention;
 mod ship;
 pub(crate) mod sqlite;
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 pub use capture::SnapshotReason;
 pub use levels::{Levels, LevelsError};
 pub use manifest::Manifest;
+pub use points::ConsistentRead;
 pub use status::{Counters, Monitor, State, Status};
 
 use crate::error::{Chain, StoreError};
@@ -177,6 +179,27 @@ pub enum EngineError {
         key: String,
     },
 
+    /// A caller waited on a replicator that has stopped (or stops while it waits).
+    #[error(
+        "replication of {db} has stopped, so it cannot answer; its error was logged when it stopped"
+    )]
+    Stopped { db: PathBuf },
+
+    #[error(
+        "the store does not hold TXID {txid:016x} of {db} after {waited:?} (it holds up to {remote:016x}); uploads may be failing: see the log, or wait longer"
+    )]
+    NotStored {
+        db: PathBuf,
+        txid: u64,
+        remote: u64,
+        waited: Duration,
+    },
+
+    #[error(
+        "could not take the write lock of {path} within the busy timeout to fix a consistent point: a long write transaction holds it; try again when it ends"
+    )]
+    WriteLockBusy { path: PathBuf },
+
     /// A bug: the task panicked (its message is in the log, from the panic hook).
     #[error("the {0} task panicked; this is a bug: please report it with the log")]
     Panicked(&'static str),
@@ -288,6 +311,16 @@ pub struct Shared {
     /// Capture or the shipper ended with an error. Written by their wrappers
     /// (Release); read by the handle (Acquire) to report the failure.
     failed: AtomicBool,
+    /// Callers' requests to capture (see `points`): pushed by anyone, served by
+    /// capture after each tick, closed by capture's wrapper when it returns.
+    requests: points::Requests,
+    /// Notified (to all waiters) by the shipper after each upload has updated the
+    /// manifest; waited on by `Monitor::wait_stored`.
+    uploaded: Notify,
+    /// TXIDs that must stay restorable exactly (a consistent read's, for a verify):
+    /// no merge of spooled files crosses them. Added by capture when it fixes one;
+    /// read, and pruned once uploaded, by the shipper.
+    boundaries: Mutex<std::collections::BTreeSet<u64>>,
     /// Counters: each written by the one side that does the counted work (capture:
     /// files, snapshots, checkpoints, barrier time, disk-full pauses; shipper:
     /// uploads, bytes, errors; maintenance: compactions, deletions), read by anyone.
@@ -466,6 +499,7 @@ impl Replicator {
                 .name("replica-capture".into())
                 .spawn(move || {
                     let r = capturer.run();
+                    shared.requests.close();
                     if r.is_err() {
                         shared.failed.store(true, Ordering::Release);
                     }
@@ -536,7 +570,18 @@ impl Replicator {
     /// The highest TXID in the replica, as this process knows it (its own uploads
     /// and the listing at start).
     pub fn remote_txid(&self) -> u64 {
-        self.manifest.lock().map(|m| m.replica_max()).unwrap_or(0)
+        self.monitor().remote_txid()
+    }
+
+    /// Waits until everything committed to the database before the call is in the
+    /// store, with no extra upload (see [`Monitor::sync`]); returns its TXID.
+    pub async fn sync(&self, timeout: Duration) -> Result<u64, EngineError> {
+        self.monitor().sync(timeout).await
+    }
+
+    /// A read transaction at exactly a TXID's state; see [`Monitor::consistent_read`].
+    pub async fn consistent_read(&self) -> Result<ConsistentRead, EngineError> {
+        self.monitor().consistent_read().await
     }
 
     /// Where replication stands now; see [`Monitor::status`].

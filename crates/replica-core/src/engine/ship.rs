@@ -130,7 +130,7 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
                 };
                 warn!(url = %replica.url(), error = %Chain(&e), retry_in_ms = delay.as_millis() as u64, spooled_files = pending.len(), "upload failed; keeping files in the spool");
                 failing = true;
-                if let Err(e) = consolidate(spool, &pending).await {
+                if let Err(e) = consolidate(spool, &pending, shared).await {
                     warn!(dir = %spool.dir().display(), error = %Chain(&e), "could not merge spooled files");
                 }
                 let bytes = spool.pending_bytes();
@@ -178,16 +178,24 @@ fn read_header(path: &std::path::Path) -> Result<Header, EngineError> {
 }
 
 /// The leading run of contiguous L0 files, at most `max_bytes` (but at least one).
-fn leading_run(pending: &[Pending], max_bytes: u64) -> Vec<&Pending> {
+fn leading_run<'a>(pending: &'a [Pending], max_bytes: u64, shared: &Shared) -> Vec<&'a Pending> {
     let first = &pending[0];
     let mut group: Vec<&Pending> = vec![first];
     if first.id.level == SNAPSHOT_LEVEL {
         return group;
     }
+    let boundaries = shared
+        .boundaries
+        .lock()
+        .map(|b| b.clone())
+        .unwrap_or_default();
     let mut bytes = file_len(&first.path);
     for p in &pending[1..] {
         let last = group[group.len() - 1];
-        if p.id.level == SNAPSHOT_LEVEL || p.id.range.min != last.id.range.max + 1 {
+        if p.id.level == SNAPSHOT_LEVEL
+            || p.id.range.min != last.id.range.max + 1
+            || boundaries.contains(&last.id.range.max)
+        {
             break;
         }
         bytes += file_len(&p.path);
@@ -217,8 +225,12 @@ async fn merge(
 /// behind the first one weigh as much as it does (or are many): every byte is then
 /// rewritten a bounded number of times, and the spool holds roughly one image of
 /// the changed pages instead of one file per sync.
-async fn consolidate(spool: &Spool, pending: &[Pending]) -> Result<(), EngineError> {
-    let group = leading_run(pending, u64::MAX);
+async fn consolidate(
+    spool: &Spool,
+    pending: &[Pending],
+    shared: &Shared,
+) -> Result<(), EngineError> {
+    let group = leading_run(pending, u64::MAX, shared);
     if group.len() < 2 {
         return Ok(());
     }
@@ -256,7 +268,7 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
         ..
     } = s;
     let first = &pending[0];
-    let group = leading_run(pending, cfg.max_upload_bytes);
+    let group = leading_run(pending, cfg.max_upload_bytes, shared);
     let (id, path, header, merged) = if group.len() == 1 {
         (
             first.id,
@@ -302,6 +314,10 @@ async fn upload_next(s: &Shipper, pending: &[Pending]) -> Result<(), EngineError
     if let Ok(mut p) = shared.progress.lock() {
         p.uploaded(remote, next_ms, now_ms());
     }
+    if let Ok(mut b) = shared.boundaries.lock() {
+        b.retain(|&t| t > remote);
+    }
+    shared.uploaded.notify_waiters();
     // L0 files stay as local copies until compaction has merged them into L1.
     let keep = id.level == 0 && !cfg.levels.is_empty();
     if keep {

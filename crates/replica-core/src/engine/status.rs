@@ -76,6 +76,11 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// The replicated database.
+    pub fn db(&self) -> &Path {
+        &self.db
+    }
+
     /// Where replication stands now. Costs a listing of the spool directory and a
     /// `stat` of the WAL; no request to the store and no lock held for long.
     pub fn status(&self) -> Status {

@@ -3,3 +3,4 @@
 //! one (`replica_core::memory`), so no backend crate is needed.
 
 mod engine;
+mod points;

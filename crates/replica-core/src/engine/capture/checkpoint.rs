@@ -64,7 +64,7 @@ impl Capturer {
     /// Runs `f` under the write barrier after sealing: everything committed up to the
     /// barrier is spooled (fsync deferred until the barrier is released). Returns
     /// `Ok(None)` if the barrier could not be taken.
-    fn under_barrier<T>(
+    pub(super) fn under_barrier<T>(
         &mut self,
         f: impl FnOnce(&Self, &mut Connections) -> Result<T, EngineError>,
     ) -> Result<Option<T>, EngineError> {
@@ -77,7 +77,7 @@ impl Capturer {
             };
             if let Err(e) = conns.take_barrier(&self.db_path) {
                 self.conns = Some(conns);
-                warn!(db = %self.db_path.display(), error = %Chain(&e), "checkpoint skipped: write lock not available");
+                warn!(db = %self.db_path.display(), error = %Chain(&e), "write lock not available; the checkpoint (or consistent read) waits for another turn");
                 return Ok(None);
             }
             let acquired = Instant::now();

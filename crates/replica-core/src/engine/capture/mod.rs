@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
+use super::points::{ConsistentRead, Request};
 use super::sqlite::Connections;
 use super::status::now_ms;
 use super::watch::{IDLE_WAIT, WalWatch};
@@ -337,6 +338,7 @@ impl Capturer {
             if stopping {
                 break;
             }
+            self.serve_requests();
             last_tick = Instant::now();
             self.wait_for_change(&mut watch, last_tick, &mut last_change);
         }
@@ -543,6 +545,64 @@ impl Capturer {
             durability,
         )?;
         Ok(())
+    }
+}
+
+impl Capturer {
+    /// Answers what callers asked since the last tick (see `engine::points`).
+    fn serve_requests(&mut self) {
+        for request in self.shared.requests.take() {
+            match request {
+                Request::CommitPoint(tx) => {
+                    let _ = tx.send(self.commit_point());
+                }
+                Request::ShipNow(tx) => {
+                    let r = self.commit_point().and_then(|txid| {
+                        self.spool_batch(SPOOL_DURABILITY)?;
+                        self.schedule.shipped(Instant::now());
+                        self.shared.ship_due.store(true, Ordering::Release);
+                        self.shared.notify_shipper();
+                        Ok(txid)
+                    });
+                    let _ = tx.send(r);
+                }
+                Request::ConsistentRead(tx) => {
+                    let _ = tx.send(self.consistent_read());
+                }
+            }
+        }
+    }
+
+    /// The TXID that will hold everything committed so far: the batch's, once it is
+    /// spooled (or a snapshot that includes it), or the last spooled file's.
+    fn commit_point(&mut self) -> Result<u64, EngineError> {
+        self.advance()?;
+        Ok(self.txid + u64::from(!self.cursor.batch.is_empty()))
+    }
+
+    fn consistent_read(&mut self) -> Result<ConsistentRead, EngineError> {
+        let busy = self.cfg.busy_timeout;
+        match self.under_barrier(|c, _| {
+            crate::content::open_read(&c.db_path, busy).map_err(|source| EngineError::Sqlite {
+                path: c.db_path.clone(),
+                source,
+            })
+        })? {
+            Some(conn) => {
+                // Before anything else is spooled: an upload may merge up to this
+                // file, never past it.
+                if let Ok(mut b) = self.shared.boundaries.lock() {
+                    b.insert(self.txid);
+                }
+                Ok(ConsistentRead {
+                    txid: self.txid,
+                    conn,
+                })
+            }
+            None => Err(EngineError::WriteLockBusy {
+                path: self.db_path.clone(),
+            }),
+        }
     }
 }
 
