@@ -377,6 +377,7 @@ fn record(statuses: &[Status], ready: bool, since: Instant) {
         g("replica_spool_bytes", s.spool_bytes as f64);
         g("replica_spool_files", s.spool_files as f64);
         g("replica_wal_bytes", s.wal_bytes as f64);
+        g("replica_disk_full", if s.disk_full { 1.0 } else { 0.0 });
         if let Some(t) = s.last_upload {
             g("replica_last_upload_timestamp_seconds", unix_seconds(t));
         }
@@ -405,6 +406,9 @@ fn record(statuses: &[Status], ready: bool, since: Instant) {
         n("replica_compactions_total", c.compactions);
         n("replica_retention_deleted_files_total", c.deleted_files);
         n("replica_disk_full_pauses_total", c.disk_full_pauses);
+        for (kind, v) in &c.errors {
+            counter!("replica_errors_total", "db" => db.clone(), "kind" => *kind).absolute(*v);
+        }
         let r = &c.requests;
         for (op, v) in [
             ("put", r.put),
@@ -449,6 +453,14 @@ fn describe() {
     );
     describe_gauge!("replica_spool_files", "Spooled files waiting for upload.");
     describe_gauge!("replica_wal_bytes", "Size of the database's WAL file.");
+    describe_gauge!(
+        "replica_disk_full",
+        "1 while capture is paused because the disk is full."
+    );
+    describe_counter!(
+        "replica_errors_total",
+        "Failures of uploads, compactions, retention and capture, by kind."
+    );
     describe_gauge!(
         "replica_last_upload_timestamp_seconds",
         "Unix time of the last successful upload."

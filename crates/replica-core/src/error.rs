@@ -121,6 +121,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// One word for the variant, for metrics labels (`replica_errors_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => "conflict",
+            StoreError::Fenced { .. } => "fenced",
+            StoreError::PermissionDenied { .. } => "permission_denied",
+            StoreError::Transient { .. } => "transient",
+            StoreError::Throttled { .. } => "throttled",
+            StoreError::InvalidKey { .. } | StoreError::InvalidUrl { .. } => "invalid",
+            StoreError::Unsupported { .. } => "unsupported",
+            StoreError::Other { .. } => "other",
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

@@ -79,11 +79,19 @@ fn a_full_disk_pauses_capture_and_replication_catches_up() {
     let url = file_url(&replica.path().join("r"));
     let conn = new_db(&db);
     write_batches(&conn, 3, 20);
+    let addr = crate::operate::free_addr();
     let mut cmd = replica_cmd();
-    cmd.args(["replicate", "--sync-interval", "100ms"])
-        .arg(&db)
-        .arg(&url);
+    cmd.args([
+        "replicate",
+        "--sync-interval",
+        "100ms",
+        "--metrics-addr",
+        &addr,
+    ])
+    .arg(&db)
+    .arg(&url);
     let mut rep = Proc::spawn("replicate on a small tmpfs", cmd);
+    let gauge = |name: &str, extra: &str| crate::operate::metric(&addr, name, &db, extra);
     assert!(
         wait_until(TIMEOUT, || rep.stderr().contains("snapshot spooled")),
         "{}",
@@ -115,6 +123,17 @@ fn a_full_disk_pauses_capture_and_replication_catches_up() {
         rep.output_report()
     );
     assert_eq!(
+        gauge("replica_disk_full", ""),
+        Some(1.0),
+        "{}",
+        rep.output_report()
+    );
+    assert_eq!(
+        gauge("replica_errors_total", "kind=\"disk_full\""),
+        Some(1.0),
+        "one pause, counted once"
+    );
+    assert_eq!(
         rep.stderr().matches("the disk is full").count(),
         1,
         "the condition is logged once\n{}",
@@ -129,6 +148,7 @@ fn a_full_disk_pauses_capture_and_replication_catches_up() {
         "capture did not resume once space was freed\n{}",
         rep.output_report()
     );
+    assert_eq!(gauge("replica_disk_full", ""), Some(0.0));
     write_batches(&conn, 2, 5);
     let st = rep.stop(SIGINT, TIMEOUT);
     assert_eq!(st.code(), Some(0), "{}", rep.output_report());

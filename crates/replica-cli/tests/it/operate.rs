@@ -218,6 +218,19 @@ fn metrics_show_lag_rising_in_an_outage_and_falling_after() {
         rep.output_report()
     );
     assert!(m("replica_upload_errors_total").is_some_and(|n| n >= 1.0));
+    // An unreachable store is a transient failure, and nothing else failed.
+    assert!(
+        metric(&addr, "replica_errors_total", &db, "kind=\"transient\"").is_some_and(|n| n >= 1.0)
+    );
+    assert_eq!(
+        metric(
+            &addr,
+            "replica_errors_total",
+            &db,
+            "kind=\"permission_denied\""
+        ),
+        Some(0.0)
+    );
     let after = pings.count();
     assert!(
         wait_until(TIMEOUT, || pings.count() > after),

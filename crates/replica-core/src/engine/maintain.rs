@@ -63,6 +63,7 @@ impl Maintenance {
             for (level, interval, at) in next.iter_mut() {
                 if *at <= now {
                     if let Err(e) = self.compact(*level).await {
+                        self.shared.stats.errors.record(e.kind());
                         warn!(url = %self.replica.url(), level = *level, error = %Chain(&e), "compaction failed; retrying at the next interval");
                     }
                     *at = next_boundary(now, *interval, phase);
@@ -178,6 +179,7 @@ impl Maintenance {
                 debug!(url = %self.replica.url(), files = keys.len(), "retention deleted old files");
             }
             Err(e) => {
+                self.shared.stats.errors.record(e.kind());
                 warn!(url = %self.replica.url(), error = %Chain(&e), "retention could not delete old files; retrying later")
             }
         }

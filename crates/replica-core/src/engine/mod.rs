@@ -238,6 +238,21 @@ where
 }
 
 impl EngineError {
+    /// One word for what failed, for metrics labels: the store's kind for a store
+    /// error, `disk_full`, `local_io` (the spool, the WAL, the database file),
+    /// `sqlite`, or `other`.
+    pub fn kind(&self) -> &'static str {
+        if self.is_disk_full() {
+            return "disk_full";
+        }
+        match self {
+            EngineError::Store(e) => e.kind(),
+            EngineError::Spool(_) | EngineError::Io { .. } | EngineError::Ltx { .. } => "local_io",
+            EngineError::Sqlite { .. } => "sqlite",
+            _ => "other",
+        }
+    }
+
     /// The user's setup is wrong (exit 2), rather than something failing at run time.
     pub fn is_config(&self) -> bool {
         matches!(self, EngineError::Foreign(_))
@@ -283,6 +298,53 @@ pub struct Stats {
     pub requests: Arc<RequestCounts>,
     /// Capture retries made because the disk was full.
     pub disk_full_pauses: AtomicU64,
+    /// Failures by [`EngineError::kind`]: of uploads, compactions, retention passes
+    /// and capture (a disk-full pause counts once per pause).
+    pub errors: ErrorKinds,
+}
+
+/// Failure counts by kind, one relaxed atomic each.
+#[derive(Debug, Default)]
+pub struct ErrorKinds {
+    counts: [AtomicU64; ERROR_KINDS.len()],
+    other: AtomicU64,
+}
+
+/// Every value [`EngineError::kind`] returns.
+pub const ERROR_KINDS: [&str; 11] = [
+    "not_found",
+    "conflict",
+    "fenced",
+    "permission_denied",
+    "transient",
+    "throttled",
+    "invalid",
+    "unsupported",
+    "disk_full",
+    "local_io",
+    "sqlite",
+];
+
+impl ErrorKinds {
+    /// Counts one failure of `kind` (an [`EngineError::kind`] or [`StoreError::kind`]).
+    pub fn record(&self, kind: &str) {
+        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.other.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(kind, count)` for every kind, `other` last.
+    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<_> = ERROR_KINDS
+            .iter()
+            .zip(&self.counts)
+            .map(|(k, c)| (*k, c.load(Ordering::Relaxed)))
+            .collect();
+        v.push(("other", self.other.load(Ordering::Relaxed)));
+        v
+    }
 }
 
 /// State shared by the capture thread, the shipper task, the maintenance task and

@@ -121,6 +121,7 @@ pub async fn run(s: Shipper) -> Result<(), EngineError> {
             Err(e @ EngineError::Store(StoreError::Fenced { lost: true, .. })) => return Err(e),
             Err(e) => {
                 shared.stats.upload_errors.fetch_add(1, Ordering::Relaxed);
+                shared.stats.errors.record(e.kind());
                 if let Ok(mut p) = shared.progress.lock() {
                     p.failing = true;
                 }

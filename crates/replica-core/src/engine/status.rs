@@ -42,6 +42,8 @@ pub(crate) struct Progress {
     pub last_upload_ms: Option<i64>,
     /// Whether the last upload attempt failed. Written by the shipper.
     pub failing: bool,
+    /// Capture is paused because the disk is full. Written by capture.
+    pub disk_full: bool,
 }
 
 impl Progress {
@@ -89,14 +91,16 @@ impl Monitor {
             Ok(m) => (m.replica_max(), m.newest_snapshot(), m.time_window()),
             Err(_) => (0, None, None),
         };
-        let (local_txid, since, last_upload, failing) = match self.shared.progress.lock() {
+        let (local_txid, since, last_upload, failing, disk_full) = match self.shared.progress.lock()
+        {
             Ok(p) => (
                 p.local_txid,
                 p.unshipped_since_ms,
                 p.last_upload_ms,
                 p.failing,
+                p.disk_full,
             ),
-            Err(_) => (0, None, None, true),
+            Err(_) => (0, None, None, true, false),
         };
         let stopped = self.shared.failed.load(Ordering::Acquire) || self.lease_state.is_lost();
         let pending = self.spool.pending().unwrap_or_default();
@@ -131,6 +135,7 @@ impl Monitor {
             spool_files: pending.len() as u64,
             spool_bytes,
             wal_bytes: std::fs::metadata(&wal).map_or(0, |m| m.len()),
+            disk_full,
             lease,
             counters: Counters::of(&self.shared.stats),
         }
@@ -174,6 +179,8 @@ pub struct Status {
     pub spool_bytes: u64,
     /// Size of the database's WAL file now.
     pub wal_bytes: u64,
+    /// Capture is paused because the disk is full (it resumes on its own).
+    pub disk_full: bool,
     /// The replica's lease: `held` (writes may go out), `lapsed` (not renewed in
     /// time; writes wait for a renewal), `lost` (another replicator took it) or
     /// `none` (no process holds it: offline status).
@@ -203,7 +210,7 @@ impl State {
 }
 
 /// Totals since the replicator started.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Counters {
     pub ltx_files: u64,
     pub snapshots: u64,
@@ -214,6 +221,8 @@ pub struct Counters {
     pub compactions: u64,
     pub deleted_files: u64,
     pub disk_full_pauses: u64,
+    /// Failures by kind (see `EngineError::kind`), every kind listed.
+    pub errors: Vec<(&'static str, u64)>,
     pub requests: RequestTotals,
 }
 
@@ -230,6 +239,7 @@ impl Counters {
             compactions: l(&s.compactions),
             deleted_files: l(&s.deleted_files),
             disk_full_pauses: l(&s.disk_full_pauses),
+            errors: s.errors.totals(),
             requests: s.requests.totals(),
         }
     }
@@ -286,6 +296,7 @@ pub async fn offline(db: &Path, replica: &Replica) -> Result<Status, StoreError>
         spool_files: pending.len() as u64,
         spool_bytes: times.iter().map(|(n, _)| n).sum(),
         wal_bytes: std::fs::metadata(super::capture::wal_path_of(db)).map_or(0, |m| m.len()),
+        disk_full: false,
         lease: "none",
         counters: Counters::default(),
     })

@@ -59,6 +59,10 @@ impl DiskFull {
     fn pause(&mut self, db: &Path, e: &EngineError, shared: &Shared) {
         if self.since.is_none() {
             warn!(db = %db.display(), error = %Chain(e), "the disk is full: capture pauses and retries; nothing committed is lost, and replication catches up once space is freed");
+            shared.stats.errors.record(e.kind());
+            if let Ok(mut p) = shared.progress.lock() {
+                p.disk_full = true;
+            }
             self.since = Some(Instant::now());
             self.backoff = Duration::from_millis(200);
         }
@@ -70,8 +74,11 @@ impl DiskFull {
         self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
     }
 
-    fn cleared(&mut self, db: &Path) {
+    fn cleared(&mut self, db: &Path, shared: &Shared) {
         if let Some(since) = self.since.take() {
+            if let Ok(mut p) = shared.progress.lock() {
+                p.disk_full = false;
+            }
             info!(db = %db.display(), paused_s = since.elapsed().as_secs(), "disk space is available again; capture resumed");
         }
     }
@@ -311,7 +318,7 @@ impl Capturer {
         // The base snapshot comes before any L0 file, even if the disk is full now.
         while let Some(reason) = self.schedule.snapshot_due.take() {
             match self.snapshot(reason) {
-                Ok(()) => full.cleared(&self.db_path),
+                Ok(()) => full.cleared(&self.db_path, &self.shared),
                 Err(e) if e.is_disk_full() && !self.shared.stop.load(Ordering::Acquire) => {
                     self.schedule.snapshot_due = Some(reason);
                     full.pause(&self.db_path, &e, &self.shared);
@@ -325,7 +332,7 @@ impl Capturer {
         loop {
             let stopping = self.shared.stop.load(Ordering::Acquire);
             match self.tick(stopping) {
-                Ok(()) => full.cleared(&self.db_path),
+                Ok(()) => full.cleared(&self.db_path, &self.shared),
                 // Nothing is lost while the disk is full: the WAL keeps every frame
                 // (our read transaction stops SQLite from resetting it), and what
                 // failed is retried as it was.
