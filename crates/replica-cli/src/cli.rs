@@ -46,6 +46,7 @@ pub enum Command {
   replica restore -o ./app.db file:///backups/app
   replica restore -o ./app.db --timestamp 2026-12-01T09:30:00Z s3://bucket/app
   replica restore -o ./app.db --dry-run --json s3://bucket/app
+  replica restore -o ./replica.db --follow s3://bucket/app
   replica restore --config replica.yml")]
     Restore(RestoreArgs),
     /// Show where replication stands: positions, lag, spool, snapshots, restorable
@@ -228,6 +229,14 @@ pub struct RestoreArgs {
     /// Print the result (or with --dry-run the plan) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// After the restore, keep applying the replica's new files until SIGINT/SIGTERM:
+    /// a read replica that applications query while it follows. A restarted follower
+    /// resumes from its position.
+    #[arg(short = 'f', long, conflicts_with_all = ["txid", "timestamp", "generation", "dry_run", "if_db_not_exists"])]
+    pub follow: bool,
+    /// How often a follower polls the replica.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "follow")]
+    pub follow_interval: Duration,
 }
 
 #[derive(Debug, Args)]

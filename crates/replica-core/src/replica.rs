@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use crate::client::{Payload, PutMode, PutOptions, ReplicaClient};
 use crate::error::{Op, StoreError};
 use crate::key::Key;
-use crate::layout::{FileId, LayoutStyle};
+use crate::layout::{FileId, LayoutStyle, TxRange};
 use crate::ltx::{TRAILER_SIZE, Trailer};
 
 /// HEADs in flight while filling in LTX times (Litestream batches 50; a restore
@@ -99,6 +99,53 @@ impl Replica {
             });
         }
         out.sort_by_key(|f| (f.id.level, f.id.range));
+        Ok(out)
+    }
+
+    /// Lists the files of `level` whose range starts after TXID `after`: one LIST that
+    /// starts past every key of a file starting at or before it (keys sort by their
+    /// first TXID), however long the level's history.
+    pub async fn list_level_after(
+        &self,
+        level: u8,
+        after: u64,
+    ) -> Result<Vec<RemoteFile>, StoreError> {
+        let after = TxRange {
+            min: after,
+            max: u64::MAX,
+        };
+        self.list_level_after_range(level, after).await
+    }
+
+    /// Lists the files of `level` whose key sorts after that of a file covering
+    /// `after` (by first TXID, then last): one LIST, however long the level's history.
+    pub async fn list_level_after_range(
+        &self,
+        level: u8,
+        after: TxRange,
+    ) -> Result<Vec<RemoteFile>, StoreError> {
+        let prefix = self.style.level_prefix(level);
+        let from = self.key(FileId {
+            level,
+            range: after,
+        });
+        let mut out = Vec::new();
+        for obj in self.client.list(&prefix, Some(from.as_str())).await? {
+            let Some(id) = self.style.parse_key(&obj.key) else {
+                continue;
+            };
+            if id.level != level || (id.range.min, id.range.max) <= (after.min, after.max) {
+                continue;
+            }
+            out.push(RemoteFile {
+                id,
+                key: self.key(id),
+                size: obj.size,
+                ltx_time: obj.ltx_time,
+                last_modified: obj.last_modified,
+            });
+        }
+        out.sort_by_key(|f| f.id.range);
         Ok(out)
     }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod follow;
 mod generations;
 mod ltx;
 mod replicate;

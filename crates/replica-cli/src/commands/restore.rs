@@ -42,6 +42,9 @@ pub async fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         // With --config, the file's restore_mode applies unless --mode is given.
         mode: a.mode,
     };
+    if a.follow {
+        return super::follow::run(a, template).await;
+    }
     // A signal drops the restore: its downloads stop and its work directory is
     // removed, so nothing is left beside the output.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

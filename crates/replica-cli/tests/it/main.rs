@@ -8,6 +8,7 @@ mod bad_input;
 mod crash;
 mod disk_full;
 mod faults;
+mod follow;
 mod interop;
 mod lease;
 mod live;

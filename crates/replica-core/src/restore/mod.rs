@@ -11,6 +11,7 @@
 //! through the same work directory, check and link.
 
 mod dry_run;
+pub mod follow;
 mod plan;
 pub mod v3;
 
@@ -159,6 +160,23 @@ pub enum RestoreError {
 
     #[error("restore task failed: {0}")]
     Task(String),
+
+    #[error(
+        "{path} exists but is not a database a follower left (no position beside it, or the file was replaced); follow into a new path, or remove it to restore afresh"
+    )]
+    NotAFollower { path: PathBuf },
+
+    #[error(
+        "this build's SQLite lacks the sqlite_dbpage table (SQLITE_ENABLE_DBPAGE_VTAB), which following needs; build with LIBSQLITE3_FLAGS=-DSQLITE_ENABLE_DBPAGE_VTAB"
+    )]
+    FollowUnsupported,
+
+    #[error("SQLite error on {path}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
 
     #[error(transparent)]
     V3(#[from] V3Error),
@@ -503,18 +521,28 @@ fn seed_spool(
     txid: u64,
     identity: Option<&root_record::Identity>,
 ) -> Result<(), RestoreError> {
-    use crate::spool::{Durability, Spool, SpoolState};
     let mut header = [0u8; 18];
-    let meta = File::open(db)
-        .and_then(|mut f| {
-            std::io::Read::read_exact(&mut f, &mut header)?;
-            f.metadata()
-        })
+    File::open(db)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
         .map_err(io_err(db))?;
     let page_size = match u16::from_be_bytes([header[16], header[17]]) {
         1 => 65536,
         n => u32::from(n),
     };
+    record_position(db, txid, page_size, identity)
+}
+
+/// [`seed_spool`] for a database whose page size is known, without opening it: a
+/// process that holds SQLite connections to `db` must not open and close another
+/// descriptor of it (closing one drops every POSIX lock the process holds there).
+fn record_position(
+    db: &Path,
+    txid: u64,
+    page_size: u32,
+    identity: Option<&root_record::Identity>,
+) -> Result<(), RestoreError> {
+    use crate::spool::{Durability, Spool, SpoolState};
+    let meta = std::fs::metadata(db).map_err(io_err(db))?;
     let state = SpoolState::for_file(txid, page_size, &meta);
     let mode = FileMode::of(&meta);
     let spool = Spool::open(db, mode)

@@ -1,0 +1,321 @@
+//! `restore --follow`: a read replica kept current while the source writes. Readers of
+//! the follower never see half a source transaction; a follower killed at any moment
+//! resumes from its position without a restore; a source replaced underneath, or
+//! retention past the follower's position, makes it restore again in place; and in
+//! the end the follower equals the source exactly.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tempfile::TempDir;
+
+use crate::support::{
+    Proc, SIGINT, file_url, ltx_list, open_wal_db, replica_cmd, user_dump, wait_until,
+    write_batches,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A source with two tables whose sums cancel out in every transaction.
+fn transfer_db(path: &Path) -> Connection {
+    let c = open_wal_db(path);
+    c.execute_batch(
+        "CREATE TABLE a(id INTEGER PRIMARY KEY, n INTEGER);
+         CREATE TABLE b(id INTEGER PRIMARY KEY, n INTEGER);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB);",
+    )
+    .expect("schema");
+    c
+}
+
+/// Commits transfers until `stop`, a little apart; returns how many.
+fn transfers(db: &Path, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
+    let db = db.to_path_buf();
+    std::thread::spawn(move || {
+        let c = open_wal_db(&db);
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            c.execute_batch(&format!(
+                "BEGIN; INSERT INTO a(n) VALUES ({i}); INSERT INTO b(n) VALUES (-{i});
+                 INSERT INTO t(v, b) VALUES ('row {i}', randomblob(300)); COMMIT;"
+            ))
+            .expect("transfer");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        i
+    })
+}
+
+/// Reads the follower until `stop`, each read in its own transaction: the invariant
+/// must hold in every one. Returns the distinct row counts it saw.
+fn reader(db: &Path, stop: Arc<AtomicBool>) -> JoinHandle<Vec<i64>> {
+    let db = db.to_path_buf();
+    std::thread::spawn(move || {
+        let c = Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the follower");
+        c.busy_timeout(Duration::from_secs(10)).expect("busy");
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let (rows, sum): (i64, i64) = c
+                .query_row(
+                    "SELECT (SELECT count(*) FROM a), coalesce((SELECT sum(n) FROM a), 0) + coalesce((SELECT sum(n) FROM b), 0)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .expect("read the follower");
+            assert_eq!(sum, 0, "a reader saw half a transaction at {rows} rows");
+            if seen.last() != Some(&rows) {
+                seen.push(rows);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seen
+    })
+}
+
+fn follower(out: &Path, url: &str) -> Proc {
+    let mut cmd = replica_cmd();
+    cmd.args(["restore", "--follow", "--follow-interval", "100ms", "-o"])
+        .arg(out)
+        .arg(url);
+    let p = Proc::spawn("follower", cmd);
+    assert!(
+        wait_until(TIMEOUT, || p.stderr().contains("following")),
+        "the follower did not start\n{}",
+        p.output_report()
+    );
+    p
+}
+
+fn primary(db: &Path, url: &str, extra: &[&str]) -> Proc {
+    let mut cmd = replica_cmd();
+    cmd.args(["replicate", "--sync-interval", "100ms"])
+        .args(extra)
+        .arg(db)
+        .arg(url);
+    let p = Proc::spawn("replicate", cmd);
+    assert!(
+        wait_until(TIMEOUT, || p.stderr().contains("snapshot uploaded")
+            || p.stderr().contains("resuming replication")),
+        "replication did not start\n{}",
+        p.output_report()
+    );
+    p
+}
+
+#[track_caller]
+fn converges(follower: &Path, source: &Path, p: &mut Proc) {
+    let mut last = Vec::new();
+    let equal = wait_until(TIMEOUT, || {
+        last = user_dump(follower);
+        last == user_dump(source)
+    });
+    assert!(
+        equal,
+        "the follower did not converge ({} lines)\n{}",
+        last.len(),
+        p.output_report()
+    );
+}
+
+#[test]
+fn readers_of_a_follower_see_whole_transactions_and_it_converges() {
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("src.db");
+    let conn = transfer_db(&db);
+    let url = file_url(&dir.path().join("replica"));
+    let mut rep = primary(&db, &url, &[]);
+    let out = dir.path().join("follower.db");
+    let mut fol = follower(&out, &url);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = transfers(&db, stop.clone());
+    let readers: Vec<_> = (0..2).map(|_| reader(&out, stop.clone())).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    let seen: Vec<Vec<i64>> = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader"))
+        .collect();
+    converges(&out, &db, &mut fol);
+    // The readers watched it move while the writer ran.
+    for s in &seen {
+        assert!(
+            s.len() >= 3,
+            "a reader saw too few states: {s:?} of {written} transfers"
+        );
+    }
+    assert_eq!(
+        fol.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        fol.output_report()
+    );
+    assert!(
+        fol.stderr().contains("stopped following"),
+        "{}",
+        fol.output_report()
+    );
+    assert_eq!(
+        rep.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        rep.output_report()
+    );
+    drop(conn);
+}
+
+/// Files of levels 0-8 that cover TXID `t`.
+fn covering(url: &str, t: u64) -> usize {
+    ltx_list(url)
+        .iter()
+        .filter(|f| f.level < 9 && f.min <= t && f.max >= t)
+        .count()
+}
+
+/// The position a follower recorded, from its log's last "stopped following" or
+/// "following" line.
+fn position(p: &Proc) -> u64 {
+    let log = p.stderr();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("following") && l.contains("txid="))
+        .unwrap_or_else(|| panic!("no position in the log\n{log}"));
+    let hex = line
+        .split("txid=\"")
+        .nth(1)
+        .and_then(|r| r.get(..16))
+        .expect("txid field");
+    u64::from_str_radix(hex, 16).expect("hex txid")
+}
+
+#[test]
+fn a_killed_follower_resumes_and_one_that_cannot_continue_restores_again() {
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("src.db");
+    let conn = transfer_db(&db);
+    let url = file_url(&dir.path().join("replica"));
+    let mut rep = primary(&db, &url, &[]);
+    let out = dir.path().join("follower.db");
+    let mut fol = follower(&out, &url);
+
+    // Killed (SIGKILL) at moments the writer chooses, three times: each restart
+    // resumes from the saved position; none restores.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = transfers(&db, stop.clone());
+    for (i, pause) in [350u64, 520, 730].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(pause));
+        fol.kill();
+        fol = follower(&out, &url);
+        assert!(
+            fol.stderr().contains("resuming to follow") && !fol.stderr().contains("restore plan"),
+            "restart {i} did not resume\n{}",
+            fol.output_report()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    converges(&out, &db, &mut fol);
+
+    // The source database is replaced by another one: its replica continues with a
+    // new snapshot, which the follower cannot reach by applying files; it restores
+    // again, in place, and readers keep their connections.
+    let keep_reading = Connection::open(&out).expect("a reader stays open");
+    assert_eq!(
+        rep.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        rep.output_report()
+    );
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let conn = transfer_db(&db);
+    write_batches(&conn, 4, 10);
+    let mut rep = primary(&db, &url, &[]);
+    assert!(
+        wait_until(TIMEOUT, || fol
+            .stderr()
+            .contains("restored the follower again")),
+        "the follower did not notice the new history\n{}",
+        fol.output_report()
+    );
+    converges(&out, &db, &mut fol);
+    let rows: i64 = keep_reading
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("the open reader reads the new state");
+    assert_eq!(
+        rows,
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .expect("count")
+    );
+    drop(keep_reading);
+
+    // Stopped, then left behind: retention deletes every file after its position
+    // before it comes back. It says so, and restores again.
+    assert_eq!(
+        fol.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        fol.output_report()
+    );
+    let at = position(&fol);
+    assert_eq!(
+        rep.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        rep.output_report()
+    );
+    let fast = [
+        "--snapshot-interval",
+        "300ms",
+        "--retention",
+        "1s",
+        "--levels",
+        "200ms",
+        "--l0-retention",
+        "200ms",
+    ];
+    let mut rep = primary(&db, &url, &fast);
+    let gone = wait_until(TIMEOUT, || {
+        write_batches(&conn, 1, 5);
+        covering(&url, at + 1) == 0
+    });
+    assert!(gone, "retention kept TXID {at:x}\n{}", rep.output_report());
+    let mut fol = follower(&out, &url);
+    assert!(
+        wait_until(TIMEOUT, || fol
+            .stderr()
+            .contains("restored the follower again")),
+        "{}",
+        fol.output_report()
+    );
+    assert!(
+        fol.stderr().contains("retention"),
+        "{}",
+        fol.output_report()
+    );
+    assert_eq!(
+        rep.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        rep.output_report()
+    );
+    converges(&out, &db, &mut fol);
+    assert_eq!(
+        fol.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        fol.output_report()
+    );
+    drop(conn);
+}
