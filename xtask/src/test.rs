@@ -139,6 +139,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         litestream::LEGACY.version
     ));
     let legacy_bin = litestream::ensure_release(&litestream::LEGACY)?;
+    util::step(&format!(
+        "ensuring Litestream's VFS extension {} (read by the VFS tests)",
+        litestream::VERSION
+    ));
+    let vfs_python = litestream::ensure_vfs()?;
 
     let session = if opts.no_emulators {
         util::step("--no-emulators: not starting the emulators; tests that need one will fail");
@@ -161,7 +166,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         }
     };
 
-    let result = run_tests(&opts, &bin, &legacy_bin, session.as_ref());
+    let result = run_tests(&opts, &bin, &legacy_bin, &vfs_python, session.as_ref());
 
     // Pass or fail (or a runner that did not start), stop what we started.
     if let Some(s) = session
@@ -176,12 +181,14 @@ fn run_tests(
     opts: &Options,
     litestream_bin: &std::path::Path,
     legacy_bin: &std::path::Path,
+    vfs_python: &std::path::Path,
     session: Option<&emulators::Session>,
 ) -> Result<ExitCode> {
     let nextest = util::cargo_subcommand_available("nextest");
     let (runner, mut cmd) = build(opts, nextest);
     cmd.env("REPLICA_LITESTREAM_BIN", litestream_bin)
         .env(litestream::LEGACY.env_var, legacy_bin)
+        .env("REPLICA_LITESTREAM_VFS_PYTHON", vfs_python)
         .env_remove("AWS_CA_BUNDLE");
     if let Some(s) = session {
         cmd.envs(s.env().iter().map(|(k, v)| (k, v)));

@@ -21,3 +21,4 @@ mod restore;
 mod sharded;
 mod support;
 mod v03;
+mod vfs;

@@ -144,7 +144,7 @@ impl Follower {
         // and nothing after it yet: every few polls, look for a snapshot past where
         // level 0 leads.
         self.polls += 1;
-        let snapshot_past = if self.polls % SNAPSHOT_CHECK_EVERY == 0 {
+        let snapshot_past = if self.polls.is_multiple_of(SNAPSHOT_CHECK_EVERY) {
             let reach = chain.last().map_or(from, |f| f.id.range.max);
             self.replica
                 .list_level_after_range(SNAPSHOT_LEVEL, TxRange { min: 1, max: reach })

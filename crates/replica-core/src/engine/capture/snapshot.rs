@@ -56,12 +56,23 @@ impl Capturer {
         let txid = self.txid.max(1);
         self.txid = txid;
 
-        if let Err(e) = self.write_snapshot(txid) {
-            if !is_rewound(&e) {
-                return Err(e);
+        // A new history that follows an old one also gets its image as the level-0
+        // file of its TXID, as Litestream writes it: readers that follow level 0 (a
+        // `restore --follow`, Litestream's VFS) then apply it and go on, where a
+        // snapshot alone would leave them a gap at this TXID.
+        let levels: &[u8] = if reason != SnapshotReason::Interval && txid > 1 {
+            &[0, SNAPSHOT_LEVEL]
+        } else {
+            &[SNAPSHOT_LEVEL]
+        };
+        for &level in levels {
+            if let Err(e) = self.write_snapshot(txid, level) {
+                if !is_rewound(&e) {
+                    return Err(e);
+                }
+                self.cursor.reset();
+                self.write_snapshot(txid, level)?;
             }
-            self.cursor.reset();
-            self.write_snapshot(txid)?;
         }
         self.save_state(SPOOL_DURABILITY)?;
         self.schedule.snapshot_taken(Some(txid));
@@ -70,11 +81,16 @@ impl Capturer {
             p.spooled(txid, now_ms());
         }
         info!(db = %self.db_path.display(), %reason, txid = format!("{txid:016x}"), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot spooled");
+        // A snapshot ships at once, and with it what is spooled before it (the
+        // level-0 image of a new history sorts first).
+        self.shared.ship_due.store(true, Ordering::Release);
         self.shared.notify_shipper();
         Ok(())
     }
 
-    fn write_snapshot(&self, txid: u64) -> Result<(), EngineError> {
+    /// Writes the image as a snapshot (level 9, TXIDs 1 to `txid`) or as the level-0
+    /// file of `txid` alone.
+    fn write_snapshot(&self, txid: u64, level: u8) -> Result<(), EngineError> {
         let ps = self.page_size;
         let db_pages = match self.cursor.generation.as_ref().and_then(|g| g.db_pages) {
             Some(n) => n,
@@ -99,7 +115,7 @@ impl Capturer {
             flags: FLAG_NO_CHECKSUM,
             page_size: ps,
             commit: db_pages,
-            min_txid: 1,
+            min_txid: if level == SNAPSHOT_LEVEL { 1 } else { txid },
             max_txid: txid,
             timestamp_ms: now_ms(),
             ..Header::default()
@@ -115,7 +131,7 @@ impl Capturer {
         // lock, so that a later fsync by SQLite under our barrier (a checkpoint) does
         // not have to push it out while the application waits.
         self.spool
-            .write_ltx(SNAPSHOT_LEVEL, header, Durability::Now, |enc| {
+            .write_ltx(level, header, Durability::Now, |enc| {
                 for pgno in 1..=db_pages {
                     if pgno == lock {
                         continue;
