@@ -8,6 +8,7 @@
 //! | `write`    | write overhead (flat out, paced) and lag (sparse, steady)          |
 //! | `restore`  | restore time and boot restore of shards                            |
 //! | `cost`     | idle/busy request counts, CPU and memory; the 1,000-database run   |
+//! | `follow`   | read replicas: follower lag and requests (`restore --follow`/`-f`) |
 //! | `lag`      | commit → restorable matching; the `file://` watcher                |
 //! | `proxy`    | the counting HTTP proxy in front of moto                           |
 //! | `ltxscan`  | the commit counters inside an LTX file                             |
@@ -18,6 +19,7 @@
 
 mod cost;
 mod env;
+mod follow;
 mod lag;
 mod ltxscan;
 pub(crate) mod proxy;
@@ -52,6 +54,8 @@ Scenarios (all by default, in this order):
     boot      boot restore of 16 missing shards: `replicate --config` vs a restore loop
     cost      idle and busy cost of 16 databases (requests, CPU, memory) on S3
     scale     1,000 databases in one process: lag and memory
+    follow    read replicas: a follower's lag and requests, `restore --follow` vs
+              `litestream restore -f`, source idle and at 10 commits/s on S3
 
 The S3 runs use a private moto server and a counting proxy per tool, so both tools'
 requests are counted the same way. The full run takes about 45 minutes on 2 cores
@@ -67,7 +71,7 @@ OPTIONS:
 ";
 
 const SCENARIOS: &[&str] = &[
-    "flat", "paced", "sparse", "restore", "boot", "cost", "scale",
+    "flat", "paced", "sparse", "restore", "boot", "cost", "scale", "follow",
 ];
 
 #[derive(Debug, Default)]
@@ -473,6 +477,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             "boot" => restore::boot(&ctx).map(|r| (r, vec![])),
             "cost" => cost::idle_busy(&ctx),
             "scale" => cost::scale(&ctx),
+            "follow" => follow::follow(&ctx).map(|r| (r, vec![])),
             _ => unreachable!("scenario names are checked when parsing"),
         };
         match result {

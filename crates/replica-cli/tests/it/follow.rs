@@ -312,3 +312,60 @@ fn a_killed_follower_resumes_and_one_that_cannot_continue_restores_again() {
     );
     drop(conn);
 }
+
+/// A follower becomes the primary: stopped, it folds its WAL into the database and
+/// records its position; once the old primary has stopped, `replicate` on the
+/// follower's file continues the replica from that TXID, without a snapshot.
+#[test]
+fn a_stopped_follower_is_promoted_without_a_snapshot() {
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("src.db");
+    let conn = transfer_db(&db);
+    let url = file_url(&dir.path().join("replica"));
+    let mut rep = primary(&db, &url, &[]);
+    let out = dir.path().join("follower.db");
+    let mut fol = follower(&out, &url);
+    write_batches(&conn, 5, 10);
+    converges(&out, &db, &mut fol);
+    assert_eq!(
+        fol.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        fol.output_report()
+    );
+    assert_eq!(
+        rep.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        rep.output_report()
+    );
+    drop(conn);
+
+    let mut promoted = primary(&out, &url, &[]);
+    assert!(
+        promoted
+            .stderr()
+            .contains("resuming replication of a restored database")
+            && !promoted.stderr().contains("snapshot spooled"),
+        "the promotion took a snapshot\n{}",
+        promoted.output_report()
+    );
+    let conn = open_wal_db(&out);
+    write_batches(&conn, 3, 10);
+    assert_eq!(
+        promoted.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        promoted.output_report()
+    );
+    let restored = dir.path().join("restored.db");
+    let r = crate::support::run(
+        replica_cmd()
+            .args(["restore", "-o"])
+            .arg(&restored)
+            .arg(&url),
+    );
+    assert!(r.success(), "{r}");
+    assert_eq!(user_dump(&restored), user_dump(&out));
+    drop(conn);
+}

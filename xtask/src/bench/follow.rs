@@ -1,0 +1,198 @@
+//! Read replicas: `replica restore --follow` against `litestream restore -f`, each
+//! following the replica its own tool writes on S3 (moto), with a counting proxy in
+//! front of the follower alone. Measured: how long after a commit returned on the
+//! source a reader of the follower sees it (a sampler reads the follower every 5 ms,
+//! each read its own transaction), and the follower's requests per hour while the
+//! source is idle and while it commits 10 times a second. Both poll every second.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::env::{Backend, Ctx, Dest, ReplicaOpts, Tool, start_tool, stem, stop_tool, wait_ready};
+use super::lag::read_commits;
+use super::proxy::Proxy;
+use super::report::{Row, Samples, Unit, percentile};
+use crate::proc::{self, Proc, Signal};
+
+/// (idle seconds, busy seconds) per run.
+fn durations(quick: bool) -> (f64, f64) {
+    if quick { (20.0, 30.0) } else { (120.0, 180.0) }
+}
+
+pub fn follow(ctx: &Ctx) -> Result<Vec<Row>> {
+    let (idle_secs, busy_secs) = durations(ctx.s.quick);
+    let mut rows_of: HashMap<(Tool, &'static str), Samples> = HashMap::new();
+    let mut push = |t: Tool, m: &'static str, v: f64| rows_of.entry((t, m)).or_default().0.push(v);
+    for rep in 0..ctx.s.reps.min(2) {
+        for tool in Tool::order(rep) {
+            let dir = ctx.dir(&format!("follow-{}", tool.name()))?;
+            let db = dir.join("src.db");
+            ctx.writer_run(
+                &dir,
+                &["create", &db.display().to_string(), "--rows", "1000"],
+                Duration::from_secs(120),
+            )?;
+            let dest = Dest::new(ctx, Backend::S3, &dir)?;
+            let mut primary = start_tool(
+                ctx,
+                tool,
+                &[db.clone()],
+                &dest,
+                &dir,
+                &ReplicaOpts::default(),
+            )?;
+            wait_ready(&mut primary, &dest, &[db.clone()], Duration::from_secs(120))?;
+
+            // The follower reads through its own counting proxy.
+            let proxy = Proxy::start(ctx.moto_addr)?;
+            let primary_endpoint = dest.proxy.as_ref().map(Proxy::endpoint).unwrap_or_default();
+            let url = dest
+                .url(&stem(&db))
+                .replace(&primary_endpoint, &proxy.endpoint());
+            let out = dir.join("follower.db");
+            let log = dir.join("follower.log");
+            let mut follower = match tool {
+                Tool::Replica => Proc::spawn(
+                    "replica restore --follow",
+                    ctx.replica_cmd()
+                        .args(["restore", "--follow", "-o"])
+                        .arg(&out)
+                        .arg(&url),
+                    &log,
+                )?,
+                Tool::Litestream => Proc::spawn(
+                    "litestream restore -f",
+                    ctx.litestream_cmd()
+                        .args(["restore", "-f", "-o"])
+                        .arg(&out)
+                        .arg(&url),
+                    &log,
+                )?,
+            };
+            let started = std::time::Instant::now();
+            while !out.exists() {
+                follower.ensure_running()?;
+                if started.elapsed() > Duration::from_secs(120) {
+                    anyhow::bail!(
+                        "{}: no follower database after 120 s\n{}",
+                        follower.name,
+                        follower.log_tail(20)
+                    );
+                }
+                proc::sleep(Duration::from_millis(50))?;
+            }
+            proc::sleep(Duration::from_secs(3))?;
+
+            // Idle: only the follower's polling.
+            let before = proxy.len();
+            proc::sleep(Duration::from_secs_f64(idle_secs))?;
+            let idle = (proxy.len() - before) as f64 * 3600.0 / idle_secs;
+
+            // Busy: 10 commits a second, sampled on the follower.
+            let samples = dir.join("samples.txt");
+            let sampler_log = dir.join("sampler.log");
+            let sampler_script = ctx.writer.with_file_name("follow_sampler.py");
+            let mut sampler = Proc::spawn_with_stdout(
+                "follow sampler",
+                Command::new("python3")
+                    .arg(&sampler_script)
+                    .arg(&out)
+                    .arg(&samples)
+                    .arg((busy_secs + 8.0).to_string())
+                    .stdout(fs::File::create(dir.join("sampler.out"))?),
+                &sampler_log,
+            )?;
+            let times = dir.join("times.txt");
+            let before = proxy.len();
+            ctx.writer_run(
+                &dir,
+                &[
+                    "paced",
+                    &db.display().to_string(),
+                    "--rate",
+                    "10",
+                    "--seconds",
+                    &busy_secs.to_string(),
+                    "--times",
+                    &times.display().to_string(),
+                ],
+                Duration::from_secs_f64(busy_secs + 120.0),
+            )?;
+            let busy = (proxy.len() - before) as f64 * 3600.0 / busy_secs;
+            let _ = sampler.stop_or_kill(Signal::Int, Duration::from_secs(20));
+            proc::sleep(Duration::from_secs(1))?;
+            let errors: u64 = fs::read_to_string(dir.join("sampler.out"))
+                .unwrap_or_default()
+                .trim()
+                .parse()
+                .unwrap_or(0);
+
+            let commits = read_commits(&times)?;
+            let seen = read_samples(&samples)?;
+            let lags: Vec<f64> = commits
+                .iter()
+                .filter_map(|c| {
+                    seen.iter()
+                        .find(|&&(_, k)| k >= c.k)
+                        .map(|&(t, _)| (t - c.end_ns).max(0) as f64 / 1e6)
+                })
+                .collect();
+            let missing = commits.len() - lags.len();
+            let (p50, p99) = (
+                percentile(&lags, 50.0).unwrap_or(0.0),
+                percentile(&lags, 99.0).unwrap_or(0.0),
+            );
+            eprintln!(
+                "xtask bench: follow, {}: lag p50 {p50:.0} ms, p99 {p99:.0} ms ({} commits, {missing} never seen); requests/h idle {idle:.0}, busy {busy:.0}; reader errors {errors}",
+                tool.name(),
+                commits.len()
+            );
+            push(tool, "lag p50", p50);
+            push(tool, "lag p99", p99);
+            push(tool, "requests per hour, idle source", idle);
+            push(tool, "requests per hour, busy source", busy);
+            push(tool, "reader errors", errors as f64);
+            let _ = follower.stop_or_kill(Signal::Int, Duration::from_secs(30));
+            stop_tool(&mut primary)?;
+            drop(proxy);
+            ctx.done_with(&dir)?;
+        }
+        ctx.reset_s3()?;
+    }
+    let section = "read replica: a follower of an S3 replica (1 s poll), source committing 10/s";
+    let get = |t: Tool, m: &str| {
+        rows_of
+            .iter()
+            .find(|((tt, mm), _)| *tt == t && *mm == m)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let row = |m: &'static str, unit: Unit| {
+        Row::info(section, m, Backend::S3.name(), unit)
+            .values(get(Tool::Replica, m), get(Tool::Litestream, m))
+    };
+    Ok(vec![
+        row("lag p50", Unit::Millis),
+        row("lag p99", Unit::Millis),
+        row("requests per hour, idle source", Unit::Count),
+        row("requests per hour, busy source", Unit::Count),
+        row("reader errors", Unit::Count),
+    ])
+}
+
+/// The sampler's `ns k` lines, in order.
+fn read_samples(path: &Path) -> Result<Vec<(i64, u64)>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (t, k) = l.split_once(' ')?;
+            Some((t.parse().ok()?, k.parse().ok()?))
+        })
+        .collect())
+}
