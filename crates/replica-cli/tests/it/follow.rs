@@ -369,3 +369,86 @@ fn a_stopped_follower_is_promoted_without_a_snapshot() {
     assert_eq!(user_dump(&restored), user_dump(&out));
     drop(conn);
 }
+
+/// `restore --config --follow` follows every database of a deployment in one process:
+/// on another machine (here, another directory with the same config), a read replica
+/// of every shard.
+#[test]
+fn a_config_follows_every_database_in_one_process() {
+    let dir = TempDir::new().expect("tempdir");
+    let root = dir.path().join("replica");
+    let config = |at: &Path| {
+        std::fs::create_dir_all(at.join("data")).expect("mkdir");
+        let cfg = at.join("replica.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "replication:\n  enabled: true\n  replica_url: file://{}\n  sync_interval: 100ms\nshards:\n  count: 2\n  path: ./data/shard_{{index}}.db\ndatabases:\n  - ./data/dlq.db\n",
+                root.display()
+            ),
+        )
+        .expect("write config");
+        cfg
+    };
+    let primary_dir = dir.path().join("primary");
+    let cfg = config(&primary_dir);
+    let names = ["shard_0.db", "shard_1.db", "dlq.db"];
+    let conns: Vec<_> = names
+        .iter()
+        .map(|n| crate::support::new_db(&primary_dir.join("data").join(n)))
+        .collect();
+    let mut cmd = replica_cmd();
+    cmd.args(["replicate", "--config"]).arg(&cfg);
+    let mut rep = Proc::spawn("replicate --config", cmd);
+    assert!(
+        wait_until(TIMEOUT, || rep
+            .stderr()
+            .matches("snapshot uploaded")
+            .count()
+            >= 3),
+        "{}",
+        rep.output_report()
+    );
+
+    let follower_dir = dir.path().join("reader");
+    let fcfg = config(&follower_dir);
+    let mut cmd = replica_cmd();
+    cmd.args([
+        "restore",
+        "--follow",
+        "--follow-interval",
+        "100ms",
+        "--config",
+    ])
+    .arg(&fcfg);
+    let mut fol = Proc::spawn("follow --config", cmd);
+    for c in &conns {
+        write_batches(c, 3, 5);
+    }
+    for n in names {
+        let (src, copy) = (
+            primary_dir.join("data").join(n),
+            follower_dir.join("data").join(n),
+        );
+        converges(&copy, &src, &mut fol);
+    }
+    assert_eq!(
+        fol.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        fol.output_report()
+    );
+    assert_eq!(
+        fol.stderr().matches("stopped following").count(),
+        3,
+        "{}",
+        fol.output_report()
+    );
+    assert_eq!(
+        rep.stop(SIGINT, TIMEOUT).code(),
+        Some(0),
+        "{}",
+        rep.output_report()
+    );
+    drop(conns);
+}
