@@ -118,22 +118,7 @@ pub fn ensure_release(r: &Release) -> Result<PathBuf> {
             );
         }
     }
-    let st = util::run_status(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "--no-input",
-            ])
-            .arg(format!("{PACKAGE}=={version}"))
-            .stdin(Stdio::null()),
-    )?;
-    if !st.success() {
-        bail!("pip install {PACKAGE}=={version} failed ({st})");
-    }
+    pip_install(&python, PACKAGE, version)?;
     match installed_version(&bin) {
         Some(v) if is_wanted_version(&v) => {
             eprintln!("xtask: installed Litestream {v} at {}", bin.display());
@@ -220,8 +205,20 @@ pub fn ensure_vfs() -> Result<PathBuf> {
             base.display()
         );
     }
+    pip_install(&python, VFS_PACKAGE, VERSION)?;
+    if !python_ok(&python, true) {
+        bail!(
+            "{VFS_PACKAGE} {VERSION} installed but does not import in {}",
+            venv.display()
+        );
+    }
+    Ok(python)
+}
+
+/// `pip install PACKAGE==VERSION` into the venv of `python`.
+fn pip_install(python: &Path, package: &str, version: &str) -> Result<()> {
     let st = util::run_status(
-        Command::new(&python)
+        Command::new(python)
             .args([
                 "-m",
                 "pip",
@@ -230,11 +227,11 @@ pub fn ensure_vfs() -> Result<PathBuf> {
                 "--disable-pip-version-check",
                 "--no-input",
             ])
-            .arg(format!("{VFS_PACKAGE}=={VERSION}"))
+            .arg(format!("{package}=={version}"))
             .stdin(Stdio::null()),
     )?;
-    if !st.success() || !python_ok(&python, true) {
-        bail!("pip install {VFS_PACKAGE}=={VERSION} failed ({st})");
+    if !st.success() {
+        bail!("pip install {package}=={version} failed ({st})");
     }
-    Ok(python)
+    Ok(())
 }

@@ -14,8 +14,7 @@ use rusqlite::Connection;
 use tempfile::TempDir;
 
 use crate::support::{
-    Proc, SIGINT, file_url, ltx_list, open_wal_db, replica_cmd, user_dump, wait_until,
-    write_batches,
+    Proc, file_url, ltx_list, open_wal_db, replica_cmd, user_dump, wait_until, write_batches,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -151,23 +150,13 @@ fn readers_of_a_follower_see_whole_transactions_and_it_converges() {
             "a reader saw too few states: {s:?} of {written} transfers"
         );
     }
-    assert_eq!(
-        fol.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        fol.output_report()
-    );
+    fol.stop_ok(TIMEOUT);
     assert!(
         fol.stderr().contains("stopped following"),
         "{}",
         fol.output_report()
     );
-    assert_eq!(
-        rep.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        rep.output_report()
-    );
+    rep.stop_ok(TIMEOUT);
     drop(conn);
 }
 
@@ -229,12 +218,7 @@ fn a_killed_follower_resumes_and_one_that_cannot_continue_restores_again() {
     // history (a snapshot, and the same image as the level-0 file of its TXID); the
     // follower takes it in place, and readers keep their connections.
     let keep_reading = Connection::open(&out).expect("a reader stays open");
-    assert_eq!(
-        rep.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        rep.output_report()
-    );
+    rep.stop_ok(TIMEOUT);
     drop(conn);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -255,19 +239,9 @@ fn a_killed_follower_resumes_and_one_that_cannot_continue_restores_again() {
 
     // Stopped, then left behind: retention deletes every file after its position
     // before it comes back. It says so, and restores again.
-    assert_eq!(
-        fol.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        fol.output_report()
-    );
+    fol.stop_ok(TIMEOUT);
     let at = position(&fol);
-    assert_eq!(
-        rep.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        rep.output_report()
-    );
+    rep.stop_ok(TIMEOUT);
     let fast = [
         "--snapshot-interval",
         "300ms",
@@ -297,19 +271,9 @@ fn a_killed_follower_resumes_and_one_that_cannot_continue_restores_again() {
         "{}",
         fol.output_report()
     );
-    assert_eq!(
-        rep.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        rep.output_report()
-    );
+    rep.stop_ok(TIMEOUT);
     converges(&out, &db, &mut fol);
-    assert_eq!(
-        fol.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        fol.output_report()
-    );
+    fol.stop_ok(TIMEOUT);
     drop(conn);
 }
 
@@ -327,18 +291,8 @@ fn a_stopped_follower_is_promoted_without_a_snapshot() {
     let mut fol = follower(&out, &url);
     write_batches(&conn, 5, 10);
     converges(&out, &db, &mut fol);
-    assert_eq!(
-        fol.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        fol.output_report()
-    );
-    assert_eq!(
-        rep.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        rep.output_report()
-    );
+    fol.stop_ok(TIMEOUT);
+    rep.stop_ok(TIMEOUT);
     drop(conn);
 
     let mut promoted = primary(&out, &url, &[]);
@@ -352,12 +306,7 @@ fn a_stopped_follower_is_promoted_without_a_snapshot() {
     );
     let conn = open_wal_db(&out);
     write_batches(&conn, 3, 10);
-    assert_eq!(
-        promoted.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        promoted.output_report()
-    );
+    promoted.stop_ok(TIMEOUT);
     let restored = dir.path().join("restored.db");
     let r = crate::support::run(
         replica_cmd()
@@ -432,23 +381,13 @@ fn a_config_follows_every_database_in_one_process() {
         );
         converges(&copy, &src, &mut fol);
     }
-    assert_eq!(
-        fol.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        fol.output_report()
-    );
+    fol.stop_ok(TIMEOUT);
     assert_eq!(
         fol.stderr().matches("stopped following").count(),
         3,
         "{}",
         fol.output_report()
     );
-    assert_eq!(
-        rep.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        rep.output_report()
-    );
+    rep.stop_ok(TIMEOUT);
     drop(conns);
 }

@@ -15,7 +15,7 @@ use crate::backends::StoreFixture;
 use crate::backends::s3::S3;
 use crate::operate::{free_addr, get, metric};
 use crate::support::{
-    FaultPlan, FaultProxy, Proc, SIGINT, file_url, new_db, replica_cmd, run, user_dump, wait_until,
+    FaultPlan, FaultProxy, Proc, file_url, new_db, replica_cmd, run, user_dump, wait_until,
     write_batches,
 };
 
@@ -100,12 +100,7 @@ fn sync_waits_for_the_store_and_times_out_while_it_is_away() {
     proxy.set_plan(FaultPlan::HEALTHY);
     let out = sync(&[]);
     assert_eq!(out.code(), Some(0), "{out}");
-    assert_eq!(
-        rep.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        rep.output_report()
-    );
+    rep.stop_ok(TIMEOUT);
     let restored = dir.path().join("final.db");
     let mut cmd = replica_cmd();
     s3.creds(&mut cmd);
@@ -253,12 +248,7 @@ fn verify_against_compares_exactly_while_the_application_writes() {
         .arg(&url));
     assert_eq!(other.code(), Some(1), "{other}");
     assert!(other.stderr.contains("does not replicate"), "{other}");
-    assert_eq!(
-        rep.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        rep.output_report()
-    );
+    rep.stop_ok(TIMEOUT);
     assert_eq!(
         verify(&[]).code(),
         Some(0),

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 
 use crate::backends::StoreFixture;
 use crate::backends::s3::S3;
-use crate::support::{Proc, SIGINT, file_url, open_wal_db, replica_cmd, run, wait_until};
+use crate::support::{Proc, file_url, open_wal_db, replica_cmd, run, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -142,12 +142,7 @@ fn scenario(url: &str, creds: &dyn Fn(&mut Command)) {
         rep.output_report()
     );
     assert_eq!(states.last().map(|s| s.0), Some(written as i64));
-    assert_eq!(
-        rep.stop(SIGINT, TIMEOUT).code(),
-        Some(0),
-        "{}",
-        rep.output_report()
-    );
+    rep.stop_ok(TIMEOUT);
     drop(conn);
 }
 

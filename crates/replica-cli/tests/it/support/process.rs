@@ -160,6 +160,19 @@ impl Proc {
         }
     }
 
+    /// [`Proc::stop`] with SIGINT, which must end in exit code 0.
+    #[track_caller]
+    pub fn stop_ok(&mut self, timeout: Duration) {
+        let st = self.stop(Signal::Int, timeout);
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "{} exited with {st}\n{}",
+            self.name,
+            self.output_report()
+        );
+    }
+
     /// Kills the process (SIGKILL) if it still runs and reaps it.
     pub fn kill(&mut self) -> ExitStatus {
         if let Some(st) = self.try_status() {
