@@ -376,6 +376,10 @@ pub struct Shared {
     /// Callers' requests to capture (see `points`): pushed by anyone, served by
     /// capture after each tick, closed by capture's wrapper when it returns.
     requests: points::Requests,
+    /// Wakes capture's wait for a WAL change, so that a request is served at once.
+    /// Set by capture when it starts waiting on its WAL; used by whoever queues a
+    /// request.
+    capture_waker: Mutex<Option<watch::Waker>>,
     /// Notified (to all waiters) by the shipper after each upload has updated the
     /// manifest; waited on by `Monitor::wait_stored`.
     uploaded: Notify,

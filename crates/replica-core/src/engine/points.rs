@@ -3,10 +3,10 @@
 //! database at exactly a spooled TXID ([`Monitor::consistent_read`]), and the store's
 //! arrival at a TXID ([`Monitor::wait_stored`]).
 //!
-//! Callers queue a [`Request`] in `Shared::requests`; the capture thread serves the
-//! queue after each of its ticks (within `poll_interval` while the database is busy,
-//! [`IDLE_WAIT`](super::watch::IDLE_WAIT) when it is idle) and answers on a oneshot
-//! channel. When capture ends the queue is closed, and every waiting caller gets
+//! Callers queue a [`Request`] in `Shared::requests` and wake the capture thread's
+//! wait (as a WAL change would; where the WAL is polled, the request waits for the
+//! next poll, at most [`IDLE_WAIT`](super::watch::IDLE_WAIT)); capture serves the queue
+//! after its tick and answers on a oneshot channel. When capture ends the queue is closed, and every waiting caller gets
 //! [`EngineError::Stopped`] instead of waiting forever. The shipper notifies
 //! `Shared::uploaded` after each upload; [`Monitor::wait_stored`] reads the manifest
 //! when woken.
@@ -91,6 +91,11 @@ impl Monitor {
         if self.shared.requests.push(make(tx)).is_err() {
             return Err(self.stopped());
         }
+        if let Ok(w) = self.shared.capture_waker.lock()
+            && let Some(w) = w.as_ref()
+        {
+            w.wake();
+        }
         rx.await.map_err(|_| self.stopped())?
     }
 
@@ -101,8 +106,8 @@ impl Monitor {
     }
 
     /// The TXID that holds every commit made to the database before this call. Capture
-    /// answers after its next look at the WAL (up to a quarter second when idle); no
-    /// file is spooled and nothing is uploaded for it.
+    /// answers after a look at the WAL (woken for it); no file is spooled and nothing
+    /// is uploaded for it.
     pub async fn commit_point(&self) -> Result<u64, EngineError> {
         self.ask(Request::CommitPoint).await
     }

@@ -201,6 +201,17 @@ impl Hub {
     }
 }
 
+/// Wakes a capture thread's wait as a change of its WAL would: a caller's request
+/// (`engine::points`) is then served at once rather than after the idle wait.
+#[derive(Debug, Clone)]
+pub struct Waker(Arc<Signal>);
+
+impl Waker {
+    pub fn wake(&self) {
+        self.0.raise(false);
+    }
+}
+
 /// One capture thread's view of its WAL.
 #[derive(Debug)]
 pub struct WalWatch {
@@ -221,6 +232,11 @@ impl WalWatch {
         }
         w.arm();
         w
+    }
+
+    /// A handle that wakes [`WalWatch::wait`] from another thread.
+    pub fn waker(&self) -> Waker {
+        Waker(Arc::clone(&self.signal))
     }
 
     /// Whether changes wake us (otherwise the caller polls). A WAL that was deleted

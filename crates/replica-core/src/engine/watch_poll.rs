@@ -8,9 +8,21 @@ pub const IDLE_WAIT: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct WalWatch;
 
+/// Polling cannot be woken: a request waits for the next poll.
+#[derive(Debug, Clone)]
+pub struct Waker;
+
+impl Waker {
+    pub fn wake(&self) {}
+}
+
 impl WalWatch {
     pub fn new(_wal: &Path) -> Self {
         Self
+    }
+
+    pub fn waker(&self) -> Waker {
+        Waker
     }
 
     pub fn is_active(&self) -> bool {

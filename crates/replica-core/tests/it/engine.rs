@@ -137,9 +137,11 @@ async fn idle_costs_nothing_and_snapshots_follow_the_interval() {
 /// A writer keeps committing while a snapshot of a 256 MiB database is taken and
 /// uploaded: the snapshot reads under our read transaction only, and the upload holds
 /// no SQLite lock, so the longest commit is bounded by our checkpoint barrier, which
-/// covers only the last moments of WAL (see ARCHITECTURE.md). The bound, 100 ms, is
-/// generous for a loaded 2-core CI machine and two orders of magnitude below the
-/// seconds a snapshot under the write lock costs at this size.
+/// covers only the last moments of WAL (see ARCHITECTURE.md). This is a test of what
+/// the lock is held for, not of speed (the benchmark measures commit latency): the
+/// bound, 500 ms, sits an order of magnitude below the seconds a snapshot under the
+/// write lock costs at this size, and well above the scheduling delays of a 2-core
+/// machine running the rest of the suite beside it (100 ms was exceeded there once).
 #[test]
 fn snapshot_of_a_large_database_does_not_stall_writers() {
     const MIB: usize = 1 << 20;
@@ -225,7 +227,7 @@ fn snapshot_of_a_large_database_does_not_stall_writers() {
         "two full snapshots were not uploaded"
     );
     assert!(
-        max < Duration::from_millis(100),
+        max < Duration::from_millis(500),
         "a commit stalled for {max:?} (p99 {p99:?}) while a 256 MiB snapshot was taken"
     );
 }

@@ -327,6 +327,9 @@ impl Capturer {
             }
         }
         let mut watch = WalWatch::new(&self.wal_path);
+        if let Ok(mut w) = self.shared.capture_waker.lock() {
+            *w = Some(watch.waker());
+        }
         let mut last_tick = Instant::now();
         let mut last_change = last_tick;
         loop {
