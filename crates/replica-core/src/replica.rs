@@ -82,24 +82,32 @@ impl Replica {
             Some(l) => self.style.level_prefix(l),
             None => self.style.levels_prefix(),
         };
-        let mut out = Vec::new();
-        for obj in self.client.list(&prefix, None).await? {
-            let Some(id) = self.style.parse_key(&obj.key) else {
-                continue;
-            };
-            if level.is_some_and(|l| l != id.level) {
-                continue;
-            }
-            out.push(RemoteFile {
-                id,
-                key: self.key(id),
-                size: obj.size,
-                ltx_time: obj.ltx_time,
-                last_modified: obj.last_modified,
-            });
-        }
+        let objects = self.client.list(&prefix, None).await?;
+        let mut out = self.files_of(objects, |id| level.is_none_or(|l| l == id.level));
         out.sort_by_key(|f| (f.id.level, f.id.range));
         Ok(out)
+    }
+
+    /// The LTX files of the layout among `objects` that `keep` accepts; other objects
+    /// are ignored, as Litestream ignores them.
+    fn files_of(
+        &self,
+        objects: Vec<crate::client::ObjectInfo>,
+        keep: impl Fn(FileId) -> bool,
+    ) -> Vec<RemoteFile> {
+        objects
+            .into_iter()
+            .filter_map(|obj| {
+                let id = self.style.parse_key(&obj.key).filter(|id| keep(*id))?;
+                Some(RemoteFile {
+                    id,
+                    key: self.key(id),
+                    size: obj.size,
+                    ltx_time: obj.ltx_time,
+                    last_modified: obj.last_modified,
+                })
+            })
+            .collect()
     }
 
     /// Lists the files of `level` whose range starts after TXID `after`: one LIST that
@@ -129,22 +137,10 @@ impl Replica {
             level,
             range: after,
         });
-        let mut out = Vec::new();
-        for obj in self.client.list(&prefix, Some(from.as_str())).await? {
-            let Some(id) = self.style.parse_key(&obj.key) else {
-                continue;
-            };
-            if id.level != level || (id.range.min, id.range.max) <= (after.min, after.max) {
-                continue;
-            }
-            out.push(RemoteFile {
-                id,
-                key: self.key(id),
-                size: obj.size,
-                ltx_time: obj.ltx_time,
-                last_modified: obj.last_modified,
-            });
-        }
+        let objects = self.client.list(&prefix, Some(from.as_str())).await?;
+        let mut out = self.files_of(objects, |id| {
+            id.level == level && (id.range.min, id.range.max) > (after.min, after.max)
+        });
         out.sort_by_key(|f| f.id.range);
         Ok(out)
     }

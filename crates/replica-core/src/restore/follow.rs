@@ -39,11 +39,10 @@ use tracing::{debug, info, warn};
 
 use super::{
     Progress, RestoreError, RestoreOptions, RestoreOutcome, Target, WorkDir, download, io_err,
-    plan, record_position, restore,
+    open_ltx, parent_dir, plan, record_position, restore,
 };
 use crate::file_mode::FileMode;
 use crate::layout::{SNAPSHOT_LEVEL, TxRange};
-use crate::ltx::Decoder;
 use crate::replica::{RemoteFile, Replica};
 use crate::spool::Spool;
 
@@ -243,7 +242,7 @@ impl Follower {
         let mode = std::fs::metadata(&self.output)
             .map(|m| FileMode::of(&m))
             .unwrap_or(FileMode::PRIVATE);
-        let parent = parent_of(&self.output);
+        let parent = parent_dir(&self.output);
         let work = WorkDir::create(&parent, &self.output, mode)?;
         let progress = Progress::default();
         let mut downloads = Vec::with_capacity(chain.len());
@@ -396,17 +395,8 @@ fn apply_files(
                 source,
             };
             let file = std::fs::File::open(path).map_err(io_err(path))?;
-            let mut dec = Decoder::new(std::io::BufReader::new(file)).map_err(corrupt)?;
+            let mut dec = open_ltx(f, std::io::BufReader::new(file))?;
             let h = *dec.header();
-            if h.min_txid != f.id.range.min || h.max_txid != f.id.range.max {
-                return Err(RestoreError::Mismatch {
-                    key: f.key.to_string(),
-                    detail: format!(
-                        "its header covers TXIDs {:016x}-{:016x}",
-                        h.min_txid, h.max_txid
-                    ),
-                });
-            }
             if h.page_size != page_size {
                 return Err(RestoreError::Mismatch {
                     key: f.key.to_string(),
@@ -445,13 +435,6 @@ fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> RestoreError + '_ {
     move |source| RestoreError::Sqlite {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-fn parent_of(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }
 

@@ -230,10 +230,7 @@ pub async fn restore_with_progress(
     let (planned, mode) = tokio::join!(choose_source(replica, opts), restored_mode(replica, opts));
     let (mode, identity) = mode?;
     let mut planned = planned;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_dir(out);
     let mut replans = 0;
     let (source, work, bytes_downloaded) = loop {
         let source = match planned? {
@@ -893,6 +890,34 @@ fn apply_file(
     Ok(ps)
 }
 
+/// A decoder of `src`, the content of the replica file `f`, whose header covers the
+/// TXIDs its name says.
+fn open_ltx<R: Read>(f: &RemoteFile, src: R) -> Result<Decoder<R>, RestoreError> {
+    let dec = Decoder::new(src).map_err(|source| RestoreError::Corrupt {
+        key: f.key.to_string(),
+        source,
+    })?;
+    let h = dec.header();
+    if h.min_txid != f.id.range.min || h.max_txid != f.id.range.max {
+        return Err(RestoreError::Mismatch {
+            key: f.key.to_string(),
+            detail: format!(
+                "its header covers TXIDs {:016x}-{:016x}",
+                h.min_txid, h.max_txid
+            ),
+        });
+    }
+    Ok(dec)
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Applies one LTX file read from `src` to `db` (at `db_path`): writes its pages, then
 /// sets the database length to the file's commit size. Returns the page size.
 /// `pipelined` writes on a second thread (worth it for a snapshot, not for a small
@@ -909,17 +934,8 @@ fn apply_ltx(
         key: f.key.to_string(),
         source,
     };
-    let mut dec = Decoder::new(src).map_err(corrupt)?;
+    let mut dec = open_ltx(f, src)?;
     let h = *dec.header();
-    if h.min_txid != f.id.range.min || h.max_txid != f.id.range.max {
-        return Err(RestoreError::Mismatch {
-            key: f.key.to_string(),
-            detail: format!(
-                "its header covers TXIDs {:016x}-{:016x}",
-                h.min_txid, h.max_txid
-            ),
-        });
-    }
     if let Some(ps) = page_size.filter(|ps| *ps != h.page_size) {
         return Err(RestoreError::Mismatch {
             key: f.key.to_string(),

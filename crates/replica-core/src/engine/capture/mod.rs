@@ -412,10 +412,7 @@ impl Capturer {
         if self.schedule.ship_due(now, &self.cfg, batch, force) {
             // The shipper sends what is spooled when told to, and only then: at most
             // once per interval, at once after a quiet one, and at a stop.
-            self.spool_batch(SPOOL_DURABILITY)?;
-            self.schedule.shipped(now);
-            self.shared.ship_due.store(true, Ordering::Release);
-            self.shared.notify_shipper();
+            self.ship(now)?;
         } else if self.cursor.batch.frames >= self.cfg.checkpoint_pages {
             self.spool_batch(SPOOL_DURABILITY)?;
         }
@@ -497,6 +494,15 @@ impl Capturer {
         Ok(max_frames.is_some_and(|m| frames >= m))
     }
 
+    /// Spools the batch and tells the shipper to send everything spooled.
+    fn ship(&mut self, now: Instant) -> Result<(), EngineError> {
+        self.spool_batch(SPOOL_DURABILITY)?;
+        self.schedule.shipped(now);
+        self.shared.ship_due.store(true, Ordering::Release);
+        self.shared.notify_shipper();
+        Ok(())
+    }
+
     /// Spools the batch as the next L0 file, if there is one.
     fn spool_batch(&mut self, durability: Durability) -> Result<(), EngineError> {
         let Some(batch) = self.cursor.unspooled() else {
@@ -567,13 +573,9 @@ impl Capturer {
                     let _ = tx.send(self.commit_point());
                 }
                 Request::ShipNow(tx) => {
-                    let r = self.commit_point().and_then(|txid| {
-                        self.spool_batch(SPOOL_DURABILITY)?;
-                        self.schedule.shipped(Instant::now());
-                        self.shared.ship_due.store(true, Ordering::Release);
-                        self.shared.notify_shipper();
-                        Ok(txid)
-                    });
+                    let r = self
+                        .commit_point()
+                        .and_then(|txid| self.ship(Instant::now()).map(|()| txid));
                     let _ = tx.send(r);
                 }
                 Request::ConsistentRead(tx) => {
