@@ -4,7 +4,7 @@
 //! retention past the follower's position, makes it restore again in place; and in
 //! the end the follower equals the source exactly.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -107,6 +107,36 @@ fn primary(db: &Path, url: &str, extra: &[&str]) -> Proc {
     p
 }
 
+/// A source database replicated to a file:// replica, and a follower of it.
+struct Pair {
+    dir: TempDir,
+    db: PathBuf,
+    conn: Connection,
+    url: String,
+    rep: Proc,
+    out: PathBuf,
+    fol: Proc,
+}
+
+fn source_and_follower() -> Pair {
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("src.db");
+    let conn = transfer_db(&db);
+    let url = file_url(&dir.path().join("replica"));
+    let rep = primary(&db, &url, &[]);
+    let out = dir.path().join("follower.db");
+    let fol = follower(&out, &url);
+    Pair {
+        dir,
+        db,
+        conn,
+        url,
+        rep,
+        out,
+        fol,
+    }
+}
+
 #[track_caller]
 fn converges(follower: &Path, source: &Path, p: &mut Proc) {
     let mut last = Vec::new();
@@ -124,13 +154,15 @@ fn converges(follower: &Path, source: &Path, p: &mut Proc) {
 
 #[test]
 fn readers_of_a_follower_see_whole_transactions_and_it_converges() {
-    let dir = TempDir::new().expect("tempdir");
-    let db = dir.path().join("src.db");
-    let conn = transfer_db(&db);
-    let url = file_url(&dir.path().join("replica"));
-    let mut rep = primary(&db, &url, &[]);
-    let out = dir.path().join("follower.db");
-    let mut fol = follower(&out, &url);
+    let Pair {
+        dir: _dir,
+        db,
+        conn,
+        url: _,
+        mut rep,
+        out,
+        mut fol,
+    } = source_and_follower();
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = transfers(&db, stop.clone());
@@ -187,13 +219,15 @@ fn position(p: &Proc) -> u64 {
 
 #[test]
 fn a_killed_follower_resumes_and_one_that_cannot_continue_restores_again() {
-    let dir = TempDir::new().expect("tempdir");
-    let db = dir.path().join("src.db");
-    let conn = transfer_db(&db);
-    let url = file_url(&dir.path().join("replica"));
-    let mut rep = primary(&db, &url, &[]);
-    let out = dir.path().join("follower.db");
-    let mut fol = follower(&out, &url);
+    let Pair {
+        dir: _dir,
+        db,
+        conn,
+        url,
+        mut rep,
+        out,
+        mut fol,
+    } = source_and_follower();
 
     // Killed (SIGKILL) at moments the writer chooses, three times: each restart
     // resumes from the saved position; none restores.
@@ -282,13 +316,15 @@ fn a_killed_follower_resumes_and_one_that_cannot_continue_restores_again() {
 /// follower's file continues the replica from that TXID, without a snapshot.
 #[test]
 fn a_stopped_follower_is_promoted_without_a_snapshot() {
-    let dir = TempDir::new().expect("tempdir");
-    let db = dir.path().join("src.db");
-    let conn = transfer_db(&db);
-    let url = file_url(&dir.path().join("replica"));
-    let mut rep = primary(&db, &url, &[]);
-    let out = dir.path().join("follower.db");
-    let mut fol = follower(&out, &url);
+    let Pair {
+        dir,
+        db,
+        conn,
+        url,
+        mut rep,
+        out,
+        mut fol,
+    } = source_and_follower();
     write_batches(&conn, 5, 10);
     converges(&out, &db, &mut fol);
     fol.stop_ok(TIMEOUT);

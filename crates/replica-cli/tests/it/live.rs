@@ -13,10 +13,9 @@ use tempfile::TempDir;
 
 use crate::backends::StoreFixture;
 use crate::backends::s3::S3;
-use crate::operate::{free_addr, get, metric};
+use crate::operate::{free_addr, metric, until_ready};
 use crate::support::{
-    FaultPlan, FaultProxy, Proc, file_url, new_db, replica_cmd, run, user_dump, wait_until,
-    write_batches,
+    FaultPlan, FaultProxy, Proc, file_url, new_db, replica_cmd, run, user_dump, write_batches,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,12 +42,7 @@ fn sync_waits_for_the_store_and_times_out_while_it_is_away() {
         .arg(&db)
         .arg(&url);
     let mut rep = Proc::spawn("replicate", cmd);
-    assert!(
-        wait_until(TIMEOUT, || get(&addr, "/readyz")
-            .is_some_and(|(c, _)| c == 200)),
-        "never ready\n{}",
-        rep.output_report()
-    );
+    until_ready(&addr, &rep);
     let sync = |extra: &[&str]| {
         run(replica_cmd()
             .args(["sync", "--json", "--addr", &addr])
@@ -215,12 +209,7 @@ fn verify_against_compares_exactly_while_the_application_writes() {
     .arg(&db)
     .arg(&url);
     let mut rep = Proc::spawn("replicate", cmd);
-    assert!(
-        wait_until(TIMEOUT, || get(&addr, "/readyz")
-            .is_some_and(|(c, _)| c == 200)),
-        "never ready\n{}",
-        rep.output_report()
-    );
+    until_ready(&addr, &rep);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = transfers(&db, stop.clone());
     let refused = verify(&[]);

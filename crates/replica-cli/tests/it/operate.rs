@@ -97,6 +97,17 @@ pub(crate) fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// Waits until the process at `addr` answers `/readyz` with 200.
+#[track_caller]
+pub(crate) fn until_ready(addr: &str, p: &Proc) {
+    assert!(
+        wait_until(TIMEOUT, || get(addr, "/readyz")
+            .is_some_and(|(c, _)| c == 200)),
+        "never ready\n{}",
+        p.output_report()
+    );
+}
+
 /// The value of one sample of `/metrics`: `name{db="…"…}` for the database `db`.
 pub(crate) fn metric(addr: &str, name: &str, db: &Path, extra: &str) -> Option<f64> {
     let (code, body) = get(addr, "/metrics")?;
@@ -152,12 +163,7 @@ fn metrics_show_lag_rising_in_an_outage_and_falling_after() {
     let mut rep = Proc::spawn("replicate with metrics", cmd);
 
     let m = |name: &str| metric(&addr, name, &db, "");
-    assert!(
-        wait_until(TIMEOUT, || get(&addr, "/readyz")
-            .is_some_and(|(c, _)| c == 200)),
-        "never ready\n{}",
-        rep.output_report()
-    );
+    until_ready(&addr, &rep);
     assert_eq!(get(&addr, "/healthz").map(|(c, _)| c), Some(200));
     write_batches(&conn, 5, 20);
     let in_sync = || {
