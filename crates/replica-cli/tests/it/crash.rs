@@ -274,9 +274,7 @@ fn check_complete(url: &str, out: &Path, src: &Path, writer: &Writer, last: u64,
 /// its handlers rather than the default action.
 #[track_caller]
 fn wait_started(p: &mut Proc, ctx: &str) {
-    let ok = support::wait_until(LONG, || {
-        p.stderr().contains("replicating") || !p.is_running()
-    });
+    let ok = support::wait_until(LONG, || p.is_replicating() || !p.is_running());
     assert!(
         ok && p.is_running(),
         "{ctx}: the replicator did not start (or exited: {:?})\n{}",

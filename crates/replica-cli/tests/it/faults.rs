@@ -455,7 +455,7 @@ fn the_service_starts_while_the_store_is_down() {
     assert!(rep.is_running(), "{}", rep.output_report());
     proxy.set_plan(FaultPlan::HEALTHY);
     assert!(
-        wait_until(TIMEOUT, || rep.stderr().contains("replicating")),
+        wait_until(TIMEOUT, || rep.is_replicating()),
         "replication never started once the store answered\n{}",
         rep.output_report()
     );
@@ -538,7 +538,7 @@ fn a_single_database_starts_its_service_while_the_store_is_down() {
     );
     proxy.set_plan(FaultPlan::HEALTHY);
     assert!(
-        wait_until(TIMEOUT, || rep.stderr().contains("replicating")),
+        wait_until(TIMEOUT, || rep.is_replicating()),
         "replication never started once the store answered\n{}",
         rep.output_report()
     );

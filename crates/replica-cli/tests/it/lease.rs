@@ -234,7 +234,7 @@ fn a_second_replicator_waits_and_another_database_is_refused() {
 
     let mut holder = Proc::spawn("replicate a.db", replicate(&db_a, &url, &[]));
     assert!(
-        wait_until(TIMEOUT, || holder.stderr().contains("replicating")),
+        wait_until(TIMEOUT, || holder.is_replicating()),
         "{}",
         holder.output_report()
     );
@@ -277,7 +277,7 @@ fn a_second_replicator_waits_and_another_database_is_refused() {
         replicate(&db_b, &url, &["--take-over-replica"]),
     );
     assert!(
-        wait_until(TIMEOUT, || taker.stderr().contains("replicating")),
+        wait_until(TIMEOUT, || taker.is_replicating()),
         "{}",
         taker.output_report()
     );

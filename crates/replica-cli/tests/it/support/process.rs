@@ -197,6 +197,15 @@ impl Proc {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Whether the engine has logged that it replicates: its own `replicating db=…`
+    /// line, not the lease's description of a holder ("… (replicating a.db)"),
+    /// which a takeover prints before replication starts.
+    pub fn is_replicating(&self) -> bool {
+        self.stderr()
+            .lines()
+            .any(|l| l.contains(" replicating db="))
+    }
+
     /// The tail of stdout and stderr, for failure messages.
     pub fn output_report(&self) -> String {
         format!(
