@@ -261,7 +261,10 @@ fn scan_chunked(
     let frame_size = header.frame_size();
     let big_endian = header.big_endian();
     let page_size = header.page_size as usize;
-    let frames_per_chunk = (chunk_bytes / frame_size).max(1);
+    // A bounded scan (under the write barrier) reads no more than it may take.
+    let frames_per_chunk = (chunk_bytes / frame_size)
+        .min(max_frames.unwrap_or(u64::MAX))
+        .max(1);
     // The file length is only a hint for the buffer size: the WAL may grow while we read, and
     // its length never marks the end of the valid frames.
     let remaining = f.metadata()?.len().saturating_sub(from.offset);

@@ -419,6 +419,9 @@ impl Capturer {
         if force {
             return Ok(());
         }
+        if std::mem::take(&mut self.schedule.repin_due) {
+            self.repin()?;
+        }
         if let Some(reason) = self.schedule.snapshot_due.take() {
             if let Err(e) = self.snapshot(reason) {
                 // Still due: a failed snapshot is retried, never skipped.
@@ -474,6 +477,7 @@ impl Capturer {
             debug!(db = %self.db_path.display(), salt1 = h.salt1, "new WAL generation");
             let lost = self.cursor.start_generation(h);
             self.schedule.checkpoint_base(0);
+            self.schedule.repin_due = true;
             if lost {
                 // Only possible if the read transaction was lost: the batch's frames
                 // are gone, so is continuity.

@@ -22,6 +22,10 @@ pub(super) struct Schedule {
     pub snapshot_due: Option<SnapshotReason>,
     /// TXID of the newest snapshot, spooled or in the replica.
     pub last_snapshot_txid: u64,
+    /// The WAL restarted under our read transaction, which therefore sits on SQLite's
+    /// read slot 0 (the "database file only" slot): it must move to a slot with a
+    /// frame mark. See `Capturer::repin`.
+    pub repin_due: bool,
 }
 
 impl Schedule {
@@ -47,6 +51,7 @@ impl Schedule {
             last_snapshot,
             snapshot_due: None,
             last_snapshot_txid,
+            repin_due: false,
         }
     }
 
@@ -74,11 +79,13 @@ impl Schedule {
             .then(|| (self.last_ship + cfg.sync_interval).saturating_duration_since(Instant::now()))
     }
 
-    /// A checkpoint is due once the WAL grew by `checkpoint_pages`, or grew at all and
+    /// A checkpoint is due once the WAL grew by `checkpoint_pages` (and
+    /// `checkpoint_spacing` passed since the last one), or grew at all and
     /// `checkpoint_interval` passed.
     pub fn checkpoint_due(&self, now: Instant, cfg: &EngineConfig, wal_frames: u64) -> bool {
         let grown = wal_frames.saturating_sub(self.checkpoint_frames);
-        grown >= cfg.checkpoint_pages
+        let since = now.duration_since(self.last_checkpoint);
+        (grown >= cfg.checkpoint_pages && since >= cfg.checkpoint_spacing)
             || (grown > 0 && now.duration_since(self.last_checkpoint) >= cfg.checkpoint_interval)
     }
 
