@@ -948,57 +948,61 @@ fn apply_ltx(
     // 4 MiB rather than one pwrite per page. Pages are decoded straight into the run.
     let run_bytes = ((4 << 20) / page).max(1) * page;
     let write_err = |e: std::io::Error| io_err(db_path)(e);
-    // `sink` writes a full run and hands back an empty buffer to fill next.
-    let decode = |sink: &mut dyn FnMut(u64, Vec<u8>) -> Result<Vec<u8>, RestoreError>| {
-        let mut run: Vec<u8> = Vec::with_capacity(run_bytes);
-        let mut carry: Vec<u8> = Vec::with_capacity(page);
+    // `sink` writes the first `len` bytes of a run and hands back a buffer to fill
+    // next. Buffers keep their full length from one run to the next: decoding
+    // overwrites them, so nothing is zero-filled per page.
+    let decode = |sink: &mut dyn FnMut(u64, Vec<u8>, usize) -> Result<Vec<u8>, RestoreError>| {
+        let mut run: Vec<u8> = vec![0u8; run_bytes];
+        let mut carry: Vec<u8> = vec![0u8; page];
+        let mut fill = 0usize;
         let mut run_start = 0u32;
         loop {
-            let len = run.len();
-            run.resize(len + page, 0);
-            let Some(pgno) = dec.next_page(&mut run[len..]).map_err(corrupt)? else {
-                run.truncate(len);
+            let Some(pgno) = dec
+                .next_page(&mut run[fill..fill + page])
+                .map_err(corrupt)?
+            else {
                 break;
             };
-            if len == 0 {
+            if fill == 0 {
                 run_start = pgno;
-            } else if pgno != run_start + (len / page) as u32 || len + page > run_bytes {
+            } else if pgno != run_start + (fill / page) as u32 {
                 // The page just decoded starts the next run.
-                carry.clear();
-                carry.extend_from_slice(&run[len..]);
-                run.truncate(len);
-                run = sink((u64::from(run_start) - 1) * ps, run)?;
-                run.extend_from_slice(&carry);
+                carry.copy_from_slice(&run[fill..fill + page]);
+                run = sink((u64::from(run_start) - 1) * ps, run, fill)?;
+                run[..page].copy_from_slice(&carry);
                 run_start = pgno;
+                fill = 0;
+            }
+            fill += page;
+            if fill == run_bytes {
+                run = sink((u64::from(run_start) - 1) * ps, run, fill)?;
+                fill = 0;
             }
         }
-        if !run.is_empty() {
-            sink((u64::from(run_start) - 1) * ps, run)?;
+        if fill > 0 {
+            sink((u64::from(run_start) - 1) * ps, run, fill)?;
         }
         dec.finish().map_err(corrupt)?;
         Ok::<(), RestoreError>(())
     };
     if pipelined {
-        // Decoding (LZ4, CRC-64) and the kernel's copy into the page cache each take
-        // about a core-second per GiB; on two threads they overlap.
+        // Decoding (LZ4, CRC-64) and the kernel's copy into the page cache overlap on
+        // two threads.
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(2);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>, usize)>(2);
             // Written buffers come back, so the decoder never faults in fresh memory.
             let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
             let writer = scope.spawn(move || -> std::io::Result<()> {
-                for (offset, mut run) in rx {
-                    db.write_all_at(&run, offset)?;
-                    run.clear();
+                for (offset, run, len) in rx {
+                    db.write_all_at(&run[..len], offset)?;
                     let _ = back_tx.send(run);
                 }
                 Ok(())
             });
-            let decoded = decode(&mut |offset, run: Vec<u8>| {
-                tx.send((offset, run))
+            let decoded = decode(&mut |offset, run: Vec<u8>, len| {
+                tx.send((offset, run, len))
                     .map_err(|_| RestoreError::Task("the restore writer stopped".into()))?;
-                Ok(back_rx
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(run_bytes)))
+                Ok(back_rx.try_recv().unwrap_or_else(|_| vec![0u8; run_bytes]))
             });
             drop(tx);
             let written = writer
@@ -1010,9 +1014,8 @@ fn apply_ltx(
             decoded
         })?;
     } else {
-        decode(&mut |offset, mut run: Vec<u8>| {
-            db.write_all_at(&run, offset).map_err(write_err)?;
-            run.clear();
+        decode(&mut |offset, run: Vec<u8>, len| {
+            db.write_all_at(&run[..len], offset).map_err(write_err)?;
             Ok(run)
         })?;
     }
