@@ -179,6 +179,8 @@ pub fn restore(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
     let (mut floor, mut ours, mut theirs) =
         (Samples::default(), Samples::default(), Samples::default());
     let (mut ours_x, mut theirs_x) = (Samples::default(), Samples::default());
+    // Our default (`PRAGMA quick_check` after the restore), as its own row.
+    let mut checked = Samples::default();
     for r in 0..s.reps {
         // The floor: write the database file once, durably.
         remove(&out)?;
@@ -228,6 +230,19 @@ pub fn restore(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
                 "xtask bench: restore with {}: {secs:.2}s (floor {f:.2}s)",
                 tool.name()
             );
+            if tool == Tool::Replica {
+                let secs = timed(
+                    "replica restore (quick_check)",
+                    ctx.replica_cmd()
+                        .args(["restore", "-o", &out_arg])
+                        .arg(&url),
+                    &log,
+                    timeout,
+                )?;
+                remove(&out)?;
+                eprintln!("xtask bench: restore with replica and quick_check: {secs:.2}s");
+                checked.push(secs);
+            }
             match tool {
                 Tool::Replica => {
                     ours.push(secs);
@@ -258,6 +273,13 @@ pub fn restore(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
         )
         .values(ours_x, theirs_x)
         .target("≤ 2× the floor", |v| v <= 2.0),
+        Row::info(
+            &section,
+            "restore time with `PRAGMA quick_check` (replica's default)",
+            "file",
+            Unit::Seconds,
+        )
+        .values(checked, Samples::default()),
     ];
     ctx.done_with(&dir)?;
     let note = format!(
