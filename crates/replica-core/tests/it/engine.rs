@@ -24,6 +24,14 @@ fn open_db(path: &Path) -> Connection {
     conn
 }
 
+/// [`open_db`] with the table `t(id, v BLOB)` the tests write to.
+fn open_table_db(path: &Path) -> Connection {
+    let conn = open_db(path);
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .expect("schema");
+    conn
+}
+
 /// An empty in-memory store, as a replica.
 fn store() -> Arc<MemoryClient> {
     Arc::new(MemoryClient::new(ALL_CAPABILITIES, Faults::default()))
@@ -64,9 +72,7 @@ async fn settle(r: &Replicator) {
 async fn idle_costs_nothing_and_snapshots_follow_the_interval() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("app.db");
-    let conn = open_db(&db);
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .expect("schema");
+    let conn = open_table_db(&db);
     let snapshot_interval = Duration::from_secs(2);
     let cfg = EngineConfig {
         sync_interval: Duration::from_millis(100),
@@ -252,9 +258,7 @@ async fn a_restored_database_resumes_without_a_snapshot() {
             .expect("count")
     };
 
-    let conn = open_db(&db);
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .expect("schema");
+    let conn = open_table_db(&db);
     let r = start(&db, &store, cfg).await;
     for _ in 0..50 {
         conn.execute("INSERT INTO t(v) VALUES (randomblob(200))", [])
@@ -353,9 +357,7 @@ async fn a_snapshot_stream_that_breaks_fails_the_restore_cleanly() {
 /// A database of twenty 3 kB rows in `t`, replicated to `store` and stopped; the
 /// connection stays open for comparisons.
 async fn replicate_twenty_rows(db: &Path, store: &Arc<MemoryClient>) -> Connection {
-    let conn = open_db(db);
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .expect("schema");
+    let conn = open_table_db(db);
     let r = start(db, store, EngineConfig::default()).await;
     for _ in 0..20 {
         conn.execute("INSERT INTO t(v) VALUES (randomblob(3000))", [])
@@ -458,9 +460,7 @@ fn inodes(dir: &Path) -> std::collections::BTreeSet<u64> {
 async fn spool_inodes_are_reused_across_syncs_and_compactions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("app.db");
-    let conn = open_db(&db);
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .expect("schema");
+    let conn = open_table_db(&db);
     let cfg = EngineConfig {
         sync_interval: Duration::from_millis(50),
         snapshot_interval: Duration::from_secs(3600),
@@ -521,9 +521,7 @@ async fn spool_inodes_are_reused_across_syncs_and_compactions() {
 async fn after_a_wal_restart_the_application_can_checkpoint_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("app.db");
-    let conn = open_db(&db);
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .expect("schema");
+    let conn = open_table_db(&db);
     let cfg = EngineConfig {
         sync_interval: Duration::from_millis(100),
         checkpoint_pages: 50,

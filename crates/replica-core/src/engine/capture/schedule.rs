@@ -86,7 +86,7 @@ impl Schedule {
         let grown = wal_frames.saturating_sub(self.checkpoint_frames);
         let since = now.duration_since(self.last_checkpoint);
         (grown >= cfg.checkpoint_pages && since >= cfg.checkpoint_spacing)
-            || (grown > 0 && now.duration_since(self.last_checkpoint) >= cfg.checkpoint_interval)
+            || (grown > 0 && since >= cfg.checkpoint_interval)
     }
 
     pub fn checkpoint_started(&mut self, wal_frames: u64) {
