@@ -23,6 +23,10 @@ const MAX_PAGE_SIZE: u32 = 65_536;
 /// Target size of one read while scanning. Large enough that the syscall cost vanishes next to
 /// the checksum, small enough not to matter as a per-scan allocation.
 const SCAN_CHUNK: u64 = 4 << 20;
+/// Frames in a scan's first read; each full read multiplies the next by `CHUNK_GROWTH`, up to
+/// `SCAN_CHUNK`. Eight frames hold a typical poll's new commits.
+const FIRST_CHUNK_FRAMES: u64 = 8;
+const CHUNK_GROWTH: u64 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalHeader {
@@ -266,9 +270,14 @@ fn scan_chunked(
         .min(max_frames.unwrap_or(u64::MAX))
         .max(1);
     // The file length is only a hint for the buffer size: the WAL may grow while we read, and
-    // its length never marks the end of the valid frames.
+    // its length never marks the end of the valid frames. After a restart the file still holds
+    // an earlier generation's frames up to its old length, so the first read is small and each
+    // full one grows the next: a poll that finds one new commit reads a few frames, not
+    // megabytes of stale ones (and does not zero a buffer for them).
     let remaining = f.metadata()?.len().saturating_sub(from.offset);
-    let chunk_frames = remaining.div_ceil(frame_size).clamp(1, frames_per_chunk);
+    let mut chunk_frames = remaining
+        .div_ceil(frame_size)
+        .clamp(1, FIRST_CHUNK_FRAMES.min(frames_per_chunk));
     let mut buf = vec![0u8; usize_from(chunk_frames * frame_size)?];
 
     let mut running = from.checksum;
@@ -317,6 +326,10 @@ fn scan_chunked(
             break;
         }
         chunk_offset += whole as u64;
+        if chunk_frames < frames_per_chunk {
+            chunk_frames = (chunk_frames * CHUNK_GROWTH).min(frames_per_chunk);
+            buf.resize(usize_from(chunk_frames * frame_size)?, 0);
+        }
     }
 
     // Only the last commit's size matters: SQLite looks pages up in the WAL regardless of
