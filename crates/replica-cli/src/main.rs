@@ -26,8 +26,10 @@ fn main() -> ExitCode {
     };
     init_tracing(&cli);
     raise_fd_limit();
+    tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,
@@ -63,6 +65,40 @@ fn raise_fd_limit() {
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
                 tracing::debug!(soft = lim.rlim_cur, "could not raise the open-file limit");
+            }
+        }
+    }
+}
+
+/// Threads for blocking work (file I/O, decoding, SQLite calls made from async code).
+/// Tokio's default, 512, let a thousand databases' spool writes hold 340 threads, each
+/// with its touched stack and allocator cache; 64 keeps eight parallel restores and
+/// their downloads well fed.
+const MAX_BLOCKING_THREADS: usize = 64;
+
+/// Two glibc allocator settings for a long-running process of many threads:
+/// - glibc raises its mmap threshold each time a large block is freed, up to 32 MiB, so
+///   later snapshot, scan and upload buffers come from the heap arenas, where freed pages
+///   stay resident: a busy replicator crept from 36 to 54 MiB in five minutes and peaked
+///   at 81 MiB in ten. Fixed at glibc's starting value, large buffers are mapped and
+///   returned on free (36.7 MiB peak on the same run).
+/// - glibc gives threads up to eight arenas per core, each keeping its own free pages;
+///   with a capture thread per database, a thousand databases spread over 16 arenas. Two
+///   arenas took 16 MiB off that run; allocation here is far too rare to contend.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+        const ARENAS: libc::c_int = 2;
+        for (param, value, what) in [
+            (libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD, "mmap threshold"),
+            (libc::M_ARENA_MAX, ARENAS, "arena count"),
+        ] {
+            // SAFETY: mallopt only sets an allocator parameter, under the allocator's lock.
+            #[allow(unsafe_code)]
+            let ok = unsafe { libc::mallopt(param, value) };
+            if ok != 1 {
+                tracing::debug!("could not set the allocator's {what}");
             }
         }
     }
