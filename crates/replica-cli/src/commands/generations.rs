@@ -10,7 +10,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::backends;
 use crate::cli::GenerationsArgs;
 
-fn rfc3339(t: SystemTime) -> String {
+/// A time as the JSON outputs and log lines print it.
+pub(super) fn rfc3339(t: SystemTime) -> String {
     OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
 }
 

@@ -12,6 +12,7 @@ use replica_core::restore::{
 use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::generations::rfc3339;
 use crate::backends;
 use crate::cli::{IntegrityArg, RestoreArgs};
 use crate::exit::usage;
@@ -246,11 +247,13 @@ pub(super) fn outcome_json(outcome: &RestoreOutcome, started: std::time::Instant
     match outcome {
         RestoreOutcome::Restored {
             txid,
+            time,
             files,
             bytes_downloaded,
         } => serde_json::json!({
             "action": "restored",
             "txid": format!("{txid:016x}"),
+            "time": time.map(rfc3339),
             "files": files,
             "bytes_downloaded": bytes_downloaded,
             "elapsed_seconds": elapsed,
@@ -340,11 +343,13 @@ fn log_outcome(path: &std::path::Path, outcome: &RestoreOutcome, started: std::t
     match outcome {
         RestoreOutcome::Restored {
             txid,
+            time,
             files,
             bytes_downloaded,
         } => tracing::info!(
             output = %path.display(),
             txid = format!("{txid:016x}"),
+            time = time.map(rfc3339).as_deref().unwrap_or("unknown"),
             files,
             bytes_downloaded,
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -21,6 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -83,6 +84,9 @@ pub enum RestoreOutcome {
     Restored {
         /// The last TXID applied.
         txid: u64,
+        /// The time of the restore point: the last applied file's LTX time (or its
+        /// upload time where the store keeps none).
+        time: Option<SystemTime>,
         files: usize,
         bytes_downloaded: u64,
     },
@@ -309,6 +313,7 @@ pub async fn restore_with_progress(
             debug!(path = %out.display(), txid = format!("{txid:016x}"), "restored");
             Ok(RestoreOutcome::Restored {
                 txid,
+                time: chain.last().and_then(RemoteFile::time),
                 files: chain.len(),
                 bytes_downloaded,
             })
