@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -32,27 +32,51 @@ fn transfer_db(path: &Path) -> Connection {
 }
 
 /// Commits transfers until `stop`, a little apart; returns how many.
-fn transfers(db: &Path, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
+/// Commits transfers until `stop`; returns when each one returned (transfer `i`
+/// leaves `i` rows in `a`, so its time is at index `i - 1`).
+fn transfers(db: &Path, stop: Arc<AtomicBool>) -> JoinHandle<Vec<Instant>> {
     let db = db.to_path_buf();
     std::thread::spawn(move || {
         let c = open_wal_db(&db);
-        let mut i = 0u64;
+        let mut committed = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            i += 1;
+            let i = committed.len() + 1;
             c.execute_batch(&format!(
                 "BEGIN; INSERT INTO a(n) VALUES ({i}); INSERT INTO b(n) VALUES (-{i});
                  INSERT INTO t(v, b) VALUES ('row {i}', randomblob(300)); COMMIT;"
             ))
             .expect("transfer");
+            committed.push(Instant::now());
             std::thread::sleep(Duration::from_millis(2));
         }
-        i
+        committed
     })
+}
+
+/// How long after each transfer returned a reader first saw it, in milliseconds,
+/// from the readers' (rows, first seen) observations.
+fn follow_lags(committed: &[Instant], seen: &[Vec<(i64, Instant)>]) -> Vec<u128> {
+    let mut first_seen: Vec<Option<Instant>> = vec![None; committed.len()];
+    for (rows, at) in seen.iter().flatten() {
+        let rows = usize::try_from(*rows)
+            .expect("row count")
+            .min(committed.len());
+        for slot in first_seen.iter_mut().take(rows) {
+            if slot.is_none_or(|t| *at < t) {
+                *slot = Some(*at);
+            }
+        }
+    }
+    committed
+        .iter()
+        .zip(&first_seen)
+        .filter_map(|(c, s)| s.map(|s| s.saturating_duration_since(*c).as_millis()))
+        .collect()
 }
 
 /// Reads the follower until `stop`, each read in its own transaction: the invariant
 /// must hold in every one. Returns the distinct row counts it saw.
-fn reader(db: &Path, stop: Arc<AtomicBool>) -> JoinHandle<Vec<i64>> {
+fn reader(db: &Path, stop: Arc<AtomicBool>) -> JoinHandle<Vec<(i64, Instant)>> {
     let db = db.to_path_buf();
     std::thread::spawn(move || {
         let c = Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -68,8 +92,8 @@ fn reader(db: &Path, stop: Arc<AtomicBool>) -> JoinHandle<Vec<i64>> {
                 )
                 .expect("read the follower");
             assert_eq!(sum, 0, "a reader saw half a transaction at {rows} rows");
-            if seen.last() != Some(&rows) {
-                seen.push(rows);
+            if seen.last().map(|(r, _)| *r) != Some(rows) {
+                seen.push((rows, Instant::now()));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -169,8 +193,8 @@ fn readers_of_a_follower_see_whole_transactions_and_it_converges() {
     let readers: Vec<_> = (0..2).map(|_| reader(&out, stop.clone())).collect();
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
-    let written = writer.join().expect("writer");
-    let seen: Vec<Vec<i64>> = readers
+    let committed = writer.join().expect("writer");
+    let seen: Vec<Vec<(i64, Instant)>> = readers
         .into_iter()
         .map(|r| r.join().expect("reader"))
         .collect();
@@ -179,9 +203,23 @@ fn readers_of_a_follower_see_whole_transactions_and_it_converges() {
     for s in &seen {
         assert!(
             s.len() >= 3,
-            "a reader saw too few states: {s:?} of {written} transfers"
+            "a reader saw too few states: {s:?} of {} transfers",
+            committed.len()
         );
     }
+    // Freshness: a commit reaches the follower's readers about one sync interval
+    // (100 ms) plus one follow interval (100 ms) after it returned. The median is
+    // held to that with room for a loaded test machine; the worst case only has to
+    // show that following never stalled. The benchmark measures the real figures.
+    let mut lags = follow_lags(&committed, &seen);
+    lags.sort_unstable();
+    let (median, worst) = (lags[lags.len() / 2], lags[lags.len() - 1]);
+    assert!(
+        lags.len() * 2 >= committed.len() && median <= 600 && worst <= 5_000,
+        "follow lag: median {median} ms, worst {worst} ms over {} of {} transfers seen live",
+        lags.len(),
+        committed.len()
+    );
     fol.stop_ok(TIMEOUT);
     assert!(
         fol.stderr().contains("stopped following"),
