@@ -41,6 +41,7 @@ struct Measured {
 pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
     let s = &ctx.s;
     ctx.reset_s3()?;
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut sets = Vec::new();
     for busy in [false, true] {
         for tool in [Tool::Replica, Tool::Litestream] {
@@ -51,7 +52,15 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
             ))?;
             let dbs = env::create_dbs(ctx, &dir, s.cost_dbs, 1000)?;
             let dest = Dest::new(ctx, Backend::S3, &dir)?;
-            let proc = env::start_tool(ctx, tool, &dbs, &dest, &dir, &ReplicaOpts::default())?;
+            // The idle replica serves its metrics endpoint and is scraped every second:
+            // its request count then shows that scrapes cost no object-store request.
+            let opts = match (tool, busy) {
+                (Tool::Replica, false) => ReplicaOpts {
+                    args: vec!["--metrics-addr".into(), metrics_addr.to_string()],
+                },
+                _ => ReplicaOpts::default(),
+            };
+            let proc = env::start_tool(ctx, tool, &dbs, &dest, &dir, &opts)?;
             sets.push(Set {
                 tool,
                 busy,
@@ -97,11 +106,13 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
         "xtask bench: idle and busy sets running for {:.0}s ({} databases each)",
         s.cost_secs, s.cost_dbs
     );
+    let mut scrapes = 0u64;
     while t0.elapsed().as_secs_f64() < s.cost_secs {
         proc::sleep(Duration::from_secs(1))?;
         for set in sets.iter_mut() {
             set.proc.ensure_running()?;
         }
+        scrapes += u64::from(scrape(metrics_addr));
     }
     let window = t0.elapsed().as_secs_f64();
     let mut results = Vec::new();
@@ -199,8 +210,14 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
             rows.push(row("bytes uploaded (request bodies)", Unit::Bytes, &|m| {
                 m.counts.bytes_up as f64
             }));
-            rows.push(row("CPU seconds", Unit::Seconds, &|m| m.cpu));
-            rows.push(row("peak RSS", Unit::Bytes, &|m| m.rss as f64));
+            rows.push(
+                row("CPU seconds", Unit::Seconds, &|m| m.cpu)
+                    .target_below_litestream("less CPU than Litestream"),
+            );
+            rows.push(
+                row("peak RSS", Unit::Bytes, &|m| m.rss as f64)
+                    .target_below_litestream("less memory than Litestream"),
+            );
         } else {
             // Nothing but the lease: one conditional PUT per database every 10 s
             // (a 30 s lease renewed at a third of its life), plus one each for the
@@ -236,9 +253,30 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
          at the same time, each with its own bucket on one moto server and its own counting proxy. The \
          window opens 5 s after every database's first upload and lasts {window:.0} s; requests are \
          those the proxy answered in the window; CPU is utime+stime from /proc/<pid>/stat over the \
-         window; peak RSS is VmHWM (whole process lifetime, including the initial snapshots)."
+         window; peak RSS is VmHWM (whole process lifetime, including the initial snapshots). \
+         The idle replica served `--metrics-addr` and was scraped once a second: {scrapes} successful \
+         scrapes of /metrics within the window, counted among its requests above if they caused any."
     );
+    if scrapes == 0 {
+        anyhow::bail!("the idle replica's /metrics never answered at {metrics_addr}");
+    }
     Ok((rows, vec![note]))
+}
+
+/// One GET of `/metrics`; true if it answered 200 with replica's metrics.
+fn scrape(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut body = String::new();
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_ok()
+        && c.read_to_string(&mut body).is_ok()
+        && body.starts_with("HTTP/1.")
+        && body.contains(" 200 ")
+        && body.contains("replica_lag_seconds")
 }
 
 /// `scale_dbs` databases in one process at one commit per second each (file://).

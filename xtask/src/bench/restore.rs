@@ -33,6 +33,38 @@ fn timed(name: &str, cmd: &mut Command, log: &Path, timeout: Duration) -> Result
     Ok(secs)
 }
 
+/// Where this VM's hypervisor counts the guest memory handed back to it.
+const REPORTED_KIB: &str = "/sys/module/page_reporting/parameters/reported_kib";
+
+/// Waits until the guest has handed its free memory back to the host (free page
+/// reporting, as on Firecracker VMs), so every timed run starts from the same state.
+/// Writing into page-cache memory the host has taken back costs a restore about a
+/// second per GiB more than writing into memory freed a moment earlier, and `cp` does
+/// not pay it; without this wait the result depended on how long ago the previous run
+/// removed its output. Off such a VM this returns at once.
+fn settle_memory() -> Result<()> {
+    let read = || {
+        fs::read_to_string(REPORTED_KIB)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let Some(mut last) = read() else {
+        return Ok(());
+    };
+    // Memory is reported a couple of seconds after it is freed.
+    proc::sleep(Duration::from_secs(3))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        proc::sleep(Duration::from_secs(1))?;
+        let now = read().unwrap_or(last);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
+}
+
 fn remove(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -184,6 +216,7 @@ pub fn restore(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
     for r in 0..s.reps {
         // The floor: write the database file once, durably.
         remove(&out)?;
+        settle_memory()?;
         let f = timed(
             "cp + sync",
             Command::new("sh").args([
@@ -199,6 +232,7 @@ pub fn restore(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
         remove(&out)?;
         floor.push(f);
         for tool in Tool::order(r) {
+            settle_memory()?;
             let secs = match tool {
                 // Same work as Litestream's default: no integrity check afterwards.
                 Tool::Replica => timed(
@@ -231,6 +265,7 @@ pub fn restore(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
                 tool.name()
             );
             if tool == Tool::Replica {
+                settle_memory()?;
                 let secs = timed(
                     "replica restore (quick_check)",
                     ctx.replica_cmd()
@@ -288,7 +323,11 @@ pub fn restore(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
          held {} TXIDs after the snapshot (an hour at one sync with changes per second when 3600); \
          replica files afterwards: {listing}. Both tools restore that same replica \
          (`replica restore --integrity-check none`, `litestream restore`, whose default is no check); \
-         the floor is `cp` of the checkpointed source followed by `sync` of the copy. Page cache warm for all three.",
+         the floor is `cp` of the checkpointed source followed by `sync` of the copy. Page cache warm for all three. \
+         On a VM with free page reporting every timed run (floor, both tools, boot runs) starts once the guest has \
+         handed its free memory back to the host: a buffered write into such memory costs about a second per GiB \
+         more (`cp` does not pay it), and without the wait the result depended on how recently the previous run \
+         freed its output.",
         s.restore_syncs
     );
     Ok((rows, vec![note]))
@@ -360,6 +399,7 @@ fn boot_once(ctx: &Ctx, backend: Backend) -> Result<(Samples, Samples)> {
     for r in 0..s.reps {
         for tool in Tool::order(r) {
             clear_data(&data)?;
+            settle_memory()?;
             let puts_before = dest.proxy.as_ref().map_or(0, |p| p.len());
             let secs = match tool {
                 Tool::Replica => {
