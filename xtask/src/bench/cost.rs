@@ -210,14 +210,6 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
             rows.push(row("bytes uploaded (request bodies)", Unit::Bytes, &|m| {
                 m.counts.bytes_up as f64
             }));
-            rows.push(
-                row("CPU seconds", Unit::Seconds, &|m| m.cpu)
-                    .target_below_litestream("less CPU than Litestream"),
-            );
-            rows.push(
-                row("peak RSS", Unit::Bytes, &|m| m.rss as f64)
-                    .target_below_litestream("less memory than Litestream"),
-            );
         } else {
             // Nothing but the lease: one conditional PUT per database every 10 s
             // (a 30 s lease renewed at a third of its life), plus one each for the
@@ -238,15 +230,15 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
             rows.push(row("requests per database per hour", Unit::Number, &|m| {
                 per_db_hour(m.counts.total)
             }));
-            rows.push(
-                row("CPU seconds", Unit::Seconds, &|m| m.cpu)
-                    .target_below_litestream("less CPU than Litestream"),
-            );
-            rows.push(
-                row("peak RSS", Unit::Bytes, &|m| m.rss as f64)
-                    .target_below_litestream("less memory than Litestream"),
-            );
         }
+        rows.push(
+            row("CPU seconds", Unit::Seconds, &|m| m.cpu)
+                .target_below_litestream("less CPU than Litestream"),
+        );
+        rows.push(
+            row("peak RSS", Unit::Bytes, &|m| m.rss as f64)
+                .target_below_litestream("less memory than Litestream"),
+        );
     }
     let note = format!(
         "Idle and busy cost: the four replicator processes (idle and busy × replica and Litestream) run \
