@@ -693,13 +693,12 @@ fn wal_stays_bounded_under_a_flat_out_writer() {
         "the writer managed only {commits} commits; the test needs a flat-out load"
     );
     // One frame per commit would reach `commits` (our read transaction pins the WAL);
-    // the replicator's checkpoints keep it below that. Since checkpoints are spaced
-    // 500 ms apart, this in-process writer (about 120k commits/s) measured 30-71% of
-    // `commits` (checkpoints falling behind, the hard-limit TRUNCATE firing): a
-    // known gap, written up in the stop note. Until it is closed this checks only
-    // that checkpoints happen at all.
+    // the replicator's checkpoints keep it below that. This writer (about 120,000
+    // commits a second) outruns capture on two cores: past half the hard limit the
+    // checkpoint holds it at the barrier until capture catches up. Measured 20-25% of
+    // `commits` alone and with a busy-looping process on the other core.
     assert!(
-        max_frames < commits * 9 / 10,
+        max_frames < commits / 2,
         "WAL grew to {max_frames} frames over {commits} commits: checkpoints did not keep up\n{}",
         rep.output_report()
     );

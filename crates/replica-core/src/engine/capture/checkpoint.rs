@@ -41,6 +41,7 @@ impl Capturer {
         // Steps 1 and 2 again while the application appended much during the last
         // copy: each round copies what the previous one let through, so the part
         // copied under the barrier of step 3 stays small.
+        let mut copied_to = 0;
         for _ in 0..BULK_ROUNDS {
             if self
                 .under_barrier(|c, conns| conns.restart_read(&c.db_path))?
@@ -58,9 +59,17 @@ impl Capturer {
             // under the barrier.
             self.advance()?;
             self.spool_batch(SPOOL_DURABILITY)?;
-            match bulk {
-                Ok(r) if self.cursor.spooled_frames() as i64 - r.log > BARRIER_COPY_FRAMES => {}
-                _ => break,
+            // Another round only if this one at least halved what is left: a writer
+            // that appends faster than the copy goes would keep every round as long as
+            // the last while the WAL grows.
+            let Ok(r) = bulk else { break };
+            if self.wal_past_soft_limit() {
+                break;
+            }
+            let left = self.cursor.spooled_frames() as i64 - r.checkpointed;
+            let copied = r.checkpointed - std::mem::replace(&mut copied_to, r.checkpointed);
+            if left <= BARRIER_COPY_FRAMES || left * 2 > copied {
+                break;
             }
         }
         // SQLite syncs the WAL before it copies frames to the database file. Whatever
@@ -90,6 +99,14 @@ impl Capturer {
             self.truncate_backstop(&path)?;
         }
         Ok(())
+    }
+
+    /// The WAL holds half of `truncate_pages`: checkpoints stop yielding to the
+    /// application (no extra rounds, no releasing the barrier to catch up), so a writer
+    /// that outruns capture waits for it, and the WAL stays near this size whatever the
+    /// writer's speed or the CPU left to us.
+    fn wal_past_soft_limit(&self) -> bool {
+        self.cursor.scanned_frames() >= self.cfg.truncate_pages / 2
     }
 
     /// Moves our read transaction off SQLite's read slot 0 once the WAL restarted.
@@ -137,7 +154,9 @@ impl Capturer {
             let acquired = Instant::now();
             attempts += 1;
             match self.advance_bounded(Some(BARRIER_SCAN_FRAMES)) {
-                Ok(true) if attempts < 4 => {
+                // Past the soft limit the writer waits while we catch up: it has
+                // outrun us, and releasing would only let the WAL grow further.
+                Ok(true) if attempts < 4 && !self.wal_past_soft_limit() => {
                     let released = conns.release_barrier(&self.db_path);
                     self.conns = Some(conns);
                     released?;

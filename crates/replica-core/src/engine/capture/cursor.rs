@@ -133,6 +133,11 @@ impl WalCursor {
         self.spooled = Some(end);
     }
 
+    /// Frames of the current generation that are spooled or scanned into the batch.
+    pub fn scanned_frames(&self) -> u64 {
+        self.spooled_frames() + self.batch.frames
+    }
+
     /// Frames of the current generation that are spooled (they count toward the
     /// checkpoint threshold).
     pub fn spooled_frames(&self) -> u64 {
