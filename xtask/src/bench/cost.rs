@@ -41,7 +41,10 @@ struct Measured {
 pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
     let s = &ctx.s;
     ctx.reset_s3()?;
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // The idle processes of both tools serve their metrics and are scraped once a
+    // second, as an operator would: the replica's request count then shows that
+    // scrapes cost no object-store request, and both CPU figures include serving them.
+    let mut endpoints = Vec::new();
     let mut sets = Vec::new();
     for busy in [false, true] {
         for tool in [Tool::Replica, Tool::Litestream] {
@@ -52,14 +55,12 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
             ))?;
             let dbs = env::create_dbs(ctx, &dir, s.cost_dbs, 1000)?;
             let dest = Dest::new(ctx, Backend::S3, &dir)?;
-            // The idle replica serves its metrics endpoint and is scraped every second:
-            // its request count then shows that scrapes cost no object-store request.
-            let opts = match (tool, busy) {
-                (Tool::Replica, false) => ReplicaOpts {
-                    args: vec!["--metrics-addr".into(), metrics_addr.to_string()],
-                },
-                _ => ReplicaOpts::default(),
-            };
+            let mut opts = ReplicaOpts::default();
+            if !busy {
+                let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+                opts.metrics_addr = Some(addr);
+                endpoints.push((tool, addr, 0u64));
+            }
             let proc = env::start_tool(ctx, tool, &dbs, &dest, &dir, &opts)?;
             sets.push(Set {
                 tool,
@@ -106,13 +107,14 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
         "xtask bench: idle and busy sets running for {:.0}s ({} databases each)",
         s.cost_secs, s.cost_dbs
     );
-    let mut scrapes = 0u64;
     while t0.elapsed().as_secs_f64() < s.cost_secs {
         proc::sleep(Duration::from_secs(1))?;
         for set in sets.iter_mut() {
             set.proc.ensure_running()?;
         }
-        scrapes += u64::from(scrape(metrics_addr));
+        for (tool, addr, n) in endpoints.iter_mut() {
+            *n += u64::from(scrape(*tool, *addr));
+        }
     }
     let window = t0.elapsed().as_secs_f64();
     let mut results = Vec::new();
@@ -246,17 +248,27 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
          window opens 5 s after every database's first upload and lasts {window:.0} s; requests are \
          those the proxy answered in the window; CPU is utime+stime from /proc/<pid>/stat over the \
          window; peak RSS is VmHWM (whole process lifetime, including the initial snapshots). \
-         The idle replica served `--metrics-addr` and was scraped once a second: {scrapes} successful \
-         scrapes of /metrics within the window, counted among its requests above if they caused any."
+         The idle process of each tool served Prometheus metrics (`--metrics-addr`; Litestream's \
+         `addr:`) and was scraped once a second, as an operator would, so both CPU figures include \
+         serving them: {} successful scrapes of /metrics within the window, counted among the \
+         requests above if they caused any.",
+        endpoints
+            .iter()
+            .map(|(tool, _, n)| format!("{n} of {}", tool.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    if scrapes == 0 {
-        anyhow::bail!("the idle replica's /metrics never answered at {metrics_addr}");
+    if let Some((tool, addr, _)) = endpoints.iter().find(|(_, _, n)| *n == 0) {
+        anyhow::bail!(
+            "the idle {}'s /metrics never answered at {addr}",
+            tool.name()
+        );
     }
     Ok((rows, vec![note]))
 }
 
-/// One GET of `/metrics`; true if it answered 200 with replica's metrics.
-fn scrape(addr: std::net::SocketAddr) -> bool {
+/// One GET of `/metrics`; true if it answered 200 with the tool's own metrics.
+fn scrape(tool: Tool, addr: std::net::SocketAddr) -> bool {
     use std::io::{Read, Write};
     let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
         return false;
@@ -268,7 +280,10 @@ fn scrape(addr: std::net::SocketAddr) -> bool {
         && c.read_to_string(&mut body).is_ok()
         && body.starts_with("HTTP/1.")
         && body.contains(" 200 ")
-        && body.contains("replica_lag_seconds")
+        && body.contains(match tool {
+            Tool::Replica => "replica_lag_seconds",
+            Tool::Litestream => "litestream_",
+        })
 }
 
 /// `scale_dbs` databases in one process at one commit per second each (file://).

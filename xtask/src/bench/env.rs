@@ -465,10 +465,14 @@ pub fn stem(db: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Extra engine settings for `replica` (only the restore data set changes them).
+/// Extra settings: engine arguments for `replica` (only the restore data set changes
+/// them), and a metrics endpoint for either tool.
 #[derive(Debug, Default, Clone)]
 pub struct ReplicaOpts {
     pub args: Vec<String>,
+    /// Serve Prometheus metrics here: `--metrics-addr` for `replica`, `addr:` in
+    /// Litestream's config.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Starts `tool` replicating `dbs` to `dest` with default settings (1 s sync interval
@@ -495,11 +499,18 @@ pub fn start_tool(
                 cmd.arg("--config").arg(&cfg);
             }
             cmd.args(&opts.args);
+            if let Some(addr) = opts.metrics_addr {
+                cmd.arg("--metrics-addr").arg(addr.to_string());
+            }
             Proc::spawn("replica replicate", &mut cmd, &log)
         }
         Tool::Litestream => {
             let cfg = dir.join("litestream.yml");
-            fs::write(&cfg, litestream_config(dest, dbs))?;
+            let mut text = litestream_config(dest, dbs);
+            if let Some(addr) = opts.metrics_addr {
+                text = format!("addr: \"{addr}\"\n{text}");
+            }
+            fs::write(&cfg, text)?;
             let mut cmd = ctx.litestream_cmd();
             cmd.args(["replicate", "-config"]).arg(&cfg);
             Proc::spawn("litestream replicate", &mut cmd, &log)

@@ -91,7 +91,13 @@ fn scaled_opts(ctx: &Ctx) -> (ReplicaOpts, String) {
         desc.push_str(&format!(", --l0-retention {r} (1h scaled)"));
         args.extend(["--l0-retention".into(), r]);
     }
-    (ReplicaOpts { args }, desc)
+    (
+        ReplicaOpts {
+            args,
+            ..ReplicaOpts::default()
+        },
+        desc,
+    )
 }
 
 /// The highest TXID of any LTX file in the `app` replica under `root`.
