@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::env::{self, Backend, Ctx, Dest, ReplicaOpts, Tool};
+use super::env::{self, Backend, Ctx, Dest, Tool, ToolOpts};
 use super::lag::{self, Watcher};
 use super::proxy::{Counts, Kind};
 use super::report::{Row, Samples, Unit, percentile};
@@ -55,7 +55,7 @@ pub fn idle_busy(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
             ))?;
             let dbs = env::create_dbs(ctx, &dir, s.cost_dbs, 1000)?;
             let dest = Dest::new(ctx, Backend::S3, &dir)?;
-            let mut opts = ReplicaOpts::default();
+            let mut opts = ToolOpts::default();
             if !busy {
                 let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
                 opts.metrics_addr = Some(addr);
@@ -302,7 +302,7 @@ pub fn scale(ctx: &Ctx) -> Result<(Vec<Row>, Vec<String>)> {
         let t0 = Instant::now();
         let dbs = env::create_dbs(ctx, &dir, s.scale_dbs, 10)?;
         let dest = Dest::new(ctx, Backend::File, &dir)?;
-        let mut p = env::start_tool(ctx, tool, &dbs, &dest, &dir, &ReplicaOpts::default())?;
+        let mut p = env::start_tool(ctx, tool, &dbs, &dest, &dir, &ToolOpts::default())?;
         env::wait_ready(
             &mut p,
             &dest,

@@ -468,7 +468,7 @@ pub fn stem(db: &Path) -> String {
 /// Extra settings: engine arguments for `replica` (only the restore data set changes
 /// them), and a metrics endpoint for either tool.
 #[derive(Debug, Default, Clone)]
-pub struct ReplicaOpts {
+pub struct ToolOpts {
     pub args: Vec<String>,
     /// Serve Prometheus metrics here: `--metrics-addr` for `replica`, `addr:` in
     /// Litestream's config.
@@ -484,7 +484,7 @@ pub fn start_tool(
     dbs: &[PathBuf],
     dest: &Dest,
     dir: &Path,
-    opts: &ReplicaOpts,
+    opts: &ToolOpts,
 ) -> Result<Proc> {
     let log = dir.join(format!("{}.log", tool.name()));
     match tool {

@@ -15,8 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::env::{
-    Backend, Ctx, Dest, ReplicaOpts, Tool, litestream_config, start_tool, stem, stop_tool,
-    wait_ready,
+    Backend, Ctx, Dest, Tool, ToolOpts, litestream_config, start_tool, stem, stop_tool, wait_ready,
 };
 use super::lag::read_commits;
 use super::proxy::Proxy;
@@ -54,7 +53,7 @@ pub fn follow(ctx: &Ctx) -> Result<Vec<Row>> {
             std::slice::from_ref(&db),
             &dest,
             &dir,
-            &ReplicaOpts::default(),
+            &ToolOpts::default(),
         )?;
         wait_ready(
             &mut primary,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::env::{self, Backend, Ctx, Dest, ReplicaOpts, Tool};
+use super::env::{self, Backend, Ctx, Dest, Tool, ToolOpts};
 use super::report::{Row, Samples, Unit};
 use crate::proc::{self, Proc};
 
@@ -77,7 +77,7 @@ fn remove(path: &Path) -> Result<()> {
 /// (compaction levels and L0 retention arrived with the compaction work): replica's
 /// own defaults, `--levels 30s,5m,1h --l0-retention 1h`, sped up like the sync
 /// interval, so the replica holds what an hour at the defaults would leave.
-fn scaled_opts(ctx: &Ctx) -> (ReplicaOpts, String) {
+fn scaled_opts(ctx: &Ctx) -> (ToolOpts, String) {
     let mut args = vec!["--sync-interval".to_string(), format!("{GEN_SYNC_MS}ms")];
     let mut desc = format!("sync interval {GEN_SYNC_MS} ms");
     let scale = |secs: u64| format!("{}ms", secs * 1000 / TIME_SCALE);
@@ -92,9 +92,9 @@ fn scaled_opts(ctx: &Ctx) -> (ReplicaOpts, String) {
         args.extend(["--l0-retention".into(), r]);
     }
     (
-        ReplicaOpts {
+        ToolOpts {
             args,
-            ..ReplicaOpts::default()
+            ..ToolOpts::default()
         },
         desc,
     )

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::env::{self, Backend, Ctx, Dest, ReplicaOpts, Tool};
+use super::env::{self, Backend, Ctx, Dest, Tool, ToolOpts};
 use super::lag::{self, LagResult, Watcher};
 use super::report::{Row, Samples, Unit, percentile};
 use crate::proc::{self, Proc};
@@ -45,7 +45,7 @@ impl Single {
             Some(t) => {
                 let dest = Dest::new(ctx, backend, &dir)?;
                 let dbs = [db.clone()];
-                let mut p = env::start_tool(ctx, t, &dbs, &dest, &dir, &ReplicaOpts::default())?;
+                let mut p = env::start_tool(ctx, t, &dbs, &dest, &dir, &ToolOpts::default())?;
                 env::wait_ready(&mut p, &dest, &dbs, Duration::from_secs(60))?;
                 // Measure the steady state, not start-up: both tools pace uploads to
                 // one per sync interval, counting the initial snapshot's.

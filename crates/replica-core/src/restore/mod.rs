@@ -18,7 +18,6 @@ pub mod v3;
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -976,12 +975,11 @@ fn apply_ltx(
     let write_err = |e: std::io::Error| io_err(db_path)(e);
     // The snapshot goes around the page cache where the filesystem allows (see
     // `direct`), in larger runs: a direct write costs a device request each.
-    let writer = match writes {
-        Writes::Inline => None,
-        Writes::Pipelined => Some(direct::RunWriter::buffered(db)),
-        Writes::PipelinedDirect => Some(direct::RunWriter::new(db, db_path)),
+    let mut writer = match writes {
+        Writes::Inline | Writes::Pipelined => direct::RunWriter::buffered(db),
+        Writes::PipelinedDirect => direct::RunWriter::new(db, db_path),
     };
-    let run_target = if writer.as_ref().is_some_and(|w| w.is_direct()) {
+    let run_target = if writer.is_direct() {
         DIRECT_RUN_BYTES
     } else {
         RUN_BYTES
@@ -1028,7 +1026,14 @@ fn apply_ltx(
             dec.finish().map_err(corrupt)?;
             Ok::<(), RestoreError>(())
         };
-    if let Some(mut writer) = writer {
+    if writes == Writes::Inline {
+        decode(&mut |offset, run: AlignedBuf, len| {
+            writer
+                .write(&run.as_slice()[..len], offset)
+                .map_err(write_err)?;
+            Ok(run)
+        })?;
+    } else {
         // Decoding (LZ4, CRC-64) and the write overlap on two threads.
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, AlignedBuf, usize)>(2);
@@ -1058,12 +1063,6 @@ fn apply_ltx(
             decoded?;
             debug!(key = %f.key, direct, "snapshot written");
             Ok::<(), RestoreError>(())
-        })?;
-    } else {
-        decode(&mut |offset, run: AlignedBuf, len| {
-            db.write_all_at(&run.as_slice()[..len], offset)
-                .map_err(write_err)?;
-            Ok(run)
         })?;
     }
     db.set_len(u64::from(h.commit) * ps).map_err(write_err)?;
