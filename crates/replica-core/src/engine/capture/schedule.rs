@@ -10,7 +10,7 @@ use super::SnapshotReason;
 /// fast enough (an in-process one commits 150,000 frames a second) fills the WAL faster
 /// than one spaced checkpoint empties it. Past this fraction (1/N) of `truncate_pages`
 /// checkpoints run back to back instead, so the WAL stays well below the hard limit.
-const BACKLOG_SHARE: u64 = 8;
+const BACKLOG_SHARE: u64 = 4;
 
 #[derive(Debug)]
 pub(super) struct Schedule {
