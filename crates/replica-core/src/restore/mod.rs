@@ -1096,7 +1096,7 @@ async fn check_integrity(db: &Path, level: IntegrityCheck) -> Result<(), Restore
         };
         // immutable=1: the file is a complete image with no WAL, and opening it must
         // not create -wal/-shm files beside it.
-        let uri = format!("file:{}?immutable=1", path.display());
+        let uri = format!("file:{}?immutable=1", uri_path(&path));
         // The first connection of the process initializes SQLite; the replicator's
         // memory setting must come before it.
         crate::engine::sqlite::no_bulk_page_cache();
@@ -1123,10 +1123,50 @@ async fn check_integrity(db: &Path, level: IntegrityCheck) -> Result<(), Restore
     .map_err(|e| RestoreError::Task(e.to_string()))?
 }
 
+/// `path` as the path of an SQLite URI: bytes that a URI gives a meaning (`%`, `?`,
+/// `#`) and any byte outside printable ASCII are percent-encoded, so a directory named
+/// `a%41` or `x?y` opens itself, not another file, and non-UTF-8 names survive.
+fn uri_path(path: &Path) -> String {
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn the_integrity_check_opens_paths_that_look_like_uri_syntax() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a%41 b", "q?mode=memory", "h#frag", "caf\u{e9}"] {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            let db = sub.join("app.db");
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+                .unwrap();
+            drop(conn);
+            check_integrity(&db, IntegrityCheck::Quick).await.unwrap();
+        }
+        // A damaged file is still found to be damaged under such a name.
+        let db = dir.path().join("a%41 b").join("app.db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        // Table t's root page: no longer a b-tree page.
+        let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+        bytes[page..page + 8].fill(0xFF);
+        std::fs::write(&db, bytes).unwrap();
+        assert!(check_integrity(&db, IntegrityCheck::Quick).await.is_err());
+    }
 
     #[test]
     fn the_work_directory_has_the_restored_mode_and_is_removed() {
