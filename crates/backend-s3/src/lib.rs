@@ -61,6 +61,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::Region;
+use aws_sdk_s3::config::ResponseChecksumValidation;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::primitives::{ByteStream as SdkStream, Length};
@@ -171,6 +172,10 @@ impl S3Client {
         let s3_config = builder
             .region(region)
             .force_path_style(config.force_path_style)
+            // Every replica file carries its own CRC-64, which the LTX decoder checks;
+            // the SDK's CRC-32 of each GET would be a second pass over every byte, and
+            // of a multipart snapshot it can only warn that it cannot check it.
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
         Ok(Self::with_sdk_client(
             aws_sdk_s3::Client::from_conf(s3_config),
