@@ -296,8 +296,8 @@ pub fn redact(input: &str, public: &[&str], public_user: bool) -> String {
     out
 }
 
-/// Characters escaped when a path is written back into a URL.
-const PATH_ESCAPE: &AsciiSet = &CONTROLS
+/// Characters escaped when a path is written back into a URL (or into an SQLite URI).
+pub(crate) const PATH_ESCAPE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')

@@ -1127,17 +1127,9 @@ async fn check_integrity(db: &Path, level: IntegrityCheck) -> Result<(), Restore
 /// `#`) and any byte outside printable ASCII are percent-encoded, so a directory named
 /// `a%41` or `x?y` opens itself, not another file, and non-UTF-8 names survive.
 fn uri_path(path: &Path) -> String {
-    use std::fmt::Write;
     use std::os::unix::ffi::OsStrExt;
-    let mut out = String::new();
-    for &b in path.as_os_str().as_bytes() {
-        if b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    percent_encoding::percent_encode(path.as_os_str().as_bytes(), crate::store_url::PATH_ESCAPE)
+        .to_string()
 }
 
 #[cfg(test)]
